@@ -1,0 +1,57 @@
+"""The seam between the autoscaler's loop and whatever starts and stops replicas.
+
+Two implementations: ``autoscaler.actuators.local`` (replicas are local runtime processes, the
+embedded platform) and ``autoscaler.actuators.knative`` (a revision's Deployment scaled through the
+scale subresource). The loop decides *how many*; when it scales down it also says *which* replica
+goes, after draining it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from torpor.spec import RevisionSpec
+from torpor.status import ColdStart
+
+
+class Phase(str, Enum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"  # exited or never became ready; see Replica.error
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    replica_id: str
+    revision: str  # RevisionRef.key
+    phase: Phase
+    url: str | None  # base URL once known
+    launched_at: float  # wall clock
+    ready_at: float | None = None
+    error: str | None = None  # exit code and the runtime's last log lines, when FAILED
+    cold_start: ColdStart | None = None
+
+
+class Actuator(Protocol):
+    async def start(self, revision: RevisionSpec, count: int) -> None:
+        """Launch ``count`` more replicas of ``revision``; returns once they are launched."""
+        ...
+
+    async def stop(self, revision: RevisionSpec, replica_id: str) -> None:
+        """Stop one replica the loop has already drained."""
+        ...
+
+    def replicas(self, revision: str) -> Sequence[Replica]:
+        """Every replica of a revision that has not been stopped, failed ones included."""
+        ...
+
+    async def forget(self, revision: str) -> None:
+        """Stop every replica of a revision that was deleted, at once."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop every replica this actuator started."""
+        ...

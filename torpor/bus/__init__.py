@@ -1,0 +1,33 @@
+"""The bus: how activators, the autoscaler and the control plane talk.
+
+Four things travel on it: revision specs (control plane -> all), per-revision stats (activator ->
+autoscaler), pokes (activator -> autoscaler) and ready endpoints with draining flags (autoscaler ->
+activators). ``Bus`` is the one interface; ``MemoryBus`` serves the embedded platform and
+``RedisBus`` several activators.
+"""
+
+from torpor.bus.base import (
+    ActivatorStats,
+    Bus,
+    BusEvent,
+    BusSnapshot,
+    Endpoint,
+    EndpointsChanged,
+    Poked,
+    RevisionEndpoints,
+    ServicesChanged,
+)
+from torpor.bus.memory import MemoryBus
+
+__all__ = [
+    "ActivatorStats",
+    "Bus",
+    "BusEvent",
+    "BusSnapshot",
+    "Endpoint",
+    "EndpointsChanged",
+    "MemoryBus",
+    "Poked",
+    "RevisionEndpoints",
+    "ServicesChanged",
+]

@@ -1,0 +1,97 @@
+"""The bus contract: message types and the ``Bus`` protocol both implementations satisfy."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from torpor.spec import ServiceSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ActivatorStats:
+    """One activator's view of one revision, sent at least every second."""
+
+    activator_id: str
+    revision: str  # RevisionRef.key
+    queued: int  # requests held waiting for a replica with room
+    in_flight: int  # requests forwarded and not yet finished
+    at: float  # wall-clock seconds (time.time()) when measured
+    requests_total: int = 0  # monotonically increasing count of requests accepted
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A replica's address as the activators see it."""
+
+    replica_id: str
+    url: str  # base URL, e.g. http://127.0.0.1:40123
+    draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionEndpoints:
+    """Every replica the activators may send a revision's requests to, replacing the last set.
+
+    ``failure`` carries the runtime's own error when the revision cannot start, so requests held
+    at zero get an answer that says why instead of waiting for their timeout.
+    """
+
+    revision: str  # RevisionRef.key
+    endpoints: tuple[Endpoint, ...] = ()
+    failure: str | None = None
+    version: int = 0  # increases with every publish for this revision
+
+    @property
+    def serving(self) -> tuple[Endpoint, ...]:
+        return tuple(e for e in self.endpoints if not e.draining)
+
+
+@dataclass(frozen=True, slots=True)
+class ServicesChanged:
+    services: tuple[ServiceSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointsChanged:
+    endpoints: RevisionEndpoints
+
+
+@dataclass(frozen=True, slots=True)
+class Poked:
+    revision: str  # RevisionRef.key
+
+
+BusEvent = ServicesChanged | EndpointsChanged | Poked
+
+
+@dataclass(frozen=True, slots=True)
+class BusSnapshot:
+    services: tuple[ServiceSpec, ...]
+    endpoints: dict[str, RevisionEndpoints]
+    stats: tuple[ActivatorStats, ...]
+
+
+class Bus(Protocol):
+    """What every component needs from the bus. Implementations must be safe to share in a loop.
+
+    ``events()`` yields changes published after it was called; a subscriber first takes a
+    ``snapshot()`` and then applies events, which are idempotent (whole sets, not deltas). After a
+    reconnect an implementation emits a fresh ``ServicesChanged`` and ``EndpointsChanged`` for
+    everything, so a subscriber that missed events converges.
+    """
+
+    async def publish_services(self, services: Sequence[ServiceSpec]) -> None: ...
+
+    async def publish_endpoints(self, endpoints: RevisionEndpoints) -> None: ...
+
+    async def publish_stats(self, stats: Sequence[ActivatorStats]) -> None: ...
+
+    async def poke(self, revision: str) -> None: ...
+
+    async def snapshot(self) -> BusSnapshot: ...
+
+    def events(self) -> AsyncIterator[BusEvent]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,145 @@
+"""The validated, frozen model of what users deploy.
+
+Built once at the edge (``torpor.manifest`` parses a Knative Service into these); the rest of the
+code never sees raw manifest dicts. Everything here is plain data: serialisable with
+``torpor.codec`` so the same objects travel over the bus and persist in the state directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_AUTOSCALER_CLASS = "llm.torpor.dev"
+"""torpor's PodAutoscaler class. A class ending in ``.knative.dev`` is rejected by Knative."""
+
+DEFAULT_TIMEOUT_S = 300.0
+"""Knative's default ``timeoutSeconds`` for a revision."""
+
+DEFAULT_QUEUE_DEPTH = 256
+"""Requests held per revision while no replica has room (``torpor.dev/queue-depth``)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RevisionRef:
+    """A revision's identity. Revision names are unique within a namespace."""
+
+    namespace: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        """The string form used as a key on the bus and in metrics: ``namespace/name``."""
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def parse(cls, key: str) -> RevisionRef:
+        namespace, sep, name = key.partition("/")
+        if not sep or not namespace or not name:
+            raise ValueError(f"revision key must be 'namespace/name', got {key!r}")
+        return cls(namespace, name)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalingSpec:
+    """Per-revision autoscaling settings.
+
+    The ``autoscaling.knative.dev/*`` annotations keep their Knative meaning; settings Knative does
+    not have come from ``torpor.dev/*``. Defaults follow Knative's KPA where they fit an LLM
+    replica and say so where they differ.
+    """
+
+    autoscaler_class: str = DEFAULT_AUTOSCALER_CLASS
+    # What a replica's load is measured in: "concurrency" (in-flight requests, Knative's KPA) or
+    # "llm" (vLLM's running + waiting, guarded by KV-cache usage).
+    metric: str = "llm"
+    # Requests in flight per replica the autoscaler aims for. Knative's default is 100; an LLM
+    # replica batches far fewer before time-to-first-token suffers.
+    target: float = 16.0
+    target_utilization: float = 0.7
+    min_scale: int = 0
+    max_scale: int = 0  # 0 means no upper bound, as in Knative
+    initial_scale: int = 1
+    activation_scale: int = 1
+    window_s: float = 60.0
+    panic_window_percentage: float = 10.0
+    panic_threshold_percentage: float = 200.0
+    scale_down_delay_s: float = 0.0
+    scale_to_zero_grace_s: float = 30.0
+    scale_to_zero_retention_s: float = 0.0
+    max_scale_up_rate: float = 1000.0
+    max_scale_down_rate: float = 2.0
+    # KV-cache pressure guard: average vLLM kv_cache_usage_perc above this counts as a full replica.
+    kv_cache_target: float = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSpec:
+    """What a replica runs: a model source resolved through the weight cache, and vLLM's flags.
+
+    Taken from the revision's single container: ``--model`` (and ``--served-model-name``) are the
+    runtime's own; every other argument passes to vLLM unchanged.
+    """
+
+    image: str
+    model: str
+    served_model_name: str | None = None
+    engine_args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    container_port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionSpec:
+    """One immutable revision of a service: a snapshot of ``spec.template``."""
+
+    ref: RevisionRef
+    service: str
+    generation: int
+    runtime: RuntimeSpec
+    autoscaling: AutoscalingSpec = field(default_factory=AutoscalingSpec)
+    container_concurrency: int = 0  # 0 means no hard per-replica limit, as in Knative
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    queue_depth: int = DEFAULT_QUEUE_DEPTH
+    template_digest: str = ""  # sha256 of the normalised template; same digest, same revision
+    api_keys_secret: str | None = None  # reserved for per-service API keys
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficTarget:
+    """One resolved entry of ``spec.traffic``: always names a concrete revision."""
+
+    revision: str
+    percent: int
+    tag: str | None = None
+    latest_revision: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """A deployed service: every revision it has made and how traffic splits across them."""
+
+    namespace: str
+    name: str
+    generation: int
+    revisions: tuple[RevisionSpec, ...]
+    traffic: tuple[TrafficTarget, ...]
+    domain: str = "example.com"
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def latest_revision(self) -> RevisionSpec:
+        return max(self.revisions, key=lambda r: r.generation)
+
+    def revision(self, name: str) -> RevisionSpec | None:
+        return next((r for r in self.revisions if r.ref.name == name), None)
+
+    def routed_revisions(self) -> tuple[RevisionSpec, ...]:
+        """Revisions that some traffic entry (by percent or by tag) can reach."""
+        names = {t.revision for t in self.traffic}
+        return tuple(r for r in self.revisions if r.ref.name in names)

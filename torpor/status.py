@@ -1,0 +1,40 @@
+"""What ``torpor status`` shows: one row per revision, produced by the autoscaler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class ColdStart:
+    """The last cold start of a revision, broken into phases (seconds from the replica's launch).
+
+    ``phases`` maps phase name to seconds since launch, in order: e.g. ``process_started``,
+    ``imports_done``, ``weights_resolved``, ``engine_ready``, ``first_token``.
+    """
+
+    replica_id: str
+    started_at: float  # wall clock
+    total_s: float  # launch to ready
+    phases: tuple[tuple[str, float], ...] = ()
+    warm: bool = False  # served from the warm runtime pool
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionStatus:
+    revision: str  # RevisionRef.key
+    namespace: str
+    service: str
+    name: str
+    desired_replicas: int
+    ready_replicas: int
+    starting_replicas: int = 0
+    draining_replicas: int = 0
+    queued_requests: int = 0
+    in_flight_requests: int = 0
+    # "ready", "scaled-to-zero", "starting", "failed"
+    state: str = "scaled-to-zero"
+    reason: str | None = None
+    panic: bool = False
+    last_cold_start: ColdStart | None = None
+    replicas: tuple[str, ...] = field(default=())  # replica urls, for people debugging
