@@ -11,6 +11,7 @@ from torpor.bus.base import (
     Bus,
     BusEvent,
     BusSnapshot,
+    BusUnavailable,
     Endpoint,
     EndpointsChanged,
     Poked,
@@ -18,16 +19,19 @@ from torpor.bus.base import (
     ServicesChanged,
 )
 from torpor.bus.memory import MemoryBus
+from torpor.bus.redis import RedisBus
 
 __all__ = [
     "ActivatorStats",
     "Bus",
     "BusEvent",
     "BusSnapshot",
+    "BusUnavailable",
     "Endpoint",
     "EndpointsChanged",
     "MemoryBus",
     "Poked",
+    "RedisBus",
     "RevisionEndpoints",
     "ServicesChanged",
 ]

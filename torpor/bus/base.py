@@ -73,13 +73,19 @@ class BusSnapshot:
     stats: tuple[ActivatorStats, ...]
 
 
+class BusUnavailable(Exception):
+    """The bus could not be reached within its bounded retry; the caller decides what to do
+    (an activator keeps serving from what it last saw, a publisher tries again next tick)."""
+
+
 class Bus(Protocol):
     """What every component needs from the bus. Implementations must be safe to share in a loop.
 
     ``events()`` yields changes published after it was called; a subscriber first takes a
     ``snapshot()`` and then applies events, which are idempotent (whole sets, not deltas). After a
     reconnect an implementation emits a fresh ``ServicesChanged`` and ``EndpointsChanged`` for
-    everything, so a subscriber that missed events converges.
+    everything, so a subscriber that missed events converges. Publishing or reading while the
+    bus is unreachable raises ``BusUnavailable`` after a bounded retry.
     """
 
     async def publish_services(self, services: Sequence[ServiceSpec]) -> None: ...

@@ -1,35 +1,46 @@
-"""The in-process bus of the embedded platform: plain dicts and one queue per subscriber."""
+"""The in-process bus of the embedded platform: plain dicts, one bounded stream per subscriber."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from torpor.bus.base import (
     ActivatorStats,
-    BusEvent,
     BusSnapshot,
     EndpointsChanged,
     Poked,
     RevisionEndpoints,
     ServicesChanged,
 )
+from torpor.bus.fanout import DEFAULT_SUBSCRIBER_BOUND, Fanout, Subscription
 from torpor.spec import ServiceSpec
 
-_SUBSCRIBER_QUEUE_BOUND = 10_000
+DEFAULT_STATS_TTL_S = 10.0
 
 
 class MemoryBus:
-    def __init__(self) -> None:
+    """``stats_ttl_s`` matches the Redis bus: stats an activator stopped sending drop out of
+    ``snapshot()``, so a revision it no longer reports on can still scale to zero."""
+
+    def __init__(
+        self,
+        *,
+        stats_ttl_s: float = DEFAULT_STATS_TTL_S,
+        subscriber_bound: int = DEFAULT_SUBSCRIBER_BOUND,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._services: tuple[ServiceSpec, ...] = ()
         self._endpoints: dict[str, RevisionEndpoints] = {}
-        self._stats: dict[tuple[str, str], ActivatorStats] = {}
-        self._subscribers: set[asyncio.Queue[BusEvent | None]] = set()
-        self._closed = False
+        # (activator, revision) -> (stats, monotonic expiry)
+        self._stats: dict[tuple[str, str], tuple[ActivatorStats, float]] = {}
+        self._stats_ttl_s = stats_ttl_s
+        self._clock = clock
+        self._fanout = Fanout(subscriber_bound)
 
     async def publish_services(self, services: Sequence[ServiceSpec]) -> None:
         self._services = tuple(services)
-        self._emit(ServicesChanged(self._services))
+        self._fanout.emit(ServicesChanged(self._services))
 
     async def publish_endpoints(self, endpoints: RevisionEndpoints) -> None:
         previous = self._endpoints.get(endpoints.revision)
@@ -38,39 +49,26 @@ class MemoryBus:
             endpoints.revision, endpoints.endpoints, endpoints.failure, version
         )
         self._endpoints[endpoints.revision] = stamped
-        self._emit(EndpointsChanged(stamped))
+        self._fanout.emit(EndpointsChanged(stamped))
 
     async def publish_stats(self, stats: Sequence[ActivatorStats]) -> None:
+        expires = self._clock() + self._stats_ttl_s
         for s in stats:
-            self._stats[(s.activator_id, s.revision)] = s
+            self._stats[(s.activator_id, s.revision)] = (s, expires)
 
     async def poke(self, revision: str) -> None:
-        self._emit(Poked(revision))
+        self._fanout.emit(Poked(revision))
 
     async def snapshot(self) -> BusSnapshot:
-        return BusSnapshot(self._services, dict(self._endpoints), tuple(self._stats.values()))
+        now = self._clock()
+        self._stats = {k: v for k, v in self._stats.items() if v[1] > now}
+        return BusSnapshot(
+            self._services, dict(self._endpoints), tuple(s for s, _ in self._stats.values())
+        )
 
-    async def events(self) -> AsyncIterator[BusEvent]:
-        queue: asyncio.Queue[BusEvent | None] = asyncio.Queue(_SUBSCRIBER_QUEUE_BOUND)
-        self._subscribers.add(queue)
-        try:
-            while not self._closed:
-                event = await queue.get()
-                if event is None:
-                    return
-                yield event
-        finally:
-            self._subscribers.discard(queue)
+    def events(self) -> Subscription:
+        """Events published after this call; the stream ends when the bus closes."""
+        return self._fanout.subscribe()
 
     async def aclose(self) -> None:
-        self._closed = True
-        for queue in self._subscribers:
-            queue.put_nowait(None)
-
-    def _emit(self, event: BusEvent) -> None:
-        for queue in self._subscribers:
-            if queue.full():
-                # A subscriber that stopped reading must not stall the publisher; it resyncs
-                # from snapshot() on its next full event.
-                continue
-            queue.put_nowait(event)
+        self._fanout.close()

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from torpor.report import render_table, status_document
+from torpor.spec import RevisionRef, RevisionSpec, RuntimeSpec, ServiceSpec, TrafficTarget
+from torpor.status import ColdStart, RevisionStatus
+
+
+def _rev(name: str, generation: int) -> RevisionSpec:
+    return RevisionSpec(RevisionRef("default", name), "chat", generation, RuntimeSpec("img", "/m"))
+
+
+SERVICE = ServiceSpec(
+    "default",
+    "chat",
+    2,
+    (_rev("chat-00001", 1), _rev("chat-00002", 2), _rev("chat-00003", 3)),
+    (TrafficTarget("chat-00001", 90), TrafficTarget("chat-00002", 10, tag="canary")),
+)
+
+
+def test_rows_cover_routed_revisions_and_default_to_zero() -> None:
+    doc = status_document([SERVICE], [], activator_url="http://127.0.0.1:8080")
+    names = [r["name"] for r in doc["revisions"]]
+    assert names == ["chat-00001", "chat-00002"], "an unrouted revision is not listed"
+    first = doc["revisions"][0]
+    assert first["desired_replicas"] == 0 and first["ready_replicas"] == 0
+    assert first["queued_requests"] == 0 and first["state"] == "scaled-to-zero"
+    assert first["url"] == "http://127.0.0.1:8080/default/chat"
+    assert doc["revisions"][1]["tags"] == ["canary"]
+
+
+def test_rows_take_autoscaler_status() -> None:
+    cold = ColdStart("r1", 1000.0, 21.5, (("imports_done", 5.0), ("engine_ready", 21.5)))
+    st = RevisionStatus(
+        "default/chat-00001", "default", "chat", "chat-00001", 2, 1,
+        starting_replicas=1, queued_requests=3, state="starting", last_cold_start=cold,
+    )
+    doc = status_document([SERVICE], [st], activator_url="http://x")
+    row = doc["revisions"][0]
+    assert (row["desired_replicas"], row["ready_replicas"], row["queued_requests"]) == (2, 1, 3)
+    assert row["last_cold_start"]["phases"] == {"imports_done": 5.0, "engine_ready": 21.5}
+    table = render_table(doc)
+    assert "chat-00001" in table and "1/2" in table and "21.5s" in table
+    assert "90%" in table and "tag:canary" in table
+
+
+def test_empty_table_says_how_to_deploy() -> None:
+    assert "torpor deploy" in render_table({"revisions": []})
+
+
+def test_reason_is_shown_under_the_table() -> None:
+    st = RevisionStatus(
+        "default/chat-00001", "default", "chat", "chat-00001", 0, 0,
+        state="failed", reason="exit code 1: CUDA out of memory",
+    )
+    table = render_table(status_document([SERVICE], [st], activator_url="http://x"))
+    assert "chat-00001: exit code 1: CUDA out of memory" in table

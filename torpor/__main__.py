@@ -1,0 +1,5 @@
+import sys
+
+from torpor.cli import main
+
+sys.exit(main())

@@ -1,0 +1,170 @@
+"""The ``torpor`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from torpor.client import ControlClient, ControlError
+from torpor.report import render_table
+from torpor.state import ControlAddress, StateDir, default_home
+
+EXAMPLE_MANIFEST = Path(__file__).resolve().parent.parent / "manifests/examples/tiny-chat.yaml"
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from torpor.embedded import EmbeddedConfig, run_embedded
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = EmbeddedConfig(
+        home=args.home,
+        host=args.host,
+        port=args.port,
+        control_host=args.control_host,
+        control_port=args.control_port,
+        domain=args.domain,
+    )
+
+    def ready(address: ControlAddress) -> None:
+        print(f"torpor is up (pid {address.pid})", flush=True)
+        print(f"  activator:   {address.activator_url}/<namespace>/<service>/v1/...", flush=True)
+        print(f"  control API: {address.control_url} (token in {args.home}/control.token)")
+        print(f"  state:       {args.home}", flush=True)
+        print("Deploy a model with: torpor deploy -f manifests/examples/tiny-chat.yaml", flush=True)
+
+    asyncio.run(run_embedded(config, on_ready=ready))
+    print("torpor stopped; every replica it started has exited.", flush=True)
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    try:
+        data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except OSError as e:
+        print(f"torpor deploy: cannot read {path}: {e.strerror}", file=sys.stderr)
+        return 2
+    with ControlClient.from_state(StateDir(args.home)) as client:
+        result = client.deploy(data, source=path.name)
+    verb = "created revision" if result["created_revision"] else "unchanged, revision"
+    print(f"service/{result['service']} {verb} {result['latest_revision']}")
+    print(f"  URL:  {result['url']}/v1/...")
+    print(f"  Host: {result['host']}")
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    with ControlClient.from_state(StateDir(args.home)) as client:
+        result = client.delete(args.namespace, args.service)
+    print(f"service/{result['deleted']} deleted")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with ControlClient.from_state(StateDir(args.home)) as client:
+        while True:
+            document = client.status()
+            if args.json:
+                print(json.dumps(document, indent=2))
+            else:
+                if args.watch:
+                    print("\x1b[2J\x1b[H", end="")
+                print(render_table(document))
+            if not args.watch:
+                return 0
+            time.sleep(args.watch)
+
+
+def _cmd_make_tiny(args: argparse.Namespace) -> int:
+    from runtime.tinymodel import make_tiny_llama
+
+    out = args.out or StateDir(args.home).models / "tiny-llama"
+    path = make_tiny_llama(out)
+    print(f"tiny Llama ready in {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from torpor.demo import run_demo
+
+    return run_demo(home=args.home, manifest=args.file, port=args.port, control_port=args.control_port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torpor",
+        description="Serverless, scale-to-zero LLM serving. Deploy Knative Service manifests; "
+        "each revision scales on its own, down to zero.",
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=default_home(),
+        help="state directory (default: $TORPOR_HOME or ~/.torpor)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the embedded platform in the foreground")
+    up.add_argument("--host", default="127.0.0.1", help="activator address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8080, help="activator port (default 8080)")
+    up.add_argument("--control-host", default="127.0.0.1", help="control API address")
+    up.add_argument("--control-port", type=int, default=8081, help="control API port (8081)")
+    up.add_argument("--domain", default="example.com", help="domain of host-form URLs")
+    up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    up.set_defaults(func=_cmd_up)
+
+    deploy = sub.add_parser("deploy", help="deploy a Knative Service manifest")
+    deploy.add_argument("-f", "--file", type=Path, required=True, help="manifest file, or -")
+    deploy.set_defaults(func=_cmd_deploy)
+
+    delete = sub.add_parser("delete", help="delete a service and stop its replicas")
+    delete.add_argument("service")
+    delete.add_argument("-n", "--namespace", default="default")
+    delete.set_defaults(func=_cmd_delete)
+
+    status = sub.add_parser("status", help="revisions, replicas and queues at a glance")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument("-w", "--watch", type=float, nargs="?", const=1.0, default=None,
+                        metavar="SECONDS", help="refresh every SECONDS (default 1)")
+    status.set_defaults(func=_cmd_status)
+
+    models = sub.add_parser("models", help="models for demos and tests")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
+    tiny = models_sub.add_parser("make-tiny", help="make the tiny random Llama used by tiny-chat")
+    tiny.add_argument("--out", type=Path, default=None, help="default: $TORPOR_HOME/models/tiny-llama")
+    tiny.set_defaults(func=_cmd_make_tiny)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the whole tour: start the platform, deploy tiny-chat, cold start from zero, "
+        "call it, watch it scale back to zero, stop",
+    )
+    demo.add_argument("-f", "--file", type=Path, default=EXAMPLE_MANIFEST)
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--control-port", type=int, default=8081)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ControlError as e:
+        print(f"torpor {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

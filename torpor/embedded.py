@@ -1,0 +1,146 @@
+"""``torpor up``: every part of the platform in one process, replicas as local processes.
+
+The wiring is explicit: one in-process bus, the control plane, one activator, the autoscaler with
+the local actuator, and two loopback HTTP servers (activator and control API). Shutdown stops the
+servers, then every replica the actuator started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from activator.app import ActivatorConfig, build_activator
+from autoscaler.actuators.local import LocalActuator
+from autoscaler.loop import Autoscaler
+from torpor.bus import MemoryBus
+from torpor.control_api import build_control_app
+from torpor.controlplane import ControlPlane
+from torpor.state import ControlAddress, StateDir
+
+log = logging.getLogger("torpor.embedded")
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedConfig:
+    home: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    control_host: str = "127.0.0.1"
+    control_port: int = 8081
+    domain: str = "example.com"
+    tick_s: float = 2.0
+    drain_timeout_s: float = 30.0
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the platform (two servers share a loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _server(app: Any, host: str, port: int) -> _QuietServer:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+    return _QuietServer(config)
+
+
+def _check_port_free(host: str, port: int, what: str) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise SystemExit(f"torpor up: cannot listen for the {what} on {host}:{port}: {e.strerror}") from e
+
+
+@contextlib.asynccontextmanager
+async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[ControlAddress]:
+    """Start every part; yield the addresses; stop everything on exit."""
+    state = StateDir(config.home).ensure()
+    token = state.token()
+    bus = MemoryBus()
+    activator_url = f"http://{config.host}:{config.port}"
+    control_url = f"http://{config.control_host}:{config.control_port}"
+    _check_port_free(config.host, config.port, "activator")
+    _check_port_free(config.control_host, config.control_port, "control API")
+
+    control = ControlPlane(bus, state, domain=config.domain)
+    activator = build_activator(bus, ActivatorConfig(activator_id="embedded", domain=config.domain))
+    actuator = LocalActuator(home=state.root)
+    scaler = Autoscaler(bus, actuator, tick_s=config.tick_s)
+    control_app = build_control_app(
+        control, scaler.statuses, token=token, activator_url=activator_url
+    )
+    servers = [
+        _server(activator.app, config.host, config.port),
+        _server(control_app, config.control_host, config.control_port),
+    ]
+    address = ControlAddress(control_url=control_url, activator_url=activator_url, pid=os.getpid())
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(actuator.aclose)
+        stack.push_async_callback(bus.aclose)
+        await stack.enter_async_context(scaler.running())
+        await stack.enter_async_context(activator.running())
+        await control.start()
+        tasks = [asyncio.create_task(s.serve(), name=f"uvicorn:{i}") for i, s in enumerate(servers)]
+
+        async def stop_servers() -> None:
+            for s in servers:
+                s.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        stack.push_async_callback(stop_servers)
+        while not all(s.started for s in servers):
+            if any(t.done() for t in tasks):
+                raise SystemExit("torpor up: an HTTP server failed to start")
+            await asyncio.sleep(0.02)
+        state.write_address(address)
+        stack.callback(state.clear_address)
+        yield address
+
+
+async def run_embedded(config: EmbeddedConfig, *, on_ready: Callable[[ControlAddress], None]) -> None:
+    """Run until SIGINT/SIGTERM. A second signal stops at once."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second signal: stopping at once")
+            os._exit(130)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        async with embedded_platform(config) as address:
+            on_ready(address)
+            await stop.wait()
+            log.info("stopping: draining requests and stopping replicas")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,161 @@
+"""The revision's container -> ``RuntimeSpec``.
+
+torpor runs one model per revision in one container. ``--model`` and ``--served-model-name`` in
+``args`` belong to the runtime (it resolves the model through the weight cache); the flags the
+platform sets per replica are refused; everything else is passed to vLLM unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from torpor.manifest.errors import ManifestError
+from torpor.manifest.fields import (
+    child,
+    expect_mapping,
+    expect_str,
+    get_int,
+    get_list,
+    get_str,
+    item,
+    kind_of,
+)
+from torpor.spec import RuntimeSpec
+
+DEFAULT_CONTAINER_PORT = 8080
+# Ports Knative keeps for its queue-proxy and metrics (it rejects them as the user's port).
+RESERVED_PORTS = frozenset({8012, 8013, 8022, 9090, 9091})
+# Environment variables Knative sets in every revision container and refuses from users.
+RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
+# Flags the platform gives each replica itself.
+PLATFORM_FLAGS = frozenset({"--host", "--port", "--replica-id", "--launched-at", "--cache-dir"})
+MAX_ARGS = 256
+MAX_ENV = 256
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def parse_container(containers: list[Any], path: str) -> RuntimeSpec:
+    """``spec.template.spec.containers`` (at ``path``): exactly one container."""
+    if not containers:
+        raise ManifestError(path, "must list one container")
+    if len(containers) > 1:
+        raise ManifestError(path, f"torpor runs one container per revision, got {len(containers)}")
+    at = item(path, 0)
+    c = expect_mapping(containers[0], at)
+
+    image = get_str(c, "image", at, required=True)
+    assert image is not None
+    if any(ch.isspace() for ch in image):
+        raise ManifestError(child(at, "image"), f"{image!r} contains whitespace")
+    if c.get("command") is not None:
+        raise ManifestError(
+            child(at, "command"),
+            "the runtime image's entrypoint serves the model; put its flags in args",
+        )
+
+    model, served, engine_args = _split_args(get_list(c, "args", at), child(at, "args"))
+    env = _env(get_list(c, "env", at), child(at, "env"))
+    port = _port(get_list(c, "ports", at), child(at, "ports"))
+    return RuntimeSpec(
+        image=image,
+        model=model,
+        served_model_name=served,
+        engine_args=engine_args,
+        env=env,
+        container_port=port,
+    )
+
+
+def _split_args(raw: list[Any], path: str) -> tuple[str, str | None, tuple[str, ...]]:
+    if len(raw) > MAX_ARGS:
+        raise ManifestError(path, f"at most {MAX_ARGS} arguments, got {len(raw)}")
+    args = [expect_str(a, item(path, i)) for i, a in enumerate(raw)]
+    owned: dict[str, str] = {}
+    engine: list[str] = []
+    i = 0
+    while i < len(args):
+        arg, field = args[i], item(path, i)
+        flag, eq, inline = arg.partition("=")
+        if flag in PLATFORM_FLAGS:
+            raise ManifestError(field, f"{flag} is set by the platform for each replica")
+        if flag not in ("--model", "--served-model-name"):
+            engine.append(arg)
+            i += 1
+            continue
+        if flag in owned:
+            raise ManifestError(field, f"{flag} is given twice")
+        if eq:
+            value, i = inline, i + 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("-"):
+            value, i = args[i + 1], i + 2
+        else:
+            raise ManifestError(field, f"{flag} needs a value")
+        if not value.strip():
+            raise ManifestError(field, f"{flag} must not be empty")
+        # vLLM takes several served names; torpor routes by one, so a stray bare token here
+        # would silently become a second name.
+        if i < len(args) and not args[i].startswith("-") and flag == "--served-model-name":
+            raise ManifestError(item(path, i), f"{flag} takes exactly one name in torpor")
+        owned[flag] = value
+    if "--model" not in owned:
+        raise ManifestError(
+            path, "must include --model=<directory or file:// URI> (the model the runtime serves)"
+        )
+    return owned["--model"], owned.get("--served-model-name"), tuple(engine)
+
+
+def _env(raw: list[Any], path: str) -> tuple[tuple[str, str], ...]:
+    if len(raw) > MAX_ENV:
+        raise ManifestError(path, f"at most {MAX_ENV} variables, got {len(raw)}")
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        at = item(path, i)
+        e: Mapping[Any, Any] = expect_mapping(entry, at)
+        name = get_str(e, "name", at, required=True)
+        assert name is not None
+        if not _ENV_NAME.fullmatch(name):
+            raise ManifestError(child(at, "name"), f"{name!r} is not a valid variable name")
+        if name in RESERVED_ENV:
+            raise ManifestError(child(at, "name"), f"{name} is set by the platform")
+        if name in seen:
+            raise ManifestError(child(at, "name"), f"{name} is set twice")
+        seen.add(name)
+        if e.get("valueFrom") is not None:
+            raise ManifestError(
+                child(at, "valueFrom"),
+                "torpor replicas take literal values only; use value",
+            )
+        value = e.get("value", "")
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise ManifestError(
+                child(at, "value"), f"must be a string, got {kind_of(value)} (quote it)"
+            )
+        out.append((name, value))
+    return tuple(out)
+
+
+def _port(raw: list[Any], path: str) -> int:
+    if not raw:
+        return DEFAULT_CONTAINER_PORT
+    if len(raw) > 1:
+        raise ManifestError(path, f"Knative allows one port per container, got {len(raw)}")
+    at = item(path, 0)
+    p = expect_mapping(raw[0], at)
+    port = get_int(p, "containerPort", at, low=1, high=65535)
+    if port is None:
+        return DEFAULT_CONTAINER_PORT
+    if port in RESERVED_PORTS:
+        raise ManifestError(
+            child(at, "containerPort"),
+            f"{port} is reserved by Knative ({', '.join(map(str, sorted(RESERVED_PORTS)))})",
+        )
+    name = get_str(p, "name", at)
+    if name not in (None, "", "http1", "h2c"):
+        raise ManifestError(child(at, "name"), f"must be http1 or h2c, got {name!r}")
+    return port

@@ -1,0 +1,116 @@
+"""Knative Service text -> ``ServiceManifest``: every rule, each error naming its field."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torpor.manifest.annotations import parse_template_annotations, reject_autoscaling_keys
+from torpor.manifest.container import parse_container
+from torpor.manifest.digest import template_digest
+from torpor.manifest.errors import DOCUMENT, ManifestError
+from torpor.manifest.fields import (
+    child,
+    expect_mapping,
+    get_int,
+    get_list,
+    get_mapping,
+    get_str,
+    string_map,
+)
+from torpor.manifest.model import RevisionTemplate, ServiceManifest
+from torpor.manifest.names import LABEL_MAX, check_dns1035_label, check_dns1123_label
+from torpor.manifest.traffic import parse_traffic
+from torpor.manifest.yaml_load import load_document
+from torpor.spec import DEFAULT_TIMEOUT_S
+
+API_VERSION = "serving.knative.dev/v1"
+KIND = "Service"
+DEFAULT_NAMESPACE = "default"
+MAX_REVISION_TIMEOUT_S = 600
+"""Knative's default ``max-revision-timeout-seconds`` (config-defaults)."""
+MAX_CONTAINER_CONCURRENCY = 1000
+"""Knative's default ``container-concurrency-max-limit`` (config-defaults)."""
+# Revision names are <service>-00001: the service name leaves room for the suffix.
+MAX_SERVICE_NAME = LABEL_MAX - len("-00001")
+
+
+def parse_service(
+    text: str | bytes,
+    *,
+    source: str = "<manifest>",
+    max_timeout_s: int = MAX_REVISION_TIMEOUT_S,
+) -> ServiceManifest:
+    """Parse and validate one Knative Service manifest; raise ``ManifestError`` on anything bad.
+
+    ``source`` (a file name) prefixes the error message. Pure: no I/O, no clock.
+    """
+    try:
+        return dataclasses.replace(_service(load_document(text), max_timeout_s), source=source)
+    except ManifestError as e:
+        raise e.with_source(source) from None
+
+
+def _service(doc: Any, max_timeout_s: int) -> ServiceManifest:
+    root = expect_mapping(doc, DOCUMENT)
+    api_version = get_str(root, "apiVersion", "", required=True)
+    if api_version != API_VERSION:
+        raise ManifestError("apiVersion", f"must be {API_VERSION}, got {api_version!r}")
+    kind = get_str(root, "kind", "", required=True)
+    if kind != KIND:
+        raise ManifestError("kind", f"must be {KIND} (a Knative Service), got {kind!r}")
+
+    meta = get_mapping(root, "metadata", "", required=True)
+    name = get_str(meta, "name", "metadata", required=True)
+    assert name is not None
+    check_dns1035_label(name, "metadata.name", max_len=MAX_SERVICE_NAME)
+    namespace = get_str(meta, "namespace", "metadata") or DEFAULT_NAMESPACE
+    check_dns1123_label(namespace, "metadata.namespace")
+    string_map(meta.get("labels"), "metadata.labels")
+    reject_autoscaling_keys(
+        string_map(meta.get("annotations"), "metadata.annotations"), "metadata.annotations"
+    )
+
+    spec = get_mapping(root, "spec", "", required=True)
+    template = _template(get_mapping(spec, "template", "spec", required=True), name, max_timeout_s)
+    traffic = parse_traffic(get_list(spec, "traffic", "spec"), "spec.traffic", name)
+    return ServiceManifest(namespace=namespace, name=name, template=template, traffic=traffic)
+
+
+def _template(t: Any, service: str, max_timeout_s: int) -> RevisionTemplate:
+    path = "spec.template"
+    meta = get_mapping(t, "metadata", path)
+    meta_path = child(path, "metadata")
+    revision_name = get_str(meta, "name", meta_path)
+    if revision_name is not None:
+        field = child(meta_path, "name")
+        check_dns1035_label(revision_name, field)
+        # Knative's rule: a named revision carries its service's name as a prefix.
+        if not revision_name.startswith(f"{service}-"):
+            raise ManifestError(field, f"{revision_name!r} must start with {service + '-'!r}")
+    string_map(meta.get("labels"), child(meta_path, "labels"))
+    annotations_path = child(meta_path, "annotations")
+    annotations = parse_template_annotations(
+        string_map(meta.get("annotations"), annotations_path), annotations_path
+    )
+
+    pod_path = child(path, "spec")
+    pod = get_mapping(t, "spec", path, required=True)
+    runtime = parse_container(
+        get_list(pod, "containers", pod_path, required=True), child(pod_path, "containers")
+    )
+    concurrency = get_int(
+        pod, "containerConcurrency", pod_path, low=0, high=MAX_CONTAINER_CONCURRENCY
+    )
+    timeout = get_int(pod, "timeoutSeconds", pod_path, low=1, high=max_timeout_s)
+
+    template = RevisionTemplate(
+        runtime=runtime,
+        autoscaling=annotations.autoscaling,
+        name=revision_name,
+        container_concurrency=concurrency or 0,
+        timeout_s=DEFAULT_TIMEOUT_S if timeout is None else float(timeout),
+        queue_depth=annotations.queue_depth,
+        api_keys_secret=annotations.api_keys_secret,
+    )
+    return dataclasses.replace(template, digest=template_digest(template))

@@ -1,0 +1,112 @@
+"""``torpor status``: the rows (pure, from specs and autoscaler statuses) and the table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torpor.spec import ServiceSpec
+from torpor.status import RevisionStatus
+
+
+def status_document(
+    services: Sequence[ServiceSpec],
+    statuses: Sequence[RevisionStatus],
+    *,
+    activator_url: str,
+) -> dict[str, Any]:
+    """One JSON object: a ``revisions`` list with every revision some traffic can reach."""
+    by_key = {s.revision: s for s in statuses}
+    rows: list[dict[str, Any]] = []
+    for service in services:
+        for revision in service.routed_revisions():
+            key = revision.ref.key
+            st = by_key.get(key)
+            targets = [t for t in service.traffic if t.revision == revision.ref.name]
+            tags = sorted(t.tag for t in targets if t.tag)
+            cold = st.last_cold_start if st else None
+            rows.append(
+                {
+                    "name": revision.ref.name,
+                    "service": service.name,
+                    "namespace": service.namespace,
+                    "traffic_percent": sum(t.percent for t in targets),
+                    "tags": tags,
+                    "url": f"{activator_url}/{service.namespace}/{service.name}",
+                    "host": f"{service.name}.{service.namespace}.{service.domain}",
+                    "state": st.state if st else "scaled-to-zero",
+                    "reason": st.reason if st else None,
+                    "desired_replicas": st.desired_replicas if st else 0,
+                    "ready_replicas": st.ready_replicas if st else 0,
+                    "starting_replicas": st.starting_replicas if st else 0,
+                    "draining_replicas": st.draining_replicas if st else 0,
+                    "queued_requests": st.queued_requests if st else 0,
+                    "in_flight_requests": st.in_flight_requests if st else 0,
+                    "panic": st.panic if st else False,
+                    "min_scale": revision.autoscaling.min_scale,
+                    "max_scale": revision.autoscaling.max_scale,
+                    "last_cold_start": None
+                    if cold is None
+                    else {
+                        "replica_id": cold.replica_id,
+                        "started_at": cold.started_at,
+                        "total_seconds": round(cold.total_s, 3),
+                        "warm": cold.warm,
+                        "phases": {name: round(s, 3) for name, s in cold.phases},
+                    },
+                }
+            )
+    return {"revisions": rows}
+
+
+_COLUMNS = (
+    ("NAMESPACE", "namespace"),
+    ("SERVICE", "service"),
+    ("REVISION", "name"),
+    ("TRAFFIC", "traffic"),
+    ("STATE", "state"),
+    ("READY", "ready"),
+    ("QUEUED", "queued_requests"),
+    ("IN-FLIGHT", "in_flight_requests"),
+    ("LAST COLD START", "cold"),
+)
+
+
+def render_table(document: Mapping[str, Any]) -> str:
+    """The document as an aligned table; a reason line under any revision that has one."""
+    revisions = document.get("revisions", [])
+    if not revisions:
+        return "No services deployed. Deploy one with: torpor deploy -f FILE"
+    cells: list[list[str]] = []
+    notes: list[str] = []
+    for row in revisions:
+        traffic = f"{row['traffic_percent']}%"
+        if row["tags"]:
+            traffic += " (" + ",".join(f"tag:{t}" for t in row["tags"]) + ")"
+        cold = row["last_cold_start"]
+        cold_text = "-"
+        if cold:
+            cold_text = f"{cold['total_seconds']:.1f}s" + (" warm" if cold["warm"] else "")
+        values = {
+            "namespace": row["namespace"],
+            "service": row["service"],
+            "name": row["name"],
+            "traffic": traffic,
+            "state": row["state"] + (" (panic)" if row["panic"] else ""),
+            "ready": f"{row['ready_replicas']}/{row['desired_replicas']}",
+            "queued_requests": str(row["queued_requests"]),
+            "in_flight_requests": str(row["in_flight_requests"]),
+            "cold": cold_text,
+        }
+        cells.append([values[key] for _, key in _COLUMNS])
+        if row["reason"]:
+            notes.append(f"  {row['name']}: {row['reason']}")
+    headers = [h for h, _ in _COLUMNS]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines)
