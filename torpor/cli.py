@@ -24,6 +24,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Every scrape is an HTTP request; the client's own log line per request is noise.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = EmbeddedConfig(
         home=args.home,
         host=args.host,
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return 0
     return code
 
 

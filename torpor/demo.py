@@ -118,12 +118,12 @@ def run_demo(*, home: Path, manifest: Path, port: int, control_port: int) -> int
 
     _step(f"Starting the embedded platform (torpor up --port {port})")
     log_path = state.root / "torpor-up.log"
-    log = log_path.open("ab")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "torpor", "--home", str(home), "up",
-         "--port", str(port), "--control-port", str(control_port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    with log_path.open("ab") as log:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "torpor", "--home", str(home), "up",
+             "--port", str(port), "--control-port", str(control_port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     try:
         client = _wait_until_up(state, up, log_path)
         return _tour(client, manifest, port)

@@ -62,7 +62,7 @@ class StandbyProcess:
 
     async def assign(self, argv: Sequence[str], env: Mapping[str, str],
                      stdout_fd: int | None = None, stderr_fd: int | None = None,
-                     timeout: float = 10.0) -> int:
+                     deadline_s: float = 10.0) -> int:
         """Hand the standby its `serve` arguments (and its log fds); returns its pid."""
         if self.assigned:
             raise StandbyError("standby already assigned")
@@ -71,7 +71,7 @@ class StandbyProcess:
                                             else stdout_fd]
         payload = json.dumps({"argv": list(argv), "env": dict(env)}).encode() + b"\n"
         return await asyncio.wait_for(
-            asyncio.to_thread(_send_assignment, self.socket_path, payload, fds), timeout)
+            asyncio.to_thread(_send_assignment, self.socket_path, payload, fds), deadline_s)
 
 
 def _send_assignment(path: Path, payload: bytes, fds: list[int]) -> int:
@@ -127,18 +127,16 @@ class WarmPool:
     def ready_count(self) -> int:
         return sum(1 for s in self._ready if s.is_ready())
 
-    async def wait_ready(self, count: int | None = None, timeout: float | None = None) -> None:
-        """Block until `count` (default: size) standbys are ready; for benchmarks and tests."""
+    async def wait_ready(self, count: int | None = None) -> None:
+        """Block until `count` (default: size) standbys are ready; for benchmarks and tests.
+
+        Unbounded by itself: callers bound it (`asyncio.timeout`)."""
         want = self.size if count is None else count
         self.start()
-
-        async def poll() -> None:
-            while self.ready_count < want:
-                if self._closed:
-                    raise StandbyError("pool closed")
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(poll(), timeout)
+        while self.ready_count < want:
+            if self._closed:
+                raise StandbyError("pool closed")
+            await asyncio.sleep(0.05)
 
     async def take(self) -> StandbyProcess | None:
         """A ready standby, or None at once if there is none (the caller starts plainly)."""

@@ -66,12 +66,12 @@ class Platform:
 
 def _start(home: Path) -> Platform:
     port, control_port = free_port(), free_port()
-    log = (home / "torpor-up.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "torpor", "--home", str(home), "up",
-         "--port", str(port), "--control-port", str(control_port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    with (home / "torpor-up.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "torpor", "--home", str(home), "up",
+             "--port", str(port), "--control-port", str(control_port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert process.poll() is None, (home / "torpor-up.log").read_text()

@@ -1,0 +1,430 @@
+"""The activator: one pure ASGI app in front of every revision, built by ``build_activator``.
+
+Per request (ARCHITECTURE.md, "The flow of one request"): route host or path to a revision, read
+the body once (bounded), take a slot on a replica from the revision's queue (waiting, bounded,
+while none has room and poking the autoscaler on the first waiter at zero), forward and stream
+the answer, then give the slot back. A disconnect at any point after the body cancels the work
+in progress: the wait, or the upstream call.
+
+``Activator.running()`` owns everything that runs beside requests: the bus subscription that
+keeps routes and endpoints current, the stats publisher, and the pooled HTTP client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from activator.balancer import Backend
+from activator.errors import (
+    ActivatorError,
+    BodyTooLarge,
+    ClientGone,
+    NotFound,
+    UpstreamUnavailable,
+    error_response,
+)
+from activator.metrics import CONTENT_TYPE, ActivatorMetrics, RevisionGauges
+from activator.proxy import ConnectFailed, forward, upstream_headers
+from activator.queue import QueueLimits, RevisionQueue
+from activator.routing import Local, Route, RouteTable, build_route_table, resolve
+from activator.upstream import UpstreamClosed, UpstreamPool
+from torpor.bus.base import (
+    ActivatorStats,
+    Bus,
+    BusEvent,
+    EndpointsChanged,
+    RevisionEndpoints,
+    ServicesChanged,
+)
+from torpor.spec import RevisionRef, RevisionSpec, ServiceSpec
+
+log = logging.getLogger("torpor.activator")
+
+CLIENT_CLOSED = 499  # nginx's convention for "client went away before the answer"
+_RESUBSCRIBE_DELAY_S = 0.5
+
+
+@dataclass(frozen=True)
+class ActivatorConfig:
+    activator_id: str
+    domain: str = "example.com"
+    stats_interval_s: float = 1.0
+    max_body_bytes: int = 8 * 1024 * 1024  # bigger -> 413
+    seed: int | None = None  # traffic-split and balancing randomness, for tests
+    connect_timeout_s: float = 5.0  # to a replica; refused connections fail at once anyway
+    retry_after_s: int = 1  # Retry-After on 503 queue full
+
+    def __post_init__(self) -> None:
+        if not self.activator_id:
+            raise ValueError("activator_id must not be empty")
+        if self.stats_interval_s <= 0:
+            raise ValueError("stats_interval_s must be positive")
+        if self.max_body_bytes < 0:
+            raise ValueError("max_body_bytes must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class _Labels:
+    namespace: str
+    service: str
+    revision: str
+
+
+class _DisconnectWatch:
+    """Cancels the current task the moment the client disconnects; re-raised as ``ClientGone``.
+
+    The request's own task does the work and one listener task waits on ``receive()``: whichever
+    finishes first ends the other (the listener is cancelled on exit), which is the task-group
+    shape of Starlette's StreamingResponse at the cost of one extra task instead of two.
+    """
+
+    __slots__ = ("_active", "_listener", "_receive", "_task", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self._active = True
+        self._receive = receive
+        self._task: asyncio.Task[object] | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _DisconnectWatch:
+        self._task = asyncio.current_task()
+        self._listener = asyncio.get_running_loop().create_task(self._listen(self._receive))
+        self._listener.add_done_callback(self._on_done)
+        return self
+
+    async def _listen(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    def _on_done(self, listener: asyncio.Task[None]) -> None:
+        if not self._active or listener.cancelled() or listener.exception() is not None:
+            return
+        self.gone = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self._active = False
+        if self._listener is not None and not self._listener.done():
+            self._listener.cancel()
+        if self.gone and self._task is not None and exc_type is asyncio.CancelledError:
+            self._task.uncancel()
+            raise ClientGone() from None
+        return False
+
+
+class Activator:
+    """The ASGI app plus what keeps it current. Build with ``build_activator``."""
+
+    def __init__(self, bus: Bus, config: ActivatorConfig) -> None:
+        self._bus = bus
+        self.config = config
+        self._rng = random.Random(config.seed)
+        self._table: RouteTable = build_route_table((), config.domain)
+        self._queues: dict[str, RevisionQueue] = {}
+        self._labels: dict[str, _Labels] = {}
+        self._pool: UpstreamPool | None = None
+        self.metrics = ActivatorMetrics(self._gauges)
+        # The Activator itself is the ASGI callable; ``app`` names it for explicit wiring. (A bound
+        # method would not do: servers sniff ``async def __call__`` to tell ASGI 3 from ASGI 2.)
+        self.app: ASGIApp = self
+
+    # ---- state from the bus -------------------------------------------------------------
+
+    def apply(self, event: BusEvent) -> None:
+        """Apply one bus event (idempotent: events carry whole sets)."""
+        if isinstance(event, ServicesChanged):
+            self.apply_services(event.services)
+        elif isinstance(event, EndpointsChanged):
+            self.apply_endpoints(event.endpoints)
+
+    def apply_services(self, services: tuple[ServiceSpec, ...]) -> None:
+        self._table = build_route_table(services, self.config.domain)
+        live: set[str] = set()
+        for service in services:
+            for revision in service.revisions:
+                key = revision.ref.key
+                live.add(key)
+                self._labels[key] = _Labels(revision.ref.namespace, service.name, revision.ref.name)
+                self._queue_for(revision).limits = QueueLimits.of(revision)
+        for key in list(self._queues):
+            if key not in live:
+                self._queues.pop(key).close(NotFound(f"revision {key} was deleted"))
+                self._labels.pop(key, None)
+
+    def apply_endpoints(self, endpoints: RevisionEndpoints) -> None:
+        queue = self._queues.get(endpoints.revision)
+        if queue is None:
+            # Endpoints may arrive before the spec (separate bus messages); keep them.
+            queue = RevisionQueue(endpoints.revision, QueueLimits(), self._bus.poke, self._rng)
+            self._queues[endpoints.revision] = queue
+        queue.set_endpoints(endpoints)
+
+    def _queue_for(self, revision: RevisionSpec) -> RevisionQueue:
+        key = revision.ref.key
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = RevisionQueue(key, QueueLimits.of(revision), self._bus.poke, self._rng)
+            self._queues[key] = queue
+        return queue
+
+    def _labels_for(self, key: str) -> _Labels:
+        labels = self._labels.get(key)
+        if labels is None:
+            ref = RevisionRef.parse(key)
+            labels = _Labels(ref.namespace, "", ref.name)
+        return labels
+
+    # ---- signals --------------------------------------------------------------------------
+
+    def stats(self) -> list[ActivatorStats]:
+        now = time.time()
+        return [
+            ActivatorStats(
+                activator_id=self.config.activator_id,
+                revision=key,
+                queued=q.queued,
+                in_flight=q.in_flight,
+                at=now,
+                requests_total=q.requests_total,
+            )
+            for key, q in self._queues.items()
+        ]
+
+    def _gauges(self) -> Iterator[RevisionGauges]:
+        for key, q in list(self._queues.items()):
+            labels = self._labels_for(key)
+            yield RevisionGauges(
+                labels.namespace, labels.service, labels.revision, q.queued, q.in_flight
+            )
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def running(self) -> AbstractAsyncContextManager[None]:
+        return self._running()
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        self._pool = UpstreamPool(self.config.connect_timeout_s)
+        ready = asyncio.Event()
+        follower = asyncio.create_task(self._follow_bus(ready), name="activator-bus")
+        stats = asyncio.create_task(self._publish_stats(), name="activator-stats")
+        try:
+            ready_wait = asyncio.create_task(ready.wait())
+            done, _ = await asyncio.wait({ready_wait, follower}, return_when="FIRST_COMPLETED")
+            if follower in done:
+                ready_wait.cancel()
+                await asyncio.gather(ready_wait, return_exceptions=True)
+                follower.result()  # surface why the subscription failed
+            yield
+        finally:
+            for task in (follower, stats):
+                task.cancel()
+            await asyncio.gather(follower, stats, return_exceptions=True)
+            pool, self._pool = self._pool, None
+            await pool.aclose()
+
+    async def _follow_bus(self, ready: asyncio.Event) -> None:
+        while True:
+            try:
+                await self._follow_once(ready)
+                return  # the bus closed
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("bus subscription failed; resubscribing")
+                await asyncio.sleep(_RESUBSCRIBE_DELAY_S)
+
+    async def _follow_once(self, ready: asyncio.Event) -> None:
+        events = self._bus.events()
+        # Subscribe before reading the snapshot, so nothing published in between is missed.
+        pending = asyncio.ensure_future(anext(events))
+        try:
+            await asyncio.sleep(0)
+            snapshot = await self._bus.snapshot()
+            self.apply_services(snapshot.services)
+            for endpoints in snapshot.endpoints.values():
+                self.apply_endpoints(endpoints)
+            ready.set()
+            while True:
+                try:
+                    event = await pending
+                except StopAsyncIteration:
+                    return
+                self.apply(event)
+                pending = asyncio.ensure_future(anext(events))
+        finally:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await events.aclose()  # type: ignore[attr-defined]
+
+    async def _publish_stats(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.stats_interval_s)
+            try:
+                await self._bus.publish_stats(self.stats())
+            except Exception:
+                log.warning("could not publish stats", exc_info=True)
+
+    # ---- requests -------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            # Lifecycle is explicit (``running()``); acknowledge a server's lifespan protocol.
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        host = ""
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value.decode("latin-1")
+                break
+        raw = scope.get("raw_path")
+        # Some servers put the query in raw_path; the query travels separately.
+        raw_path = raw.split(b"?", 1)[0].decode("latin-1") if raw else scope["path"]
+        try:
+            route = resolve(self._table, host, raw_path, self._rng.random())
+        except ActivatorError as error:
+            self.metrics.count("", "", "", error.status)
+            await _send_error(send, error)
+            return
+        if isinstance(route, Local):
+            await self._local(route, send)
+            return
+        await self._proxy(scope, receive, send, route)
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+        revision = route.revision
+        labels = self._labels_for(revision.ref.key)
+        queue = self._queue_for(revision)
+        code = CLIENT_CLOSED
+        try:
+            body = await _read_body(scope, receive, self.config.max_body_bytes)
+            headers = upstream_headers(scope["headers"], scope.get("client"), scope["scheme"])
+            query = scope.get("query_string", b"")
+            target = route.path + ("?" + query.decode("latin-1") if query else "")
+            pool = self._pool
+            if pool is None:
+                raise UpstreamUnavailable("activator is not running")
+            async with _DisconnectWatch(receive):
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                backend = await queue.acquire()
+                self.metrics.observe_wait(revision.ref.key, labels, loop.time() - started)
+
+                async def attempt(backend: Backend) -> int:
+                    try:
+                        return await forward(
+                            pool, backend.url, scope["method"], target, headers, body, send
+                        )
+                    finally:
+                        queue.release(backend)
+
+                try:
+                    code = await attempt(backend)
+                except ConnectFailed:
+                    # Nothing reached that replica: one retry, on another one.
+                    code = await attempt(await queue.acquire(exclude=(backend.replica_id,)))
+        except ActivatorError as error:
+            code = error.status
+            await _send_error(send, error)
+        except ClientGone:
+            code = CLIENT_CLOSED
+        except (UpstreamClosed, OSError) as exc:
+            # The response had started: all that is left is to end it abruptly.
+            code = 502
+            log.warning("replica failed mid-response for %s: %s", revision.ref.key, exc)
+        finally:
+            self.metrics.count(labels.namespace, labels.service, labels.revision, code)
+
+    async def _local(self, route: Local, send: Send) -> None:
+        if route.name == "metrics":
+            body = self.metrics.render()
+            content_type = CONTENT_TYPE.encode()
+        else:
+            body = json.dumps({"status": "ok", "activator": self.config.activator_id}).encode()
+            content_type = b"application/json"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, read once so one retry can replay it; at most ``limit`` bytes."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                declared = 0
+            if declared > limit:
+                raise BodyTooLarge(f"request body of {declared} bytes exceeds {limit} bytes")
+            break
+    first = await receive()
+    if first["type"] == "http.disconnect":
+        raise ClientGone()
+    body: bytes = first.get("body", b"")
+    if not first.get("more_body", False):
+        if len(body) > limit:
+            raise BodyTooLarge(f"request body exceeds {limit} bytes")
+        return body
+    chunks = [body]
+    size = len(body)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send_error(send: Send, error: ActivatorError) -> None:
+    status, headers, body = error_response(error)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_activator(bus: Bus, config: ActivatorConfig) -> Activator:
+    return Activator(bus, config)

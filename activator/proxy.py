@@ -1,0 +1,118 @@
+"""Forwarding one request to one replica and streaming the answer back as it arrives.
+
+Response bytes go to the client chunk by chunk as the replica's socket yields them, so SSE token
+streams are not held back. Bodies pass through untouched (no decompression, chunked framing
+redone by the server), and hop-by-hop headers are dropped in both directions (RFC 9110 section
+7.6.1). The client is ``activator.upstream.UpstreamPool`` (why not aiohttp or httpx: see there).
+"""
+
+from __future__ import annotations
+
+from starlette.types import Send
+
+from activator.errors import UpstreamUnavailable
+from activator.upstream import ConnectError, Headers, UpstreamClosed, UpstreamPool
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Also never forwarded: the length (recomputed from the body read once), the host (the replica's
+# own address goes out; the original travels in X-Forwarded-Host) and Expect (the body is
+# already in hand, so there is nothing to wait for a 100 Continue about).
+_DROP_REQUEST = frozenset(h.encode() for h in HOP_BY_HOP) | {
+    b"content-length",
+    b"host",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+}
+_DROP_RESPONSE = frozenset(h.encode() for h in HOP_BY_HOP)
+
+
+class ConnectFailed(UpstreamUnavailable):
+    """The replica refused the connection before any request byte was sent."""
+
+
+def upstream_headers(raw: Headers, client: tuple[str, int] | None, scheme: str) -> Headers:
+    """The client's headers minus hop-by-hop ones, plus the usual X-Forwarded-* trio."""
+    connection_named: set[bytes] = set()
+    forwarded_for = b""
+    host = b""
+    for name, value in raw:
+        if name == b"connection":
+            connection_named.update(v.strip().lower() for v in value.split(b","))
+        elif name == b"host":
+            host = value
+        elif name == b"x-forwarded-for":
+            forwarded_for = value
+    out = [
+        (name, value)
+        for name, value in raw
+        if name not in _DROP_REQUEST and name not in connection_named
+    ]
+    if client is not None:
+        address = client[0].encode("latin-1")
+        forwarded_for = forwarded_for + b", " + address if forwarded_for else address
+    if forwarded_for:
+        out.append((b"x-forwarded-for", forwarded_for))
+    if host:
+        out.append((b"x-forwarded-host", host))
+    out.append((b"x-forwarded-proto", scheme.encode("latin-1")))
+    return out
+
+
+async def forward(
+    pool: UpstreamPool,
+    base_url: str,
+    method: str,
+    path_and_query: str,
+    headers: Headers,
+    body: bytes,
+    send: Send,
+) -> int:
+    """Send one request to ``base_url`` and stream its response to ``send``; returns the status.
+
+    Raises ``ConnectFailed`` when nothing reached the replica (safe to retry elsewhere) and
+    ``UpstreamUnavailable`` when the replica failed before answering. Once the response has
+    started, an upstream failure raises ``UpstreamClosed`` and the client's response ends
+    abruptly (no retry: bytes already went both ways).
+    """
+    try:
+        response = await pool.request(base_url, method, path_and_query, headers, body)
+    except ConnectError as exc:
+        raise ConnectFailed(f"could not connect to replica at {base_url}: {exc}") from exc
+    except (UpstreamClosed, OSError) as exc:
+        raise UpstreamUnavailable(f"replica at {base_url} failed before answering: {exc}") from exc
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [h for h in response.headers if h[0] not in _DROP_RESPONSE],
+            }
+        )
+        while (chunk := await response.next_chunk()) is not None:
+            # The last chunk says so itself when it is known to be last (a small answer arrives
+            # whole), which saves the server a separate write for the end of the body.
+            last = response.complete
+            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            if last:
+                return response.status
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return response.status
+    finally:
+        # Closing an unfinished response closes its connection, which is how the replica learns
+        # that the client went away (vLLM aborts the generation when its client disconnects).
+        response.close()

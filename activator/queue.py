@@ -1,0 +1,177 @@
+"""Holding requests for one revision until a replica has room: a bounded FIFO of waiters.
+
+A request asks its revision's queue for a backend. If no one is waiting and a serving replica
+has room it gets one at once; otherwise it waits, in arrival order, bounded in count (the
+revision's ``queue_depth``) and in time (its ``timeout_s``). The first waiter while the revision
+has no serving replica pokes the autoscaler at once rather than waiting for the next stats tick.
+A released slot or a new set of endpoints hands backends to waiters front first. A published
+failure answers every waiter with the runtime's own error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+
+from activator.balancer import Backend, pick
+from activator.errors import QueueFull, RevisionFailed, UpstreamUnavailable, WaitTimeout
+from torpor.bus.base import RevisionEndpoints
+from torpor.spec import DEFAULT_QUEUE_DEPTH, DEFAULT_TIMEOUT_S, RevisionSpec
+
+Poke = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    depth: int = DEFAULT_QUEUE_DEPTH
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    container_concurrency: int = 0
+
+    @classmethod
+    def of(cls, spec: RevisionSpec) -> QueueLimits:
+        return cls(max(spec.queue_depth, 0), spec.timeout_s, spec.container_concurrency)
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    future: asyncio.Future[Backend]
+    exclude: Collection[str] = field(default=())
+
+
+class RevisionQueue:
+    """One revision's replicas, their in-flight counts, and the requests waiting for them."""
+
+    def __init__(self, revision: str, limits: QueueLimits, poke: Poke, rng: random.Random) -> None:
+        self.revision = revision
+        self.limits = limits
+        self._poke = poke
+        self._rng = rng
+        self._backends: list[Backend] = []
+        self._waiters: deque[_Waiter] = deque()
+        self._failure: str | None = None
+        self._failure_poked = False
+        self._version = -1
+        self.in_flight = 0
+        self.requests_total = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def backends(self) -> tuple[Backend, ...]:
+        return tuple(self._backends)
+
+    def has_serving(self) -> bool:
+        return any(not b.draining for b in self._backends)
+
+    def set_endpoints(self, endpoints: RevisionEndpoints) -> None:
+        """Replace the replica set (whole sets, idempotent; older versions are ignored)."""
+        if endpoints.version and endpoints.version < self._version:
+            return
+        self._version = endpoints.version
+        known = {b.replica_id: b for b in self._backends}
+        fresh: list[Backend] = []
+        for e in endpoints.endpoints:
+            b = known.get(e.replica_id)
+            if b is None or b.url != e.url:
+                b = Backend(e.replica_id, e.url)
+            b.draining = e.draining
+            fresh.append(b)
+        # Backends dropped here may still have leases out; those just release into the void.
+        self._backends = fresh
+        self._failure = endpoints.failure if not self.has_serving() else None
+        self._failure_poked = False
+        if self._failure is not None:
+            self._fail_all(RevisionFailed(self._failure_message(self._failure)))
+        else:
+            self._dispatch()
+
+    def close(self, error: Exception) -> None:
+        """The revision is gone: answer every waiter with ``error``."""
+        self._fail_all(error)
+
+    async def acquire(self, exclude: Collection[str] = ()) -> Backend:
+        """A backend with a slot reserved for the caller; pair with ``release``."""
+        self.requests_total += not exclude  # a retry is not a new request
+        if self._failure is not None:
+            if not self._failure_poked:
+                # Once per published failure, so the autoscaler may try the start again.
+                self._failure_poked = True
+                await self._poke(self.revision)
+            raise RevisionFailed(self._failure_message(self._failure))
+        if not self._waiters:
+            backend = pick(self._backends, self.limits.container_concurrency, self._rng, exclude)
+            if backend is not None:
+                backend.in_flight += 1
+                self.in_flight += 1
+                return backend
+        if exclude:
+            serving = [b for b in self._backends if not b.draining]
+            if serving and all(b.replica_id in exclude for b in serving):
+                raise UpstreamUnavailable(
+                    f"no other replica of revision {self.revision} to retry on"
+                )
+        if len(self._waiters) >= self.limits.depth:
+            raise QueueFull(
+                f"revision {self.revision} has {len(self._waiters)} requests waiting, "
+                f"its queue limit; retry later"
+            )
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude)
+        self._waiters.append(waiter)
+        try:
+            if len(self._waiters) == 1 and not self.has_serving():
+                await self._poke(self.revision)
+            async with asyncio.timeout(self.limits.timeout_s):
+                return await waiter.future
+        except BaseException as exc:
+            # Timed out, cancelled (client gone) or failed: a slot handed over in the meantime
+            # goes back to the next waiter.
+            if waiter.future.done() and not waiter.future.cancelled():
+                if waiter.future.exception() is None:
+                    self.release(waiter.future.result())
+            else:
+                waiter.future.cancel()
+            if isinstance(exc, TimeoutError):
+                raise WaitTimeout(
+                    f"revision {self.revision} had no replica ready within "
+                    f"{self.limits.timeout_s:g}s"
+                ) from None
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def release(self, backend: Backend) -> None:
+        backend.in_flight -= 1
+        self.in_flight -= 1
+        if self._waiters:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        cc = self.limits.container_concurrency
+        for waiter in list(self._waiters):
+            if waiter.future.done():
+                self._waiters.remove(waiter)
+                continue
+            backend = pick(self._backends, cc, self._rng, waiter.exclude)
+            if backend is None:
+                if not waiter.exclude:
+                    return  # nothing has room; later waiters cannot do better
+                continue
+            backend.in_flight += 1
+            self.in_flight += 1
+            self._waiters.remove(waiter)
+            waiter.future.set_result(backend)
+
+    def _fail_all(self, error: Exception) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+
+    def _failure_message(self, failure: str) -> str:
+        return f"revision {self.revision} failed to start: {failure}"

@@ -1,0 +1,268 @@
+"""Pure translations from Knative objects (wire JSON) to torpor's types.
+
+A PodAutoscaler plus its Revision becomes a ``RevisionSpec`` (annotations and the container read
+by the same ``torpor.manifest`` code that reads a Service manifest, so both platforms mean the same
+thing by every annotation); PAs grouped by service plus their Route become ``ServiceSpec``s; a
+revision's pods and EndpointSlices become ``Replica``s for the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from autoscaler.actuator import Phase, Replica
+from torpor.manifest.annotations import parse_template_annotations
+from torpor.manifest.container import parse_container
+from torpor.spec import (
+    DEFAULT_AUTOSCALER_CLASS,
+    DEFAULT_TIMEOUT_S,
+    RevisionRef,
+    RevisionSpec,
+    ServiceSpec,
+    TrafficTarget,
+)
+
+Json = dict[str, Any]
+
+CLASS_ANNOTATION = "autoscaling.knative.dev/class"
+SERVICE_LABEL = "serving.knative.dev/service"
+CONFIGURATION_LABEL = "serving.knative.dev/configuration"
+REVISION_LABEL = "serving.knative.dev/revision"
+GENERATION_LABEL = "serving.knative.dev/configurationGeneration"
+SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
+PRIVATE_SUFFIX = "-private"
+SERVING_PORT_NAMES = ("http", "http2", "h2c")  # queue-proxy's serving port on the private service
+# Waiting reasons that mean the container will not come up without someone changing something.
+FATAL_WAITING = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+USER_CONTAINER = "user-container"
+PENDING = "-pending-"
+
+
+def is_torpor_class(autoscaler_class: str | None, suffix: str = ".torpor.dev") -> bool:
+    return bool(autoscaler_class) and str(autoscaler_class).endswith(suffix)
+
+
+def pa_class(pa: Json) -> str:
+    """The PA's class; Knative defaults a missing one to ``kpa.autoscaling.knative.dev``."""
+    annotations = pa["metadata"].get("annotations") or {}
+    return str(annotations.get(CLASS_ANNOTATION, "kpa.autoscaling.knative.dev"))
+
+
+def ref_of(obj: Json) -> RevisionRef:
+    return RevisionRef(obj["metadata"]["namespace"], obj["metadata"]["name"])
+
+
+def revision_spec(pa: Json, revision: Json | None) -> RevisionSpec:
+    """Build the autoscaler's view of one revision. Raises ``ValueError`` (``ManifestError``)
+    when an annotation or the container is not something torpor can run."""
+    meta = pa["metadata"]
+    labels: Mapping[str, str] = meta.get("labels") or {}
+    rev_meta: Json = (revision or {}).get("metadata") or {}
+    rev_spec: Json = (revision or {}).get("spec") or {}
+    # The revision carries the template's annotations; the PA has a copy of them.
+    annotations = dict(meta.get("annotations") or {})
+    annotations.update(rev_meta.get("annotations") or {})
+    annotations = {
+        k: v
+        for k, v in annotations.items()
+        if k.startswith(("autoscaling.knative.dev/", "torpor.dev/"))
+    }
+    annotations.setdefault(CLASS_ANNOTATION, DEFAULT_AUTOSCALER_CLASS)
+    parsed = parse_template_annotations(annotations, f"revisions/{meta['name']}.annotations")
+    containers = rev_spec.get("containers") or []
+    runtime = parse_container(
+        [_plain_container(c) for c in containers], f"revisions/{meta['name']}.spec.containers"
+    )
+    generation = int(labels.get(GENERATION_LABEL) or rev_meta.get("generation") or 1)
+    return RevisionSpec(
+        ref=ref_of(pa),
+        service=labels.get(SERVICE_LABEL) or labels.get(CONFIGURATION_LABEL) or meta["name"],
+        generation=generation,
+        runtime=runtime,
+        autoscaling=parsed.autoscaling,
+        container_concurrency=int(
+            rev_spec.get("containerConcurrency") or pa["spec"].get("containerConcurrency") or 0
+        ),
+        timeout_s=float(rev_spec.get("timeoutSeconds") or DEFAULT_TIMEOUT_S),
+        queue_depth=parsed.queue_depth,
+        template_digest=str(meta.get("uid", "")),
+        api_keys_secret=parsed.api_keys_secret,
+    )
+
+
+def _plain_container(c: Any) -> Any:
+    """The parts of a Revision's container the autoscaler reads.
+
+    On Kubernetes the pod is Knative's to build, so what only matters to the process that starts
+    it — ``command``, probes, resources, env taken from Secrets — is dropped rather than refused
+    as the embedded platform (which starts the process itself) refuses it.
+    """
+    if not isinstance(c, dict):
+        return c
+    out = {k: c[k] for k in ("image", "args", "ports") if k in c}
+    env = [e for e in c.get("env") or () if isinstance(e, dict) and "valueFrom" not in e]
+    if env:
+        out["env"] = env
+    return out
+
+
+def traffic_of(route: Json | None, revisions: Iterable[RevisionSpec]) -> tuple[TrafficTarget, ...]:
+    """A Route's resolved ``status.traffic``; without one, all traffic to the newest revision."""
+    entries = ((route or {}).get("status") or {}).get("traffic") or []
+    targets = tuple(
+        TrafficTarget(
+            revision=str(e["revisionName"]),
+            percent=int(e.get("percent") or 0),
+            tag=e.get("tag"),
+            latest_revision=bool(e.get("latestRevision", False)),
+        )
+        for e in entries
+        if e.get("revisionName")
+    )
+    if targets:
+        return targets
+    revs = list(revisions)
+    if not revs:
+        return ()
+    latest = max(revs, key=lambda r: r.generation)
+    return (TrafficTarget(latest.ref.name, 100, latest_revision=True),)
+
+
+def group_services(
+    revisions: Iterable[RevisionSpec], routes: Mapping[tuple[str, str], Json]
+) -> tuple[ServiceSpec, ...]:
+    """Group revisions by (namespace, service); a service's Route has the service's name."""
+    by_service: dict[tuple[str, str], list[RevisionSpec]] = {}
+    for rev in revisions:
+        by_service.setdefault((rev.ref.namespace, rev.service), []).append(rev)
+    services = []
+    for (namespace, name), revs in sorted(by_service.items()):
+        revs.sort(key=lambda r: (r.generation, r.ref.name))
+        route = routes.get((namespace, name))
+        services.append(
+            ServiceSpec(
+                namespace=namespace,
+                name=name,
+                generation=max(r.generation for r in revs),
+                revisions=tuple(revs),
+                traffic=traffic_of(route, revs),
+                domain=_domain(route, namespace, name),
+            )
+        )
+    return tuple(services)
+
+
+def _domain(route: Json | None, namespace: str, name: str) -> str:
+    """The cluster domain, read back from the Route's URL (``http://name.ns.<domain>``)."""
+    url = str(((route or {}).get("status") or {}).get("url") or "")
+    host = url.split("://", 1)[-1].split("/", 1)[0]
+    prefix = f"{name}.{namespace}."
+    return host[len(prefix) :] if host.startswith(prefix) else "example.com"
+
+
+def _time(text: str | None) -> float | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def pod_failure(pod: Json) -> str | None:
+    """The user container's own error, when the pod cannot serve without outside help."""
+    status: Json = pod.get("status") or {}
+    if status.get("phase") == "Failed":
+        return str(status.get("message") or status.get("reason") or "pod failed")
+    for cs in status.get("containerStatuses") or ():
+        if cs.get("name") not in (USER_CONTAINER, None) and len(status["containerStatuses"]) > 1:
+            continue
+        state: Json = cs.get("state") or {}
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in FATAL_WAITING:
+            last = ((cs.get("lastState") or {}).get("terminated")) or {}
+            detail = last.get("message") or waiting.get("message") or ""
+            return f"{waiting['reason']}: {detail}".strip().rstrip(":")
+        terminated = state.get("terminated") or {}
+        if terminated and terminated.get("reason") not in (None, "Completed"):
+            code = terminated.get("exitCode")
+            detail = terminated.get("message") or ""
+            return f"{terminated['reason']} (exit code {code}): {detail}".strip().rstrip(":")
+    return None
+
+
+def ready_addresses(slices: Iterable[Json]) -> dict[str, str]:
+    """Pod name -> ``http://IP:PORT`` for every ready endpoint of a revision's private service."""
+    out: dict[str, str] = {}
+    for s in slices:
+        ports = s.get("ports") or []
+        port = next((p for p in ports if p.get("name") in SERVING_PORT_NAMES), None)
+        port = port or (ports[0] if ports else None)
+        if port is None:
+            continue
+        for ep in s.get("endpoints") or ():
+            target = ep.get("targetRef") or {}
+            conditions = ep.get("conditions") or {}
+            # An absent "ready" means ready (discovery.k8s.io/v1 semantics).
+            if conditions.get("ready") is False or conditions.get("terminating"):
+                continue
+            if target.get("kind") == "Pod" and ep.get("addresses"):
+                address = ep["addresses"][0]
+                host = f"[{address}]" if ":" in address else address
+                out[target["name"]] = f"http://{host}:{port['port']}"
+    return out
+
+
+def replicas_of(
+    revision: str,
+    pods: Iterable[Json],
+    slices: Iterable[Json],
+    *,
+    desired: int,
+    stopped: frozenset[str] = frozenset(),
+) -> list[Replica]:
+    """Every replica of a revision the loop should count.
+
+    Pods the loop stopped are left out even while they terminate. Pods the Deployment wants but
+    the ReplicaSet has not created yet appear as STARTING placeholders (``<revision>-pending-N``),
+    so the loop does not ask again for replicas it already asked for.
+    """
+    addresses = ready_addresses(slices)
+    out: list[Replica] = []
+    for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
+        meta = pod["metadata"]
+        name = str(meta["name"])
+        if name in stopped or meta.get("deletionTimestamp"):
+            continue
+        launched = _time(meta.get("creationTimestamp")) or 0.0
+        failure = pod_failure(pod)
+        if failure is not None:
+            out.append(Replica(name, revision, Phase.FAILED, None, launched, error=failure))
+        elif name in addresses:
+            ready_at = next(
+                (
+                    _time(c.get("lastTransitionTime"))
+                    for c in (pod.get("status") or {}).get("conditions") or ()
+                    if c.get("type") == "Ready" and c.get("status") == "True"
+                ),
+                None,
+            )
+            out.append(Replica(name, revision, Phase.READY, addresses[name], launched, ready_at))
+        else:
+            out.append(Replica(name, revision, Phase.STARTING, None, launched))
+    name = revision.rpartition("/")[2]
+    for i in range(max(0, desired - len(out))):
+        out.append(Replica(f"{name}{PENDING}{i}", revision, Phase.STARTING, None, 0.0))
+    return out
+
+
+def is_placeholder(replica_id: str) -> bool:
+    return PENDING in replica_id

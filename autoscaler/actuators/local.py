@@ -1,0 +1,363 @@
+"""The embedded platform's actuator: each replica is a local runtime process on a loopback port.
+
+A replica is started through a ``Launcher`` (by default ``python -m runtime serve ...``, see the
+runtime process contract), in its own process group so that stopping it also stops vLLM's
+engine-core child. Its stdout and stderr go to ``home/logs/<namespace>/<revision>/<id>.log``,
+kept after it exits. It is READY once ``GET /health`` answers 200; if the process exits first
+(or at any time later) it is FAILED with its exit code and last log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from autoscaler.actuator import Phase, Replica
+from torpor.spec import RevisionSpec
+from torpor.status import ColdStart
+
+log = logging.getLogger("torpor.autoscaler.local")
+
+_LOG_TAIL_LINES = 20
+_HEALTH_POLL_S = 0.25
+_STARTUP_LINE_WAIT_S = 3.0
+_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand_vars(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: unknown names stay as written; ``$$`` is one ``$``."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name is None:
+            return "$"
+        return env.get(name, m.group(0))
+
+    return _VAR.sub(sub, text)
+
+
+def replica_env(revision: RevisionSpec, home: Path, base: Mapping[str, str]) -> dict[str, str]:
+    env = dict(base)
+    env["TORPOR_HOME"] = str(home)
+    # The startup line must reach the log file when printed, not when the buffer fills.
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    for name, value in revision.runtime.env:
+        # As in Kubernetes, a value may refer to variables defined before it.
+        env[name] = expand_vars(value, env)
+    return env
+
+
+def runtime_args(
+    revision: RevisionSpec,
+    env: Mapping[str, str],
+    *,
+    host: str,
+    port: int,
+    replica_id: str,
+    launched_at: float,
+) -> list[str]:
+    """The arguments after ``-m runtime serve``, per the runtime process contract."""
+    rt = revision.runtime
+    args = ["--host", host, "--port", str(port), "--model", expand_vars(rt.model, env)]
+    if rt.served_model_name:
+        args += ["--served-model-name", rt.served_model_name]
+    args += ["--replica-id", replica_id, "--launched-at", f"{launched_at:.6f}"]
+    args += [expand_vars(a, env) for a in rt.engine_args]
+    return args
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchRequest:
+    revision: RevisionSpec
+    replica_id: str
+    host: str
+    port: int
+    launched_at: float  # wall clock, passed to the runtime as --launched-at
+    args: tuple[str, ...]  # runtime arguments, variables already expanded
+    env: Mapping[str, str]
+    log_path: Path
+
+
+class ReplicaHandle(Protocol):
+    """A started replica process. ``signal`` reaches its whole process group."""
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    def signal(self, sig: int) -> None: ...
+
+
+class Launcher(Protocol):
+    """Builds and starts a replica process. The seam a warm runtime pool plugs into."""
+
+    async def launch(self, request: LaunchRequest) -> ReplicaHandle: ...
+
+
+class _ProcessHandle:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    async def wait(self) -> int:
+        return await self._process.wait()
+
+    def signal(self, sig: int) -> None:
+        # start_new_session made the replica a group leader: pgid == pid. Signalling the group
+        # reaches vLLM's engine-core child even after the leader has gone.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, sig)
+
+
+class SubprocessLauncher:
+    """Spawns ``<command> <args>``; ``command`` defaults to ``<python> -m runtime serve``."""
+
+    def __init__(self, command: Sequence[str]) -> None:
+        self._command = tuple(command)
+
+    async def launch(self, request: LaunchRequest) -> ReplicaHandle:
+        request.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with request.log_path.open("ab") as logfile:
+            process = await asyncio.create_subprocess_exec(
+                *self._command,
+                *request.args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=asyncio.subprocess.STDOUT,
+                env=dict(request.env),
+                start_new_session=True,
+            )
+        return _ProcessHandle(process)
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            data = f.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+def parse_startup_line(text: str, fallback: ColdStart) -> ColdStart | None:
+    """The runtime's one-line startup report, as a ``ColdStart``; ``None`` if not printed yet."""
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if not line.startswith("{") or '"startup"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(event, dict) or event.get("event") != "startup":
+            continue
+        raw = event.get("phases") or {}
+        phases = (
+            tuple((str(k), float(v)) for k, v in raw.items() if isinstance(v, int | float))
+            if isinstance(raw, dict)
+            else ()
+        )
+        return replace(fallback, phases=phases, warm=bool(event.get("warm", False)))
+    return None
+
+
+@dataclass(slots=True)
+class _Proc:
+    replica: Replica
+    handle: ReplicaHandle | None
+    log_path: Path
+    task: asyncio.Task[None] | None = None
+    stopping: bool = False
+
+
+class LocalActuator:
+    def __init__(
+        self,
+        *,
+        home: Path,
+        python: str = sys.executable,
+        host: str = "127.0.0.1",
+        ready_timeout_s: float = 600.0,
+        stop_timeout_s: float = 15.0,
+        launcher: Launcher | None = None,
+        command: Sequence[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._home = Path(home)
+        self._host = host
+        self._ready_timeout_s = ready_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._launcher: Launcher = launcher or SubprocessLauncher(
+            command or (python, "-m", "runtime", "serve")
+        )
+        self._clock = clock
+        self._procs: dict[str, dict[str, _Proc]] = {}  # revision key -> replica id -> proc
+        self._client = httpx.AsyncClient(timeout=1.0)
+        self._closed = False
+
+    def log_path(self, revision: str, replica_id: str) -> Path:
+        namespace, _, name = revision.partition("/")
+        return self._home / "logs" / namespace / name / f"{replica_id}.log"
+
+    async def start(self, revision: RevisionSpec, count: int) -> None:
+        for _ in range(count):
+            await self._start_one(revision)
+
+    async def _start_one(self, revision: RevisionSpec) -> None:
+        key = revision.ref.key
+        replica_id = f"{revision.ref.name}-{secrets.token_hex(3)}"
+        port = free_port(self._host)
+        launched_at = self._clock()
+        env = replica_env(revision, self._home, os.environ)
+        args = runtime_args(
+            revision,
+            env,
+            host=self._host,
+            port=port,
+            replica_id=replica_id,
+            launched_at=launched_at,
+        )
+        path = self.log_path(key, replica_id)
+        url = f"http://{self._host}:{port}"
+        replica = Replica(replica_id, key, Phase.STARTING, url=None, launched_at=launched_at)
+        proc = _Proc(replica, None, path)
+        self._procs.setdefault(key, {})[replica_id] = proc
+        try:
+            proc.handle = await self._launcher.launch(
+                LaunchRequest(
+                    revision, replica_id, self._host, port, launched_at, tuple(args), env, path
+                )
+            )
+        except OSError as e:
+            proc.replica = replace(replica, phase=Phase.FAILED, error=f"could not launch: {e}")
+            return
+        log.info("replica %s of %s launched on port %d, log %s", replica_id, key, port, path)
+        proc.task = asyncio.create_task(self._supervise(proc, url), name=f"replica:{replica_id}")
+
+    async def _supervise(self, proc: _Proc, url: str) -> None:
+        assert proc.handle is not None
+        exited = asyncio.create_task(proc.handle.wait())
+        try:
+            ready = await self._wait_ready(url, exited)
+            if ready:
+                now = self._clock()
+                proc.replica = replace(proc.replica, phase=Phase.READY, url=url, ready_at=now)
+                log.info(
+                    "replica %s ready after %.1fs",
+                    proc.replica.replica_id,
+                    now - proc.replica.launched_at,
+                )
+                cold_start = await self._cold_start(proc, exited)
+                proc.replica = replace(proc.replica, cold_start=cold_start)
+            elif not exited.done():
+                proc.replica = replace(
+                    proc.replica,
+                    phase=Phase.FAILED,
+                    error=f"not ready after {self._ready_timeout_s:g}s\n{log_tail(proc.log_path)}",
+                )
+                proc.handle.signal(signal.SIGKILL)
+                return
+            code = await exited
+            if not proc.stopping:
+                proc.replica = replace(
+                    proc.replica,
+                    phase=Phase.FAILED,
+                    error=f"exited with code {code}\n{log_tail(proc.log_path)}",
+                )
+                log.warning("replica %s exited with code %s", proc.replica.replica_id, code)
+        finally:
+            exited.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await exited
+
+    async def _wait_ready(self, url: str, exited: asyncio.Task[int]) -> bool:
+        deadline = asyncio.get_running_loop().time() + self._ready_timeout_s
+        while not exited.done() and asyncio.get_running_loop().time() < deadline:
+            try:
+                response = await self._client.get(url + "/health")
+                if response.status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            await asyncio.wait({exited}, timeout=_HEALTH_POLL_S)
+        return False
+
+    async def _cold_start(self, proc: _Proc, exited: asyncio.Task[int]) -> ColdStart:
+        r = proc.replica
+        total = (r.ready_at or r.launched_at) - r.launched_at
+        fallback = ColdStart(r.replica_id, started_at=r.launched_at, total_s=total)
+        # The runtime prints its startup line around the time /health turns 200.
+        deadline = asyncio.get_running_loop().time() + _STARTUP_LINE_WAIT_S
+        while True:
+            found = parse_startup_line(log_tail(proc.log_path, 200), fallback)
+            if found is not None or exited.done() or asyncio.get_running_loop().time() > deadline:
+                return found or fallback
+            await asyncio.wait({exited}, timeout=0.1)
+
+    async def stop(self, revision: RevisionSpec, replica_id: str) -> None:
+        await self._stop(revision.ref.key, replica_id)
+
+    async def _stop(self, key: str, replica_id: str) -> None:
+        proc = self._procs.get(key, {}).pop(replica_id, None)
+        if proc is None:
+            return
+        if not self._procs.get(key):
+            self._procs.pop(key, None)
+        proc.stopping = True
+        if proc.handle is not None and proc.handle.returncode is None:
+            proc.handle.signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.handle.wait(), self._stop_timeout_s)
+            except TimeoutError:
+                log.warning("replica %s ignored SIGTERM; killing it", replica_id)
+        if proc.handle is not None:
+            # Whatever the leader left behind in its group (vLLM's engine core) goes too.
+            proc.handle.signal(signal.SIGKILL)
+            await proc.handle.wait()
+        if proc.task is not None:
+            proc.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await proc.task
+        log.info("replica %s of %s stopped", replica_id, key)
+
+    def replicas(self, revision: str) -> Sequence[Replica]:
+        return [p.replica for p in self._procs.get(revision, {}).values()]
+
+    async def forget(self, revision: str) -> None:
+        ids = list(self._procs.get(revision, {}))
+        await asyncio.gather(*(self._stop(revision, i) for i in ids))
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(self.forget(key) for key in list(self._procs)))
+        await self._client.aclose()

@@ -1,0 +1,223 @@
+"""How many replicas a revision should have: a pure function of spec, observation, state, now.
+
+The math mirrors Knative's KPA (``pkg/autoscaler/scaling/autoscaler.go`` and the scale-to-zero
+handling in ``pkg/reconciler/autoscaling/kpa/scaler.go``) so that, configured with Knative's
+defaults and ``metric="concurrency"``, it *is* a KPA; ``metric="llm"`` swaps the load signal for
+what vLLM itself reports and adds a KV-cache pressure guard.
+
+No I/O, no clock, no logging: the loop in ``autoscaler.loop`` owns those. ``desired`` is the
+total the revision should have once starting replicas are ready; draining replicas are already
+on their way out and are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from torpor.spec import AutoscalingSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    """One ready replica's vLLM gauges; ``None`` when its scrape failed (unknown, not zero)."""
+
+    replica_id: str
+    running: float | None = None
+    waiting: float | None = None
+    kv_cache_usage: float | None = None  # 0..1, vLLM's kv_cache_usage_perc
+
+    @property
+    def known(self) -> bool:
+        return self.running is not None and self.waiting is not None
+
+    @property
+    def work(self) -> float | None:
+        if self.running is None or self.waiting is None:
+            return None
+        return self.running + self.waiting
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    ready: tuple[ReplicaLoad, ...] = ()
+    starting: int = 0
+    draining: int = 0
+    activator_queued: int = 0  # summed over activators
+    activator_in_flight: int = 0  # summed over activators
+    poked: bool = False  # a request arrived while the revision had no replica with room
+
+    @property
+    def current(self) -> int:
+        """Replicas that are or will be serving: what ``desired`` is compared against."""
+        return len(self.ready) + self.starting
+
+
+@dataclass(frozen=True, slots=True)
+class ScalerState:
+    samples: tuple[tuple[float, float], ...] = ()  # (now, observed load) within the stable window
+    panic_since: float | None = None  # last time the panic threshold was crossed
+    max_panic_replicas: int = 0
+    zero_since: float | None = None  # first tick the windows asked for zero replicas
+    desired_history: tuple[tuple[float, int], ...] = ()  # for the scale-down delay
+    initialized: bool = False  # initial scale has been reached once
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    desired: int
+    reason: str
+    panic: bool = False
+    observed: float = 0.0  # load averaged over the stable window
+    observed_panic: float = 0.0  # load averaged over the panic window
+    kv_cache_usage: float | None = None  # mean over replicas that answered
+
+
+def target_per_replica(spec: AutoscalingSpec) -> float:
+    return max(spec.target * spec.target_utilization, 1e-9)
+
+
+def observed_load(spec: AutoscalingSpec, obs: Observation) -> tuple[float, bool]:
+    """The revision's load right now in the spec's metric, and whether any replica was unknown.
+
+    ``concurrency`` is Knative's signal: requests the activators hold plus those in flight.
+    ``llm`` is vLLM's own running + waiting per replica plus the activators' queue; a replica that
+    did not answer is covered by the activators' in-flight count, never read as idle.
+    """
+    unknown = any(not r.known for r in obs.ready)
+    if spec.metric == "concurrency":
+        return float(obs.activator_queued + obs.activator_in_flight), unknown
+    known = sum(r.work or 0.0 for r in obs.ready)
+    if unknown:
+        known = max(known, float(obs.activator_in_flight))
+    return known + obs.activator_queued, unknown
+
+
+def _mean_kv(obs: Observation) -> float | None:
+    values = [r.kv_cache_usage for r in obs.ready if r.kv_cache_usage is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _window_mean(samples: tuple[tuple[float, float], ...], since: float) -> float:
+    values = [v for t, v in samples if t > since]
+    return sum(values) / len(values) if values else 0.0
+
+
+def _clamp(spec: AutoscalingSpec, n: int) -> int:
+    n = max(n, spec.min_scale)
+    if spec.max_scale > 0:
+        n = min(n, spec.max_scale)
+    return n
+
+
+def decide(
+    spec: AutoscalingSpec, obs: Observation, state: ScalerState, now: float
+) -> tuple[Decision, ScalerState]:
+    load, unknown = observed_load(spec, obs)
+    kv = _mean_kv(obs)
+    panic_window = spec.window_s * spec.panic_window_percentage / 100.0
+    samples = (*(s for s in state.samples if s[0] > now - spec.window_s), (now, load))
+    stable = _window_mean(samples, now - spec.window_s)
+    panicky = _window_mean(samples, now - panic_window)
+    state = replace(state, samples=samples)
+    active = load > 0 or obs.poked
+
+    ready = len(obs.ready)
+    # Knative divides by at least one pod so that a queue at zero reads as pressure.
+    base = max(1, ready)
+    target = target_per_replica(spec)
+    max_up = math.ceil(spec.max_scale_up_rate * base)
+    max_down = math.floor(base / spec.max_scale_down_rate) if ready > 0 else 0
+
+    want_stable = math.ceil(stable / target)
+    want_panic = math.ceil(panicky / target)
+    stable_n = min(max(want_stable, max_down), max_up)
+    panic_n = min(max(want_panic, max_down), max_up)
+    if spec.activation_scale > 1:
+        if want_stable > 0:
+            stable_n = max(stable_n, spec.activation_scale)
+        if want_panic > 0:
+            panic_n = max(panic_n, spec.activation_scale)
+
+    over_threshold = want_panic / base >= spec.panic_threshold_percentage / 100.0
+    if over_threshold:
+        state = replace(state, panic_since=now)
+    elif state.panic_since is not None and now - state.panic_since > spec.window_s:
+        # The surge has made its way into the stable window: back to stable mode.
+        state = replace(state, panic_since=None, max_panic_replicas=0)
+    panic = state.panic_since is not None
+
+    desired = stable_n
+    reason = f"load {stable:.1f} over {spec.window_s:g}s at target {target:.1f}/replica"
+    if panic:
+        desired = max(stable_n, panic_n, state.max_panic_replicas)
+        state = replace(state, max_panic_replicas=desired)
+        reason = (
+            f"panic: load {panicky:.1f} over {panic_window:g}s at target {target:.1f}/replica"
+            f" (no scale-down while panicking)"
+        )
+
+    kv_full = spec.metric == "llm" and kv is not None and kv > spec.kv_cache_target
+    if kv_full and ready > 0 and desired < ready + 1:
+        # vLLM queues new requests once the KV cache is full whatever the request count says.
+        desired = ready + 1
+        reason = f"kv-cache {kv:.0%} above {spec.kv_cache_target:.0%}: one more replica"
+
+    if unknown and desired < obs.current:
+        desired = obs.current
+        reason = "metrics unknown for a replica: holding"
+
+    if spec.scale_down_delay_s > 0:
+        history = (
+            *(h for h in state.desired_history if h[0] > now - spec.scale_down_delay_s),
+            (now, desired),
+        )
+        state = replace(state, desired_history=history)
+        delayed = max(n for _, n in history)
+        if delayed > desired:
+            reason = f"scale-down delay {spec.scale_down_delay_s:g}s: holding {delayed}"
+            desired = delayed
+
+    if obs.poked and obs.current == 0:
+        # The fast path: a request is waiting at zero, so start without waiting for a window.
+        floor = max(1, spec.activation_scale)
+        if desired < floor:
+            desired = floor
+            reason = "poked at zero: a request is waiting"
+
+    if not state.initialized:
+        # A new revision first reaches its initial scale (Knative's rule); only then do the
+        # windows take over, so a slow first start is not scaled away under it.
+        if ready >= spec.initial_scale:
+            state = replace(state, initialized=True)
+        elif desired < spec.initial_scale:
+            desired = spec.initial_scale
+            reason = f"initial scale {spec.initial_scale}"
+
+    desired = _clamp(spec, desired)
+
+    # Scale to zero only after the windows have asked for zero for the grace period (and the
+    # last replica's retention), as Knative does once the activator is in the path.
+    if desired == 0 and (obs.current > 0 or ready > 0):
+        zero_since = state.zero_since if state.zero_since is not None else now
+        state = replace(state, zero_since=zero_since)
+        hold = max(spec.scale_to_zero_grace_s, spec.scale_to_zero_retention_s)
+        if now - zero_since < hold:
+            desired = 1
+            reason = f"idle; scale to zero in {hold - (now - zero_since):.0f}s (grace period)"
+        else:
+            reason = f"idle for {now - zero_since:.0f}s: scale to zero"
+    elif desired > 0 or active:
+        state = replace(state, zero_since=None)
+    if desired == 0 and obs.current == 0:
+        reason = "idle at zero"
+
+    decision = Decision(
+        desired=desired,
+        reason=reason,
+        panic=panic,
+        observed=stable,
+        observed_panic=panicky,
+        kv_cache_usage=kv,
+    )
+    return decision, state

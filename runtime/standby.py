@@ -1,0 +1,130 @@
+"""`python -m runtime standby --socket PATH`: a runtime that has paid for its imports and waits.
+
+Protocol (one connection, then the socket is gone):
+  1. The standby imports vLLM/torch, applies the fork trick, then binds PATH (bound under a
+     temporary name and renamed, so PATH existing means "ready to take an assignment").
+  2. The pool sends one JSON line: {"argv": [...serve args...], "env": {...}} and, as
+     SCM_RIGHTS ancillary data, 0 or 2 file descriptors that become stdout and stderr (the
+     replica's log, owned by whoever launched the replica).
+  3. The standby answers {"accepted": true, "pid": PID} and proceeds exactly as `serve`,
+     with "warm": true in its startup line. EOF instead of an assignment: exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_MAX_MESSAGE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Assignment:
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    fds: tuple[int, ...]
+    received_at: float
+
+
+def parse_assignment(raw: bytes, fds: list[int], received_at: float) -> Assignment:
+    msg = json.loads(raw.decode())
+    argv = msg.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ValueError("assignment needs 'argv': a list of strings")
+    env = msg.get("env") or {}
+    if not isinstance(env, dict):
+        raise ValueError("assignment 'env' must be an object")
+    if len(fds) not in (0, 2):
+        raise ValueError("assignment carries 0 or 2 file descriptors (stdout, stderr)")
+    return Assignment(tuple(argv), {str(k): str(v) for k, v in env.items()}, tuple(fds),
+                      received_at)
+
+
+def listen(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(tmp))
+    sock.listen(1)
+    os.replace(tmp, path)
+    return sock
+
+
+def wait_for_assignment(sock: socket.socket, path: Path) -> tuple[socket.socket, Assignment] | None:
+    """Block until the pool assigns this standby; None when the pool closes the connection."""
+    conn, _ = sock.accept()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # one assignment per standby: nobody else may connect
+    sock.close()
+    buf = b""
+    fds: list[int] = []
+    while b"\n" not in buf:
+        data, more_fds, _flags, _addr = socket.recv_fds(conn, _MAX_MESSAGE, 2)
+        fds.extend(more_fds)
+        if not data:
+            conn.close()
+            for fd in fds:
+                os.close(fd)
+            return None
+        buf += data
+    return conn, parse_assignment(buf.split(b"\n", 1)[0], fds, time.time())
+
+
+def standby_main(argv: list[str]) -> int:
+    from runtime.phases import PhaseRecorder, process_start_time
+
+    p = argparse.ArgumentParser(prog="python -m runtime standby")
+    p.add_argument("--socket", type=Path, required=True)
+    ns = p.parse_args(argv)
+    started = process_start_time()
+
+    from runtime.launch import _configure_logging, prepare_environment, run
+
+    prepare_environment(os.environ)
+    _configure_logging()
+    from runtime.engine import enable_fork_engine, import_engine
+
+    import_engine()
+    enable_fork_engine()
+    sock = listen(ns.socket)
+    print(json.dumps({"event": "standby_ready", "pid": os.getpid(),
+                      "seconds": round(time.time() - started, 3)}), flush=True)
+    got = wait_for_assignment(sock, ns.socket)
+    if got is None:
+        return 0
+    conn, assignment = got
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if assignment.fds:
+        # From here on this process writes where the replica's launcher reads.
+        os.dup2(assignment.fds[0], 1)
+        os.dup2(assignment.fds[1], 2)
+        for fd in assignment.fds:
+            os.close(fd)
+    os.environ.update(assignment.env)
+    from runtime.args import parse_launch_args
+
+    try:
+        cfg = parse_launch_args(list(assignment.argv), os.environ)
+    except SystemExit as e:
+        conn.sendall(json.dumps({"accepted": False, "error": "bad arguments"}).encode() + b"\n")
+        conn.close()
+        return int(e.code or 2)
+    conn.sendall(json.dumps({"accepted": True, "pid": os.getpid()}).encode() + b"\n")
+    conn.close()
+    prepare_environment(os.environ)  # the assignment's env may have brought its own settings
+    recorder = PhaseRecorder(replica_id=cfg.replica_id,
+                             launched_at=cfg.launched_at or assignment.received_at, warm=True)
+    # For this replica the process "starts" when assigned; its imports were already done.
+    recorder.mark("process_started", at=assignment.received_at)
+    recorder.mark("imports_done", at=assignment.received_at)
+    return run(cfg, recorder)

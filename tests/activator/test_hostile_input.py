@@ -1,0 +1,269 @@
+"""Hostile requests against the activator over real HTTP: they fail closed, never misroute.
+
+Two services (``chat`` and ``other``) each have their own fake replica. Every hostile host or path
+must either be answered by the activator itself with an error in the OpenAI shape, or reach the
+one replica the request named (by Host, else by path prefix) with a path that cannot climb out of
+what was named. Requests are written byte for byte on a raw socket, since HTTP clients normalise
+exactly the things under test (dot segments, absolute-form targets, odd Host headers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from tests.activator.conftest import (
+    ActivatorFactory,
+    Running,
+    Upstream,
+    endpoints,
+    serve,
+    service,
+)
+
+CHAT = service("chat")
+OTHER = service("other")
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def error(self) -> dict[str, object]:
+        doc = json.loads(self.body)
+        assert set(doc) == {"error"}, doc
+        error: dict[str, object] = doc["error"]
+        assert {"message", "type", "param", "code"} <= set(error), error
+        assert isinstance(error["message"], str) and error["message"], error
+        return error
+
+
+async def raw(url: str, request: bytes) -> Reply:
+    """Write ``request`` as is; read the whole answer (the request asks to close)."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            data = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding") == "chunked":
+        body = _dechunk(body)
+    return Reply(int(lines[0].split()[1]), headers, body)
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += data[:size]
+        data = data[size + 2 :]
+    return out
+
+
+def get(target: str, host: str = "gateway", extra: bytes = b"") -> bytes:
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n".encode("latin-1")
+        + extra
+        + b"\r\n"
+    )
+
+
+@dataclass
+class Two:
+    running: Running
+    chat: Upstream
+    other: Upstream
+
+
+@asynccontextmanager
+async def two_services(running_activator: ActivatorFactory, **config: object) -> AsyncIterator[Two]:
+    chat, other = Upstream("chat"), Upstream("other")
+    async with (
+        serve(chat) as chat_url,
+        serve(other) as other_url,
+        running_activator((CHAT, OTHER), **config) as running,
+    ):
+        await running.bus.publish_endpoints(endpoints("default/chat-00001", chat_url))
+        await running.bus.publish_endpoints(endpoints("default/other-00001", other_url))
+        yield Two(running, chat, other)
+
+
+def _no_dot_segments(path: str) -> bool:
+    decoded = unquote(unquote(path))  # twice: a replica or a framework may decode once more
+    return not any(s in {".", ".."} for s in decoded.replace("\\", "/").split("/"))
+
+
+# (request target, Host header, where it may go: "chat", "other" or None for "nowhere").
+HOSTILE_PATHS = [
+    ("/default/chat/../other/v1/models", "gateway", None),
+    ("/default/chat/./v1/models", "gateway", None),
+    ("/default/chat/%2e%2e/other/v1/models", "gateway", None),
+    ("/default/chat/%2E%2E/other/v1/models", "gateway", None),
+    ("/default/chat/.%2e/other/v1/models", "gateway", None),
+    ("/default/chat/v1/../../other/v1/models", "gateway", None),
+    ("/default/chat%2F..%2Fother/v1/models", "gateway", None),
+    ("/default%2Fother/v1/models", "gateway", None),
+    ("/default/chat/v1%2F..%2F..%2Fmetrics", "gateway", None),
+    ("/default/chat/v1/%252e%252e/metrics", "gateway", None),
+    ("/default/chat/v1\\..\\..\\metrics", "gateway", None),
+    ("//default/other/v1/models", "gateway", None),
+    ("/default//other/v1/models", "gateway", None),
+    ("/default/chat//v1/models", "gateway", "chat"),
+    ("/../default/other/v1/models", "gateway", None),
+    ("/%2e%2e/default/other/v1/models", "gateway", None),
+    ("/default/Chat/v1/models", "gateway", None),
+    ("/DEFAULT/chat/v1/models", "gateway", None),
+    ("/default/chat", "gateway", "chat"),
+    ("/default/chat/v1/models", "gateway", "chat"),
+    ("/default/other/v1/models", "gateway", "other"),
+    # Host form: the Host names the service; the path goes unchanged to that service only.
+    ("/v1/models", "chat.default.example.com", "chat"),
+    ("/v1/models", "chat.default.example.com:8080", "chat"),
+    ("/v1/models", "CHAT.Default.EXAMPLE.com", "chat"),
+    ("/v1/models", "chat.default.example.com.", "chat"),
+    ("/default/other/v1/models", "chat.default.example.com", "chat"),
+    ("/v1/../../default/other/v1/models", "chat.default.example.com", None),
+    ("/v1/%2e%2e/metrics", "chat.default.example.com", None),
+    ("/v1/models", "nope.default.example.com", None),
+    ("/v1/models", "chat.nope.example.com", None),
+    ("/v1/models", "x.chat.default.example.com", None),
+    ("/v1/models", "chat.default.example.com.evil.test", None),
+    ("/v1/models", "chat.default.example.com@other.default.example.com", None),
+    ("/v1/models", "other.default.example.com:80:chat", None),
+    ("/v1/models", "[::1]:8080", None),
+    ("/v1/models", "chat..default.example.com", None),
+    ("/v1/models", "a" * 4000 + ".default.example.com", None),
+    # Not a host-form Host: the path decides.
+    ("/default/chat/v1/models", "chat.default.example.com.evil.test", "chat"),
+    ("/default/chat/v1/models", "a" * 4000, "chat"),
+    # Absolute-form targets: the authority in the target is never used to pick a service.
+    ("http://other.default.example.com/v1/models", "chat.default.example.com", "chat"),
+    ("http://other.default.example.com/default/chat/v1/models", "gateway", "chat"),
+    ("http://gateway/default/other/v1/models", "gateway", "other"),
+]
+
+
+@pytest.mark.parametrize(("target", "host", "expect"), HOSTILE_PATHS)
+async def test_hostile_hosts_and_paths_never_misroute(
+    running_activator: ActivatorFactory, target: str, host: str, expect: str | None
+) -> None:
+    async with two_services(running_activator) as two:
+        reply = await raw(two.running.url, get(target, host))
+    reached = {u.name: u.seen for u in (two.chat, two.other) if u.seen}
+    if expect is None:
+        assert reached == {}, f"{target!r} (Host {host[:60]!r}) reached {list(reached)}"
+        assert 400 <= reply.status < 500
+        if reply.status in (400, 404):
+            reply.error()  # the activator's own answer, in the OpenAI shape
+        return
+    assert list(reached) == [expect], f"{target!r} (Host {host[:60]!r}) reached {list(reached)}"
+    (seen,) = reached[expect]
+    assert reply.status == 200
+    assert json.loads(reply.body)["replica"] == expect
+    assert seen.path.startswith("/")
+    assert _no_dot_segments(seen.path)
+
+
+async def test_unknown_service_is_404_in_the_openai_shape(
+    running_activator: ActivatorFactory,
+) -> None:
+    async with two_services(running_activator) as two:
+        by_path = await raw(two.running.url, get("/default/nope/v1/models"))
+        by_namespace = await raw(two.running.url, get("/elsewhere/chat/v1/models"))
+        by_host = await raw(two.running.url, get("/v1/models", "nope.default.example.com"))
+    for reply, name in ((by_path, "nope"), (by_namespace, "elsewhere"), (by_host, "nope")):
+        assert reply.status == 404
+        assert reply.headers["content-type"] == "application/json"
+        error = reply.error()
+        assert error["code"] == "not_found"
+        assert name in str(error["message"])
+    assert not two.chat.seen and not two.other.seen
+
+
+async def test_hostile_names_are_not_echoed_unbounded(running_activator: ActivatorFactory) -> None:
+    # An error message quotes what was asked for, but a 64 KiB path must not come back whole.
+    async with two_services(running_activator) as two:
+        reply = await raw(two.running.url, get("/default/" + "n" * 60_000 + "/v1/models"))
+    assert reply.status in (400, 404, 414, 431)
+    assert len(reply.body) < 2_000
+
+
+async def test_body_over_the_limit_is_413_and_not_forwarded(
+    running_activator: ActivatorFactory,
+) -> None:
+    async with two_services(running_activator, max_body_bytes=1000) as two:
+        url = two.running.url
+        big = b"x" * 1001
+        declared = await raw(
+            url,
+            b"POST /default/chat/v1/completions HTTP/1.1\r\nHost: gateway\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1001\r\nConnection: close\r\n\r\n"
+            + big,
+        )
+        # A length far past the limit is refused from the header, before any body is read.
+        lied = await raw(
+            url,
+            b"POST /default/chat/v1/completions HTTP/1.1\r\nHost: gateway\r\n"
+            b"Content-Length: 1000000000000\r\nConnection: close\r\n\r\n",
+        )
+        chunk = b"y" * 600
+        chunked = await raw(
+            url,
+            b"POST /default/chat/v1/completions HTTP/1.1\r\nHost: gateway\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            + (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * 2
+            + b"0\r\n\r\n",
+        )
+    for reply in (declared, lied, chunked):
+        assert reply.status == 413
+        assert reply.error()["code"] == "request_too_large"
+    assert not two.chat.seen and not two.other.seen
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b'{"model": "tiny-chat", "prompt": ',
+        b"\x00\x01 garbage }",
+        b"[]",
+        b"",
+        b'{"prompt": "' + b"a" * 900 + b'"}',
+    ],
+)
+async def test_bad_json_is_passed_through_for_the_replica_to_answer(
+    running_activator: ActivatorFactory, body: bytes
+) -> None:
+    async with two_services(running_activator, max_body_bytes=1000) as two:
+        reply = await raw(
+            two.running.url,
+            b"POST /default/chat/v1/completions HTTP/1.1\r\nHost: gateway\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body,
+        )
+    assert reply.status == 200
+    assert [s.body for s in two.chat.seen] == [body]
+    assert not two.other.seen

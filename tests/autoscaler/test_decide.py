@@ -1,0 +1,365 @@
+"""Table and timeline tests of the pure decision, one group per rule, with a fake ``now``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+
+from autoscaler.decide import Decision, Observation, ReplicaLoad, ScalerState, decide
+from torpor.spec import AutoscalingSpec
+
+# Knative's KPA defaults: concurrency 100 x 0.7 = 70 per replica, 60 s / 6 s windows.
+KPA = AutoscalingSpec(metric="concurrency", target=100, target_utilization=0.7, initial_scale=0)
+# torpor's LLM policy with a round target: 10 x 1.0 = 10 requests per replica.
+LLM = AutoscalingSpec(metric="llm", target=10, target_utilization=1.0, initial_scale=0)
+
+
+def loads(*work: float, kv: float | None = None) -> tuple[ReplicaLoad, ...]:
+    """Ready replicas, each with ``work`` requests running and none waiting."""
+    return tuple(
+        ReplicaLoad(f"r{i}", running=w, waiting=0, kv_cache_usage=kv) for i, w in enumerate(work)
+    )
+
+
+def once(spec: AutoscalingSpec, obs: Observation, state: ScalerState | None = None) -> Decision:
+    return decide(spec, obs, state or ScalerState(initialized=True), 100.0)[0]
+
+
+def timeline(
+    spec: AutoscalingSpec,
+    steps: Iterable[tuple[float, Observation]],
+    state: ScalerState | None = None,
+) -> list[tuple[float, Decision]]:
+    """Feed observations at fake times; the state threads through like the loop's."""
+    state = state or ScalerState(initialized=True)
+    out = []
+    for now, obs in steps:
+        d, state = decide(spec, obs, state, now)
+        out.append((now, d))
+    return out
+
+
+def every(
+    start: float, stop: float, obs: Observation, step: float = 2.0
+) -> list[tuple[float, Observation]]:
+    n = int((stop - start) / step)
+    return [(start + i * step, obs) for i in range(n)]
+
+
+# -- target per replica, both metrics ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "queued", "ready", "want"),
+    [
+        (0, 0, 1, 1),  # idle replica inside the grace period stays
+        (70, 0, 1, 1),  # exactly at target
+        (71, 0, 1, 2),
+        (100, 40, 2, 2),  # queued counts as concurrency
+        (350, 0, 3, 5),
+    ],
+)
+def test_concurrency_metric_is_knative_kpa(
+    in_flight: int, queued: int, ready: int, want: int
+) -> None:
+    obs = Observation(
+        ready=loads(*[0] * ready), activator_in_flight=in_flight, activator_queued=queued
+    )
+    assert once(KPA, obs).desired == want
+
+
+def test_concurrency_metric_ignores_vllm_gauges() -> None:
+    obs = Observation(ready=loads(500), activator_in_flight=10)
+    assert once(KPA, obs).desired == 1
+
+
+@pytest.mark.parametrize(
+    ("work", "queued", "want"),
+    [
+        ((10,), 0, 1),
+        ((10, 10), 1, 3),  # activator's queue adds to what vLLM holds
+        ((25,), 0, 3),
+        ((4, 4, 4), 0, 2),
+    ],
+)
+def test_llm_metric_uses_vllm_running_and_waiting(
+    work: tuple[float, ...], queued: int, want: int
+) -> None:
+    obs = Observation(ready=loads(*work), activator_queued=queued, activator_in_flight=0)
+    assert once(LLM, obs).desired == want
+
+
+def test_llm_metric_counts_waiting_requests() -> None:
+    ready = (ReplicaLoad("a", running=8, waiting=12, kv_cache_usage=0.1),)
+    assert once(LLM, Observation(ready=ready)).desired == 2
+
+
+def test_target_utilization_scales_the_target() -> None:
+    spec = AutoscalingSpec(metric="llm", target=10, target_utilization=0.5, initial_scale=0)
+    assert once(spec, Observation(ready=loads(10))).desired == 2
+
+
+# -- unknown is not zero --------------------------------------------------------------------------
+
+
+def test_unknown_replica_is_covered_by_activator_in_flight() -> None:
+    ready = (ReplicaLoad("a"), ReplicaLoad("b"))
+    d = once(LLM, Observation(ready=ready, activator_in_flight=40))
+    assert d.desired == 4
+
+
+def test_unknown_replica_holds_instead_of_scaling_down() -> None:
+    ready = (ReplicaLoad("a"), *loads(0, 0))
+    d = once(LLM, Observation(ready=ready, activator_in_flight=0))
+    assert d.desired == 3
+    assert "unknown" in d.reason
+
+
+# -- KV-cache guard ----------------------------------------------------------------------------
+
+
+def test_kv_cache_pressure_adds_a_replica() -> None:
+    d = once(LLM, Observation(ready=loads(3, 3, kv=0.95)))
+    assert d.desired == 3
+    assert "kv-cache" in d.reason
+
+
+def test_kv_cache_below_target_changes_nothing() -> None:
+    assert once(LLM, Observation(ready=loads(3, 3, kv=0.5))).desired == 1
+
+
+def test_kv_guard_counts_a_replica_already_starting() -> None:
+    # One more is already on its way: the guard asks for ready + 1, which is what exists.
+    obs = Observation(ready=loads(3, 3, kv=0.95), starting=1)
+    d = once(LLM, obs)
+    assert d.desired == obs.current == 3
+
+
+def test_kv_guard_is_off_for_the_concurrency_metric() -> None:
+    assert once(KPA, Observation(ready=loads(3, kv=0.99), activator_in_flight=3)).desired == 1
+
+
+# -- min / max scale ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("min_scale", "max_scale", "work", "want"),
+    [
+        (2, 0, (0,), 2),
+        (0, 3, (50, 50), 3),
+        (1, 1, (100,), 1),
+        (0, 0, (100,), 10),  # 0 means unbounded
+    ],
+)
+def test_min_and_max_scale(
+    min_scale: int, max_scale: int, work: tuple[float, ...], want: int
+) -> None:
+    spec = AutoscalingSpec(
+        metric="llm",
+        target=10,
+        target_utilization=1.0,
+        initial_scale=0,
+        min_scale=min_scale,
+        max_scale=max_scale,
+    )
+    assert once(spec, Observation(ready=loads(*work))).desired == want
+
+
+def test_min_scale_keeps_replicas_through_idle() -> None:
+    spec = AutoscalingSpec(
+        metric="llm", target=10, target_utilization=1.0, initial_scale=0, min_scale=1
+    )
+    out = timeline(spec, every(0, 300, Observation(ready=loads(0))))
+    assert all(d.desired == 1 for _, d in out)
+
+
+# -- initial scale and activation scale ---------------------------------------------------------
+
+
+def test_new_revision_goes_to_initial_scale_then_windows_take_over() -> None:
+    spec = AutoscalingSpec(metric="llm", target=10, initial_scale=2, scale_to_zero_grace_s=0)
+    d, state = decide(spec, Observation(), ScalerState(), 0.0)
+    assert d.desired == 2 and "initial" in d.reason
+    # Still starting: the initial scale holds even though nothing asks for it.
+    d, state = decide(spec, Observation(starting=2), state, 2.0)
+    assert d.desired == 2
+    d, state = decide(spec, Observation(ready=loads(0, 0)), state, 40.0)
+    assert state.initialized
+    # Once reached, idle replicas are scaled down like any other.
+    d, state = decide(spec, Observation(ready=loads(0, 0)), state, 200.0)
+    assert d.desired < 2
+
+
+def test_initial_scale_zero_stays_at_zero() -> None:
+    spec = AutoscalingSpec(initial_scale=0)
+    d, _ = decide(spec, Observation(), ScalerState(), 0.0)
+    assert d.desired == 0 and d.reason == "idle at zero"
+
+
+def test_activation_scale_from_zero() -> None:
+    spec = AutoscalingSpec(metric="llm", target=10, initial_scale=0, activation_scale=3)
+    assert once(spec, Observation(activator_queued=1)).desired == 3
+    assert once(spec, Observation(poked=True)).desired == 3
+
+
+# -- rates ---------------------------------------------------------------------------------------
+
+
+def test_max_scale_up_rate() -> None:
+    spec = AutoscalingSpec(
+        metric="llm", target=10, target_utilization=1.0, initial_scale=0, max_scale_up_rate=2.0
+    )
+    # 2 ready, load for 20: at most ceil(2 x 2) = 4.
+    assert once(spec, Observation(ready=loads(100, 100))).desired == 4
+
+
+def test_max_scale_down_rate() -> None:
+    # 8 idle replicas: at most halve per decision (Knative's default rate 2).
+    assert once(LLM, Observation(ready=loads(*[0] * 8))).desired == 4
+
+
+def test_scale_down_to_zero_is_not_rate_limited_from_one() -> None:
+    spec = AutoscalingSpec(metric="llm", initial_scale=0, scale_to_zero_grace_s=0)
+    assert once(spec, Observation(ready=loads(0))).desired == 0
+
+
+# -- stable window -----------------------------------------------------------------------------
+
+
+def test_stable_window_averages_load_before_scaling_down() -> None:
+    busy = Observation(ready=loads(15, 15, 15, 15, 0, 0))  # 60 over 6 replicas -> 6
+    idle = Observation(ready=loads(0, 0, 0, 0, 0, 0))
+    out = timeline(LLM, [*every(0, 60, busy), *every(60, 90, idle)])
+    at = dict(out)
+    assert at[58].desired == 6
+    # Half a window later the average has only halved.
+    assert at[88].desired == 3
+
+
+def test_load_rise_is_seen_within_the_stable_window() -> None:
+    out = timeline(
+        LLM, [*every(0, 60, Observation(ready=loads(5))), (60, Observation(ready=loads(40)))]
+    )
+    assert out[-1][1].desired >= 1
+
+
+# -- panic mode --------------------------------------------------------------------------------
+
+
+def test_burst_triggers_panic_and_scales_on_the_panic_window() -> None:
+    quiet = Observation(ready=loads(5))
+    burst = Observation(ready=loads(5), activator_queued=60)
+    out = timeline(LLM, [*every(0, 60, quiet), (60, burst)])
+    d = out[-1][1]
+    # Panic window (6 s) mean: (5 + 5 + 65) / 3 = 25 -> 3 replicas; stable mean is still ~7.
+    assert d.panic
+    assert d.desired == 3
+
+
+def test_no_scale_down_while_panicking_then_stable_after_a_window() -> None:
+    burst = Observation(ready=loads(40, 40), activator_queued=0)
+    calm = Observation(ready=loads(1, 1, 1, 1, 1, 1, 1, 1))
+    steps = [(0.0, burst), (2.0, burst), *every(4, 200, calm)]
+    out = timeline(LLM, steps)
+    peak = max(d.desired for _, d in out)
+    during = [d for t, d in out if 4 <= t <= 60]
+    assert all(d.panic and d.desired == peak for d in during)
+    after = [d for t, d in out if t > 64]
+    assert not after[0].panic
+    assert after[-1].desired < peak
+
+
+# -- scale-down delay --------------------------------------------------------------------------
+
+
+def test_scale_down_delay_holds_the_highest_recent_decision() -> None:
+    spec = AutoscalingSpec(
+        metric="llm",
+        target=10,
+        target_utilization=1.0,
+        initial_scale=0,
+        window_s=6,
+        scale_down_delay_s=30,
+        panic_threshold_percentage=1000,
+    )
+    busy = Observation(ready=loads(15, 15, 0))
+    idle = Observation(ready=loads(0, 0, 0))
+    at = dict(timeline(spec, [*every(0, 10, busy), *every(10, 60, idle)]))
+    assert at[20].desired == 3 and "delay" in at[20].reason
+    assert at[50].desired < 3
+
+
+# -- scale to zero: grace and retention -------------------------------------------------------
+
+
+def test_scale_to_zero_after_window_and_grace_like_knative() -> None:
+    busy = Observation(ready=loads(0), activator_in_flight=10)
+    idle = Observation(ready=loads(0))
+    out = timeline(KPA, [*every(0, 10, busy), *every(10, 200, idle)])
+    zero_at = next(t for t, d in out if d.desired == 0)
+    # The 60 s window must read zero (t >= 70), then 30 s of grace.
+    assert 98 <= zero_at <= 102
+    held = [d for t, d in out if 10 <= t < zero_at]
+    assert all(d.desired == 1 for d in held)
+
+
+def test_retention_longer_than_grace_keeps_the_last_replica() -> None:
+    spec = AutoscalingSpec(
+        metric="llm",
+        initial_scale=0,
+        window_s=6,
+        scale_to_zero_grace_s=10,
+        scale_to_zero_retention_s=60,
+    )
+    out = timeline(
+        spec, [(0.0, Observation(ready=loads(3))), *every(2, 200, Observation(ready=loads(0)))]
+    )
+    zero_at = next(t for t, d in out if d.desired == 0)
+    assert zero_at >= 60
+
+
+def test_traffic_during_grace_resets_it() -> None:
+    spec = AutoscalingSpec(metric="llm", initial_scale=0, window_s=6, scale_to_zero_grace_s=20)
+    idle = Observation(ready=loads(0))
+    one = Observation(ready=loads(1))
+    out = timeline(spec, [(0.0, one), *every(2, 20, idle), (20.0, one), *every(22, 80, idle)])
+    zero_at = next(t for t, d in out if d.desired == 0)
+    assert zero_at >= 20 + 6 + 20
+
+
+# -- scale from zero, starting replicas -------------------------------------------------------
+
+
+def test_poke_at_zero_starts_one_at_once() -> None:
+    d = once(LLM, Observation(poked=True))
+    assert d.desired == 1 and "poked" in d.reason
+
+
+def test_poke_with_replicas_present_changes_nothing() -> None:
+    assert once(LLM, Observation(starting=1, poked=True)).desired == 1
+
+
+def test_queue_at_zero_asks_for_enough_replicas() -> None:
+    d = once(LLM, Observation(activator_queued=35))
+    assert d.desired == 4
+
+
+def test_starting_replicas_are_counted_so_a_burst_does_not_over_start() -> None:
+    spec = LLM
+    state = ScalerState(initialized=True)
+    burst = 35
+    d, state = decide(spec, Observation(activator_queued=burst, poked=True), state, 0.0)
+    assert d.desired == 4
+    # The loop started 4. While they start the same queue asks for the same 4, not 4 more.
+    for now in (2.0, 4.0, 6.0, 8.0):
+        d, state = decide(spec, Observation(activator_queued=burst, starting=4), state, now)
+        assert d.desired == 4
+
+
+def test_starting_replica_survives_until_the_grace_period() -> None:
+    # The poke started one, the stats have not caught up: do not stop it at once.
+    state = ScalerState(initialized=True)
+    _, state = decide(LLM, Observation(poked=True), state, 0.0)
+    d, _ = decide(LLM, Observation(starting=1), state, 2.0)
+    assert d.desired == 1

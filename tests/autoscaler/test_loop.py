@@ -1,0 +1,314 @@
+"""The per-revision loop with a fake actuator, a fake scraper and the in-memory bus."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from autoscaler.loop import Autoscaler, LoopConfig
+from tests.autoscaler.fakes import FakeActuator, FakeScraper, eventually, revision, service
+from torpor.bus import ActivatorStats, MemoryBus, RevisionEndpoints
+
+KEY = "default/chat-00001"
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class RecordingBus(MemoryBus):
+    """Puts endpoint publications in the actuator's call log, to check drain-before-stop order."""
+
+    def __init__(self, calls: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.calls = calls
+
+    async def publish_endpoints(self, endpoints: RevisionEndpoints) -> None:
+        for e in endpoints.endpoints:
+            self.calls.append(("draining" if e.draining else "serving", e.replica_id))
+        await super().publish_endpoints(endpoints)
+
+
+@pytest.fixture
+def actuator() -> FakeActuator:
+    return FakeActuator()
+
+
+@pytest.fixture
+def scraper() -> FakeScraper:
+    return FakeScraper()
+
+
+@pytest.fixture
+async def bus(actuator: FakeActuator) -> AsyncIterator[RecordingBus]:
+    b = RecordingBus(actuator.calls)
+    yield b
+    await b.aclose()
+
+
+def scaler(
+    bus: MemoryBus,
+    actuator: FakeActuator,
+    scraper: FakeScraper,
+    clock: FakeClock | None = None,
+    tick_s: float = 0.01,
+    **config: float,
+) -> Autoscaler:
+    kwargs = {} if clock is None else {"clock": clock}
+    return Autoscaler(
+        bus,
+        actuator,
+        scrape=scraper,
+        tick_s=tick_s,
+        config=LoopConfig(**config),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def settle() -> None:
+    """Let the loops run a few dozen ticks (for checks that something does *not* happen)."""
+    await asyncio.sleep(0.2)
+
+
+async def endpoints(bus: MemoryBus, key: str = KEY) -> RevisionEndpoints | None:
+    return (await bus.snapshot()).endpoints.get(key)
+
+
+async def test_poke_at_zero_starts_a_replica_at_once(
+    bus: MemoryBus, actuator: FakeActuator, scraper: FakeScraper
+) -> None:
+    await bus.publish_services([service(revision())])
+    # A long tick: only the poke can explain a start.
+    a = scaler(bus, actuator, scraper, tick_s=3600)
+    async with a.running():
+        await eventually(lambda: len(a.statuses()) == 1)
+        await settle()
+        assert actuator.started() == []
+        await bus.poke(KEY)
+        await eventually(lambda: len(actuator.started()) == 1)
+
+
+async def test_ready_replica_is_published_and_shown_in_status(
+    bus: MemoryBus, actuator: FakeActuator, scraper: FakeScraper
+) -> None:
+    await bus.publish_services([service(revision())])
+    a = scaler(bus, actuator, scraper)
+    async with a.running():
+        await bus.poke(KEY)
+        await eventually(lambda: len(actuator.started()) == 1)
+        r = actuator.make_ready(KEY)
+        scraper.set(r.replica_id, running=1)
+
+        async def published() -> bool:
+            e = await endpoints(bus)
+            return e is not None and [x.url for x in e.serving] == [r.url]
+
+        await eventually(published)
+        await eventually(lambda: a.statuses()[0].ready_replicas == 1)
+        status = a.statuses()[0]
+        assert (status.name, status.service, status.state) == ("chat-00001", "chat", "ready")
+        assert status.desired_replicas == 1
+        labels = {"namespace": "default", "revision": "chat-00001"}
+        await eventually(
+            lambda: a.registry.get_sample_value("torpor_autoscaler_ready_replicas", labels) == 1
+        )
+
+
+async def test_scale_down_drains_before_stopping(
+    bus: RecordingBus, actuator: FakeActuator, scraper: FakeScraper
+) -> None:
+    rev = revision(
+        metric="llm", target=10, target_utilization=1.0, window_s=0.05, scale_to_zero_grace_s=3600
+    )
+    await actuator.start(rev, 2)
+    busy = actuator.make_ready(KEY)
+    light = actuator.make_ready(KEY)
+    scraper.set(busy.replica_id, running=3)
+    scraper.set(light.replica_id, running=2)
+    await bus.publish_services([service(rev)])
+    a = scaler(bus, actuator, scraper)
+    async with a.running():
+        # Load 5 fits one replica: the one with less work is drained, not stopped.
+        await eventually(lambda: ("draining", light.replica_id) in actuator.calls)
+        await settle()
+        assert ("stop", light.replica_id) not in actuator.calls
+        assert a.statuses()[0].draining_replicas == 1
+        e = await endpoints(bus)
+        assert e is not None and [x.replica_id for x in e.serving] == [busy.replica_id]
+        # Its requests finish: only now is it stopped.
+        scraper.set(light.replica_id, running=0)
+        await eventually(lambda: ("stop", light.replica_id) in actuator.calls)
+    draining_at = actuator.calls.index(("draining", light.replica_id))
+    assert draining_at < actuator.calls.index(("stop", light.replica_id))
+    assert ("stop", busy.replica_id) not in actuator.calls
+
+
+async def test_drain_waits_for_activator_in_flight(
+    bus: RecordingBus, actuator: FakeActuator, scraper: FakeScraper
+) -> None:
+    clock = FakeClock()
+    rev = revision(metric="llm", window_s=0.05, scale_to_zero_grace_s=0)
+    await actuator.start(rev, 1)
+    r = actuator.make_ready(KEY)
+    scraper.set(r.replica_id, running=0)
+    # vLLM is done but the activator still streams two responses from it.
+    await bus.publish_stats([ActivatorStats("a1", KEY, queued=0, in_flight=2, at=clock())])
+    await bus.publish_services([service(rev)])
+    async with scaler(bus, actuator, scraper, clock=clock).running():
+        # vLLM reports nothing running, so the replica is drained; it is not stopped while the
+        # activator still counts requests on the revision that no serving replica accounts for.
+        await eventually(lambda: ("draining", r.replica_id) in actuator.calls)
+        await settle()
+        assert ("stop", r.replica_id) not in actuator.calls
+        await bus.publish_stats([ActivatorStats("a1", KEY, queued=0, in_flight=0, at=clock())])
+        await eventually(lambda: ("stop", r.replica_id) in actuator.calls)
+    assert actuator.calls.index(("draining", r.replica_id)) < actuator.calls.index(
+        ("stop", r.replica_id)
+    )
+
+
+async def test_start_up_failure_is_published_then_backs_off_then_marks_failed(
+    bus: MemoryBus, actuator: FakeActuator, scraper: FakeScraper
+) -> None:
+    clock = FakeClock()
+    await bus.publish_services([service(revision())])
+    a = scaler(
+        bus, actuator, scraper, clock=clock, max_failures=3, backoff_base_s=10, backoff_cap_s=15
+    )
+
+    async def demand() -> None:
+        await bus.publish_stats([ActivatorStats("a1", KEY, queued=1, in_flight=0, at=clock())])
+
+    async with a.running():
+        await demand()
+        await bus.poke(KEY)
+        for attempt in range(1, 4):
+            await eventually(lambda n=attempt: len(actuator.started()) == n)  # type: ignore[misc]
+            rid = actuator.started()[-1]
+            actuator.fail(KEY, rid, "exited with code 3\nValueError: no such model")
+
+            async def failure_published() -> bool:
+                e = await endpoints(bus)
+                return e is not None and e.failure is not None and "code 3" in e.failure
+
+            await eventually(failure_published)
+            await eventually(lambda rid=rid: ("stop", rid) in actuator.calls)  # type: ignore[misc]
+            # Backing off: nothing new starts while the clock stands still.
+            await settle()
+            assert len(actuator.started()) == attempt
+            clock.now += 16
+            await demand()
+        # Three in a row: failed until the spec changes, however long we wait.
+        await eventually(lambda: a.statuses()[0].state == "failed")
+        assert "no such model" in (a.statuses()[0].reason or "")
+        clock.now += 1000
+        await demand()
+        await settle()
+        assert len(actuator.started()) == 3
+        await bus.publish_services([service(revision(target=8))])
+        await eventually(lambda: len(actuator.started()) == 4)
+
+
+async def test_poke_of_a_failed_revision_republishes_the_failure(
+    bus: MemoryBus, actuator: FakeActuator, scraper: FakeScraper
+) -> None:
+    await bus.publish_services([service(revision())])
+    a = scaler(bus, actuator, scraper, max_failures=1, tick_s=3600)
+    async with a.running():
+        await bus.poke(KEY)
+        await eventually(lambda: len(actuator.started()) == 1)
+        actuator.fail(KEY, actuator.started()[0], "exited with code 1\nout of memory")
+        await bus.poke(KEY)
+        await eventually(lambda: a.statuses()[0].state == "failed")
+        before = await endpoints(bus)
+        assert before is not None
+        await bus.poke(KEY)
+
+        async def republished() -> bool:
+            e = await endpoints(bus)
+            return (
+                e is not None
+                and e.version > before.version
+                and "out of memory" in (e.failure or "")
+            )
+
+        await eventually(republished)
+
+
+async def test_a_slow_scrape_of_one_revision_does_not_delay_another(
+    bus: MemoryBus, actuator: FakeActuator, scraper: FakeScraper
+) -> None:
+    slow = revision("slow-00001", "slow", min_scale=1)
+    fast = revision("fast-00001", "fast")
+    await actuator.start(slow, 1)
+    stuck = actuator.make_ready(slow.ref.key)
+    gate = scraper.block(stuck.replica_id)
+    await bus.publish_services([service(slow), service(fast)])
+    try:
+        async with scaler(bus, actuator, scraper).running():
+            await bus.poke(fast.ref.key)
+            await eventually(lambda: any(x.startswith("fast-") for x in actuator.started()))
+    finally:
+        gate.set()
+
+
+async def test_removed_revision_is_forgotten(
+    bus: MemoryBus, actuator: FakeActuator, scraper: FakeScraper
+) -> None:
+    rev = revision(min_scale=1)
+    await bus.publish_services([service(rev)])
+    async with scaler(bus, actuator, scraper).running():
+        await eventually(lambda: len(actuator.started()) == 1)
+        actuator.make_ready(KEY)
+        await eventually(lambda: len(actuator.calls) > 1)
+        await bus.publish_services([])
+        await eventually(lambda: ("forget", KEY) in actuator.calls)
+
+        async def emptied() -> bool:
+            e = await endpoints(bus)
+            return e is not None and e.endpoints == ()
+
+        await eventually(emptied)
+
+
+async def test_unrouted_revision_ignores_min_scale(
+    bus: MemoryBus, actuator: FakeActuator, scraper: FakeScraper
+) -> None:
+    old = revision("chat-00001", min_scale=2)
+    new = replace(revision("chat-00002", min_scale=1), generation=2)
+    svc = replace(service(new, old), revisions=(old, new))
+    await bus.publish_services([svc])
+    async with scaler(bus, actuator, scraper).running():
+        await eventually(lambda: len(actuator.started()) == 1)
+        await settle()
+    assert actuator.started() == ["chat-00002-r1"]
+
+
+async def test_scale_up_takes_back_a_draining_replica(
+    bus: RecordingBus, actuator: FakeActuator, scraper: FakeScraper
+) -> None:
+    rev = revision(
+        metric="llm", target=10, target_utilization=1.0, window_s=0.05, scale_to_zero_grace_s=3600
+    )
+    await actuator.start(rev, 2)
+    busy = actuator.make_ready(KEY)
+    light = actuator.make_ready(KEY)
+    scraper.set(busy.replica_id, running=3)
+    scraper.set(light.replica_id, running=2)
+    await bus.publish_services([service(rev)])
+    async with scaler(bus, actuator, scraper).running():
+        await eventually(lambda: ("draining", light.replica_id) in actuator.calls)
+        # A burst arrives while it drains: it is taken back instead of a cold start.
+        await bus.publish_stats([ActivatorStats("a1", KEY, queued=30, in_flight=0, at=time.time())])
+        await eventually(lambda: len(actuator.started()) > 2)
+        drained_at = actuator.calls.index(("draining", light.replica_id))
+        assert ("serving", light.replica_id) in actuator.calls[drained_at:]
+    assert ("stop", light.replica_id) not in actuator.calls
