@@ -25,6 +25,7 @@ from types import TracebackType
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from activator.auth import KeyStore, authorize
 from activator.balancer import Backend
 from activator.errors import (
     ActivatorError,
@@ -64,6 +65,9 @@ class ActivatorConfig:
     seed: int | None = None  # traffic-split and balancing randomness, for tests
     connect_timeout_s: float = 5.0  # to a replica; refused connections fail at once anyway
     retry_after_s: int = 1  # Retry-After on 503 queue full
+    # Where per-service API keys are read (``torpor.dev/api-keys-secret``); None: a service that
+    # asks for keys is refused (fail closed), services without keys are unaffected.
+    key_store: KeyStore | None = None
 
     def __post_init__(self) -> None:
         if not self.activator_id:
@@ -328,8 +332,11 @@ class Activator:
         queue = self._queue_for(revision)
         code = CLIENT_CLOSED
         try:
+            # Before the body is read: an unauthorised client costs nothing more. The key is
+            # dropped from what goes on to the replica.
+            allowed = authorize(self.config.key_store, revision, scope["headers"])
             body = await _read_body(scope, receive, self.config.max_body_bytes)
-            headers = upstream_headers(scope["headers"], scope.get("client"), scope["scheme"])
+            headers = upstream_headers(allowed, scope.get("client"), scope["scheme"])
             query = scope.get("query_string", b"")
             target = route.path + ("?" + query.decode("latin-1") if query else "")
             pool = self._pool

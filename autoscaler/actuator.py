@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 from torpor.spec import RevisionSpec
 from torpor.status import ColdStart
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     STARTING = "starting"
     READY = "ready"
     FAILED = "failed"  # exited or never became ready; see Replica.error

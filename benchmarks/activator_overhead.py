@@ -7,14 +7,16 @@ The same upstream (uvicorn + uvloop + httptools, one process) serves two workloa
 - ``direct``: the load generator talks to the upstream;
 - ``nginx``: through Debian's nginx (``/usr/sbin/nginx``), started here on loopback with its own
   temporary config: one worker, upstream keepalive, ``proxy_buffering off`` so events stream;
-- ``activator``: through torpor's activator (its own process, uvicorn with uvloop + httptools, an
-  in-process MemoryBus holding the route and the ready endpoint), path form
-  ``/bench/echo/<path>``.
+- ``activator``: through torpor's activator (its own process, uvicorn with uvloop + httptools, its
+  httptools-based replica client, an in-process MemoryBus holding the route and the ready
+  endpoint), path form ``/bench/echo/<path>``.
 
 Load generator: ``wrk`` (Debian package ``wrk``; ``apt-get install -y wrk``), one thread,
 ``-c N`` connections, ``--latency`` for percentiles. Added latency = proxied percentile minus the
 direct percentile at the same concurrency. Client, proxy and upstream share this machine's cores,
-so only figures from one run are comparable.
+so only figures from one run are comparable. Because of that sharing, each row also gives the CPU
+time the proxy process (and the upstream) spent per request, read from /proc: the figure that
+least depends on what else the machine is doing.
 
 It also measures the time from an endpoint being published to the first held request reaching the
 replica (the activator's release path at zero), and, with ``--profile``, samples the activator
@@ -218,13 +220,29 @@ http {{
 
 
 @contextmanager
-def nginx(port: int, upstream_port: int) -> Iterator[None]:
+def nginx(port: int, upstream_port: int) -> Iterator[int]:
     with tempfile.TemporaryDirectory(prefix="torpor-nginx-") as tmp:
         conf = Path(tmp) / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, upstream=upstream_port))
         extra = ["-g", "user root;"] if os.geteuid() == 0 else []
-        with process([NGINX, "-p", tmp, "-c", str(conf), *extra], port):
-            yield
+        with process([NGINX, "-p", tmp, "-c", str(conf), *extra], port) as master:
+            yield master.pid
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (nginx's worker), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            pids += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
@@ -281,12 +299,18 @@ def measure_release(samples: int) -> dict[str, float]:
             port = free_port()
             server = uvicorn.Server(
                 uvicorn.Config(
-                    app, host="127.0.0.1", port=port, loop="none", http="httptools",
-                    lifespan="off", access_log=False, log_level="warning",
+                    app,
+                    host="127.0.0.1",
+                    port=port,
+                    loop="none",
+                    http="httptools",
+                    lifespan="off",
+                    access_log=False,
+                    log_level="warning",
                 )
             )
             task = asyncio.create_task(server.serve())
-            while not server.started:
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event
                 await asyncio.sleep(0.01)
             return server, task, port
 
@@ -306,7 +330,7 @@ def measure_release(samples: int) -> dict[str, float]:
                 call = asyncio.create_task(
                     client.get(f"http://127.0.0.1:{act_port}/{NAMESPACE}/{SERVICE}/json")
                 )
-                while not any(s.queued for s in activator.stats()):
+                while not any(s.queued for s in activator.stats()):  # noqa: ASYNC110
                     await asyncio.sleep(0.001)
                 published = time.perf_counter()
                 await bus.publish_endpoints(
@@ -338,8 +362,21 @@ def profile_activator(pid: int, url: str, connections: int, duration_s: float) -
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "stacks.txt"
         spy = subprocess.Popen(
-            [py_spy, "record", "--pid", str(pid), "--rate", "500", "--format", "raw",
-             "--output", str(raw), "--duration", str(int(duration_s) + 1), "--nonblocking"],
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "500",
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--duration",
+                str(int(duration_s) + 1),
+                "--nonblocking",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -361,6 +398,7 @@ def profile_activator(pid: int, url: str, connections: int, duration_s: float) -
             for name in {_short(f) for f in frames}:
                 inclusive[name] += count
             areas[_area(frames)] += count
+
     def share(counter: collections.Counter[str], n: int) -> list[dict[str, Any]]:
         return [{"where": k, "share": round(v / total, 3)} for k, v in counter.most_common(n)]
 
@@ -416,18 +454,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     profile: dict[str, Any] | None = None
     with (
-        process([py, me, "--serve-upstream", str(up_port)], up_port),
-        nginx(nginx_port, up_port),
+        process([py, me, "--serve-upstream", str(up_port)], up_port) as up_proc,
+        nginx(nginx_port, up_port) as nginx_pid,
         process(
             [py, me, "--serve-activator", str(act_port), targets["direct"]], act_port
         ) as act_proc,
     ):
+        pids = {"direct": None, "nginx": nginx_pid, "activator": act_proc.pid}
         for workload, path in (("json", "/json"), ("sse", "/sse")):
             for connections in args.concurrency:
                 base: dict[str, float] = {}
                 for target, prefix in targets.items():
                     wrk(prefix + path, connections, 1)  # warm pools and caches
+                    proxy_pid = pids[target]
+                    up_cpu = cpu_seconds(up_proc.pid)
+                    proxy_cpu = cpu_seconds(proxy_pid) if proxy_pid else 0.0
                     result = wrk(prefix + path, connections, args.duration)
+                    served = max(result["rps"] * args.duration, 1.0)
+                    result["upstream_cpu_us_per_req"] = (
+                        (cpu_seconds(up_proc.pid) - up_cpu) / served * 1e6
+                    )
+                    result["proxy_cpu_us_per_req"] = (
+                        (cpu_seconds(proxy_pid) - proxy_cpu) / served * 1e6 if proxy_pid else 0.0
+                    )
                     if target == "direct":
                         base = result
                     row = {
@@ -441,7 +490,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     rows.append(row)
                     print(
                         f"{workload:4} c={connections:<4} {target:9} {result['rps']:9.0f} req/s "
-                        f"p50 {result['p50_ms']:6.2f} ms p99 {result['p99_ms']:6.2f} ms",
+                        f"p50 {result['p50_ms']:6.2f} ms p99 {result['p99_ms']:6.2f} ms "
+                        f"proxy cpu {result['proxy_cpu_us_per_req']:6.1f} us/req",
                         file=sys.stderr,
                     )
         if args.profile:
@@ -473,9 +523,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
-            "nginx": subprocess.run(
-                [NGINX, "-v"], capture_output=True, text=True
-            ).stderr.strip(),
+            "nginx": subprocess.run([NGINX, "-v"], capture_output=True, text=True).stderr.strip(),
         },
         "method": {
             "load_generator": "wrk -t1 -c<N> --latency",
@@ -510,8 +558,9 @@ def markdown(result: dict[str, Any]) -> str:
         "Added latency = the proxied percentile minus the direct one at the same concurrency.",
         "",
         "| workload | conc | direct req/s | direct p50 / p99 ms | nginx req/s | nginx added "
-        "p50 / p99 ms | activator req/s | activator added p50 / p99 ms | act/nginx req/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "p50 / p99 ms | activator req/s | activator added p50 / p99 ms | act/nginx req/s "
+        "| CPU us/req nginx / activator |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rows = result["rows"]
     for ratio in result["ratios"]:
@@ -522,7 +571,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {w} | {c} | {d['rps']:.0f} | {d['p50_ms']:.2f} / {d['p99_ms']:.2f} | "
             f"{n['rps']:.0f} | {n['added_p50_ms']:.2f} / {n['added_p99_ms']:.2f} | "
             f"{a['rps']:.0f} | {a['added_p50_ms']:.2f} / {a['added_p99_ms']:.2f} | "
-            f"{ratio['rps_activator_over_nginx']:.2f} |"
+            f"{ratio['rps_activator_over_nginx']:.2f} | "
+            f"{n['proxy_cpu_us_per_req']:.0f} / {a['proxy_cpu_us_per_req']:.0f} |"
         )
     rel = result["release_after_endpoint_ready"]
     lines += [

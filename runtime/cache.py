@@ -77,14 +77,19 @@ def manifest_digest(files: list[FileEntry]) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def choose_evictions(entries: list[EntryInfo], budget: int, keep: set[str]) -> list[str]:
-    """Least recently used first, until the total fits the budget; never the kept ones."""
+def choose_evictions(entries: list[EntryInfo], budget: int, keep: set[str], *,
+                     now: float = 0.0, protect_recent_s: float = 0.0) -> list[str]:
+    """Least recently used first, until the total fits the budget.
+
+    Never the kept ones, nor any used in the last `protect_recent_s` seconds: another replica
+    may be loading from it right now (the cache may then stay over budget for a while).
+    """
     total = sum(e.size for e in entries)
     out: list[str] = []
     for e in sorted(entries, key=lambda e: e.last_used):
         if total <= budget:
             break
-        if e.digest in keep:
+        if e.digest in keep or (protect_recent_s > 0 and now - e.last_used < protect_recent_s):
             continue
         out.append(e.digest)
         total -= e.size
@@ -113,12 +118,14 @@ class WeightCache:
         source_kinds: Mapping[str, SourceFactory] = DEFAULT_SOURCE_KINDS,
         copy_file: CopyFile = copy_and_hash,
         clock: Callable[[], float] = time.time,
+        protect_recent_s: float = 300.0,
     ) -> None:
         self.root = Path(root)
         self.budget_bytes = budget_bytes
         self._kinds = source_kinds
         self._copy_file = copy_file
         self._clock = clock
+        self._protect_recent_s = protect_recent_s
         for sub in ("objects", "index", "tmp", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -287,7 +294,9 @@ class WeightCache:
     def _evict(self, keep: set[str]) -> None:
         if self.budget_bytes is None:
             return
-        for digest in choose_evictions(self.entries(), self.budget_bytes, keep):
+        for digest in choose_evictions(self.entries(), self.budget_bytes, keep,
+                                       now=self._clock(),
+                                       protect_recent_s=self._protect_recent_s):
             log.info("evicting cache entry %s (least recently used)", digest)
             shutil.rmtree(self.root / "objects" / digest, ignore_errors=True)
         for idx in (self.root / "index").glob("*.json"):

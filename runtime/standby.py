@@ -79,6 +79,19 @@ def wait_for_assignment(sock: socket.socket, path: Path) -> tuple[socket.socket,
     return conn, parse_assignment(buf.split(b"\n", 1)[0], fds, time.time())
 
 
+def _die_with_parent(sig: int) -> None:
+    """Linux: have the kernel signal us when the pool's process goes (0 clears it).
+
+    A standby whose pool died would otherwise wait on its socket forever; an assigned replica
+    outlives its launcher's hiccups like any other replica, so it clears this again.
+    """
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
+
+
 def standby_main(argv: list[str]) -> int:
     from runtime.phases import PhaseRecorder, process_start_time
 
@@ -95,6 +108,11 @@ def standby_main(argv: list[str]) -> int:
 
     import_engine()
     enable_fork_engine()
+    import signal
+
+    _die_with_parent(signal.SIGTERM)
+    if os.getppid() == 1:
+        return 0  # the pool went before the death signal was armed
     sock = listen(ns.socket)
     print(json.dumps({"event": "standby_ready", "pid": os.getpid(),
                       "seconds": round(time.time() - started, 3)}), flush=True)
@@ -102,6 +120,7 @@ def standby_main(argv: list[str]) -> int:
     if got is None:
         return 0
     conn, assignment = got
+    _die_with_parent(0)
     sys.stdout.flush()
     sys.stderr.flush()
     if assignment.fds:

@@ -97,7 +97,9 @@ def _cmd_make_tiny(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from torpor.demo import run_demo
 
-    return run_demo(home=args.home, manifest=args.file, port=args.port, control_port=args.control_port)
+    return run_demo(
+        home=args.home, manifest=args.file, port=args.port, control_port=args.control_port
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,14 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="revisions, replicas and queues at a glance")
     status.add_argument("--json", action="store_true", help="one JSON object")
-    status.add_argument("-w", "--watch", type=float, nargs="?", const=1.0, default=None,
-                        metavar="SECONDS", help="refresh every SECONDS (default 1)")
+    status.add_argument(
+        "-w",
+        "--watch",
+        type=float,
+        nargs="?",
+        const=1.0,
+        default=None,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 1)",
+    )
     status.set_defaults(func=_cmd_status)
 
     models = sub.add_parser("models", help="models for demos and tests")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
     tiny = models_sub.add_parser("make-tiny", help="make the tiny random Llama used by tiny-chat")
-    tiny.add_argument("--out", type=Path, default=None, help="default: $TORPOR_HOME/models/tiny-llama")
+    tiny.add_argument(
+        "--out", type=Path, default=None, help="default: $TORPOR_HOME/models/tiny-llama"
+    )
     tiny.set_defaults(func=_cmd_make_tiny)
 
     demo = sub.add_parser(

@@ -49,7 +49,9 @@ def build_control_app(
             if len(body) > MAX_MANIFEST_BYTES:
                 return error(413, "manifest larger than 1 MiB", "invalid_request_error")
         try:
-            applied = await control.apply(bytes(body), source=request.query_params.get("source", "<manifest>"))
+            applied = await control.apply(
+                bytes(body), source=request.query_params.get("source", "<manifest>")
+            )
         except ManifestError as e:
             return error(400, str(e), "invalid_manifest", e.field)
         service = applied.service

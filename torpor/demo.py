@@ -120,9 +120,21 @@ def run_demo(*, home: Path, manifest: Path, port: int, control_port: int) -> int
     log_path = state.root / "torpor-up.log"
     with log_path.open("ab") as log:
         up = subprocess.Popen(
-            [sys.executable, "-m", "torpor", "--home", str(home), "up",
-             "--port", str(port), "--control-port", str(control_port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "torpor",
+                "--home",
+                str(home),
+                "up",
+                "--port",
+                str(port),
+                "--control-port",
+                str(control_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         client = _wait_until_up(state, up, log_path)
@@ -142,8 +154,10 @@ def _wait_until_up(state: StateDir, up: subprocess.Popen[bytes], log_path: Path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if up.poll() is not None:
-            raise SystemExit(f"torpor up exited ({up.returncode}); see {log_path}:\n"
-                             + log_path.read_text()[-2000:])
+            raise SystemExit(
+                f"torpor up exited ({up.returncode}); see {log_path}:\n"
+                + log_path.read_text()[-2000:]
+            )
         address = state.read_address()
         if address and address.pid == up.pid:
             return ControlClient.from_state(state)
@@ -167,13 +181,19 @@ def _tour(client: ControlClient, manifest: Path, port: int) -> int:
         print(f"   the call failed: {cold.error}", flush=True)
         return 1
     print(f"   answer: {''.join(cold.text)!r}")
-    print(f"   cold start: first token after {cold.first_token_at - cold.started:.1f} s "
-          f"(request at zero replicas -> first token)", flush=True)
+    print(
+        f"   cold start: first token after {cold.first_token_at - cold.started:.1f} s "
+        f"(request at zero replicas -> first token)",
+        flush=True,
+    )
     row = _revision(client, service)
     if row.get("last_cold_start"):
         phases = row["last_cold_start"]["phases"]
-        print("   replica start-up phases (s since launch): "
-              + ", ".join(f"{k}={v:.1f}" for k, v in phases.items()), flush=True)
+        print(
+            "   replica start-up phases (s since launch): "
+            + ", ".join(f"{k}={v:.1f}" for k, v in phases.items()),
+            flush=True,
+        )
 
     _step("Calling again: a replica is ready now")
     warm = _call_with_progress(client, url, service, service)
@@ -188,6 +208,8 @@ def _tour(client: ControlClient, manifest: Path, port: int) -> int:
     _wait_for(client, service, "zero", timeout_s=300)
     print(f"   scaled to zero after {time.monotonic() - started:.0f} s idle", flush=True)
     print(render_table(client.status()), flush=True)
-    print(f"\nCold start from zero to first token: {cold.first_token_at - cold.started:.1f} s",
-          flush=True)
+    print(
+        f"\nCold start from zero to first token: {cold.first_token_at - cold.started:.1f} s",
+        flush=True,
+    )
     return 0

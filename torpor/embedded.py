@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from torpor.bus import MemoryBus
 from torpor.control_api import build_control_app
 from torpor.controlplane import ControlPlane
 from torpor.state import ControlAddress, StateDir
+from torpor.status import RevisionStatus
 
 log = logging.getLogger("torpor.embedded")
 
@@ -71,7 +72,9 @@ def _check_port_free(host: str, port: int, what: str) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise SystemExit(f"torpor up: cannot listen for the {what} on {host}:{port}: {e.strerror}") from e
+            raise SystemExit(
+                f"torpor up: cannot listen for the {what} on {host}:{port}: {e.strerror}"
+            ) from e
 
 
 @contextlib.asynccontextmanager
@@ -89,9 +92,23 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[ControlAddr
     activator = build_activator(bus, ActivatorConfig(activator_id="embedded", domain=config.domain))
     actuator = LocalActuator(home=state.root)
     scaler = Autoscaler(bus, actuator, tick_s=config.tick_s)
-    control_app = build_control_app(
-        control, scaler.statuses, token=token, activator_url=activator_url
-    )
+
+    def statuses() -> list[RevisionStatus]:
+        # The autoscaler's rows with this activator's live counts: the autoscaler only sees the
+        # counts it read on its last tick, a second or two ago.
+        live = {s.revision: s for s in activator.stats()}
+        return [
+            replace(
+                row,
+                queued_requests=live[row.revision].queued,
+                in_flight_requests=live[row.revision].in_flight,
+            )
+            if row.revision in live
+            else row
+            for row in scaler.statuses()
+        ]
+
+    control_app = build_control_app(control, statuses, token=token, activator_url=activator_url)
     servers = [
         _server(activator.app, config.host, config.port),
         _server(control_app, config.control_host, config.control_port),
@@ -120,7 +137,9 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[ControlAddr
         yield address
 
 
-async def run_embedded(config: EmbeddedConfig, *, on_ready: Callable[[ControlAddress], None]) -> None:
+async def run_embedded(
+    config: EmbeddedConfig, *, on_ready: Callable[[ControlAddress], None]
+) -> None:
     """Run until SIGINT/SIGTERM. A second signal stops at once."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

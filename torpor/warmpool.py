@@ -17,12 +17,14 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger("torpor.warmpool")
 
@@ -118,6 +120,7 @@ class WarmPool:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._seq = 0
+        self._short_dir: Path | None = None
 
     def start(self) -> None:
         if self._task is None and self.size > 0 and not self._closed:
@@ -162,6 +165,8 @@ class WarmPool:
         self._ready.clear()
         self._starting = None
         await asyncio.gather(*(_stop(s) for s in standbys))
+        if self._short_dir is not None:
+            shutil.rmtree(self._short_dir, ignore_errors=True)
 
     async def _refill_loop(self) -> None:
         while not self._closed:
@@ -181,13 +186,22 @@ class WarmPool:
                 continue
             self._ready.append(sb)
 
-    async def _spawn(self) -> StandbyProcess:
-        self._seq += 1
+    def _run_dir(self) -> Path:
         run_dir = self.home / "warmpool"
         run_dir.mkdir(parents=True, exist_ok=True)
+        # A unix socket path has at most 107 bytes; a deep home gets a short private dir.
+        if len(str(run_dir)) > 60:
+            if self._short_dir is None:
+                self._short_dir = Path(tempfile.mkdtemp(prefix="torpor-wp-"))
+            return self._short_dir
+        return run_dir
+
+    async def _spawn(self) -> StandbyProcess:
+        self._seq += 1
+        run_dir = self._run_dir()
         name = f"standby-{os.getpid()}-{self._seq}"
         sock_path = run_dir / f"{name}.sock"
-        log_path = run_dir / f"{name}.log"
+        log_path = self.home / "warmpool" / f"{name}.log"
         with contextlib.suppress(FileNotFoundError):
             sock_path.unlink()
         with log_path.open("ab") as logfile:
@@ -251,18 +265,26 @@ class ReplicaHandleLike(Protocol):
     def signal(self, sig: int) -> None: ...
 
 
-class FallbackLauncher(Protocol):
-    async def launch(self, request: LaunchRequestLike) -> ReplicaHandleLike: ...
+R_contra = TypeVar("R_contra", bound=LaunchRequestLike, contravariant=True)
+R = TypeVar("R", bound=LaunchRequestLike)
 
 
-class WarmPoolLauncher:
-    """Starts a replica from a standby when one is ready, else through `fallback`."""
+class FallbackLauncher(Protocol[R_contra]):
+    async def launch(self, request: R_contra) -> ReplicaHandleLike: ...
 
-    def __init__(self, pool: WarmPool, fallback: FallbackLauncher) -> None:
+
+class WarmPoolLauncher(Generic[R]):
+    """Starts a replica from a standby when one is ready, else through `fallback`.
+
+    Generic in the request type so that ``WarmPoolLauncher(pool, SubprocessLauncher(...))``
+    is itself an ``autoscaler.actuators.local.Launcher`` without this module importing it.
+    """
+
+    def __init__(self, pool: WarmPool, fallback: FallbackLauncher[R]) -> None:
         self.pool = pool
         self.fallback = fallback
 
-    async def launch(self, request: LaunchRequestLike) -> ReplicaHandleLike:
+    async def launch(self, request: R) -> ReplicaHandleLike:
         sb = await self.pool.take()
         if sb is None:
             return await self.fallback.launch(request)

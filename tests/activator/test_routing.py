@@ -122,7 +122,9 @@ def test_hostile_paths_never_reach_a_revision(path: str) -> None:
         resolve(TABLE, "", path, 0.0)
 
 
-@pytest.mark.parametrize("rest", ["/v1/../../x", "/./v1", "/v1/%2E%2E/x", "/v1/.%2e/x"])
+@pytest.mark.parametrize(
+    "rest", ["/v1/../../x", "/./v1", "/v1/%2E%2E/x", "/v1/.%2e/x", "/v1/%252e%252e/x", "/v1\\..\\x"]
+)
 def test_dot_segments_after_the_prefix_are_refused(rest: str) -> None:
     with pytest.raises(BadRequest):
         resolve(TABLE, "", "/default/chat" + rest, 0.0)

@@ -1,4 +1,4 @@
-"""A real embedded platform (``torpor up`` as a child process) with the tiny model, for e2e tests."""
+"""A real embedded platform (`torpor up` as a child process) with the tiny model, for e2e."""
 
 from __future__ import annotations
 
@@ -41,7 +41,10 @@ class Platform:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "torpor", "--home", str(self.home), *args],
-            capture_output=True, text=True, check=check, timeout=60,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=60,
         )
 
     def status(self) -> dict[str, Any]:
@@ -68,9 +71,21 @@ def _start(home: Path) -> Platform:
     port, control_port = free_port(), free_port()
     with (home / "torpor-up.log").open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "torpor", "--home", str(home), "up",
-             "--port", str(port), "--control-port", str(control_port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "torpor",
+                "--home",
+                str(home),
+                "up",
+                "--port",
+                str(port),
+                "--control-port",
+                str(control_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""The embedded slice end to end with real vLLM (CPU build): deploy, cold start, call, back to zero."""
+"""The embedded slice end to end with real vLLM (CPU): deploy, cold start, call, back to zero."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ def test_deploy_cold_start_call_and_scale_to_zero(platform: Platform) -> None:
 
     # Path form, the official client, plain: this request meets the revision at zero.
     path_client = openai.OpenAI(
-        base_url=f"{platform.url}/default/tiny-chat/v1", api_key="unused", max_retries=0,
+        base_url=f"{platform.url}/default/tiny-chat/v1",
+        api_key="unused",
+        max_retries=0,
         timeout=600,
     )
     chat = path_client.chat.completions.create(
@@ -91,7 +93,9 @@ def test_deploy_cold_start_call_and_scale_to_zero(platform: Platform) -> None:
 def test_services_survive_a_restart_and_shutdown_stops_replicas(platform: Platform) -> None:
     platform.cli("deploy", "-f", str(TINY_CHAT))
     client = openai.OpenAI(
-        base_url=f"{platform.url}/default/tiny-chat/v1", api_key="unused", max_retries=0,
+        base_url=f"{platform.url}/default/tiny-chat/v1",
+        api_key="unused",
+        max_retries=0,
         timeout=600,
     )
     client.completions.create(model="tiny-chat", prompt="hi", max_tokens=4)

@@ -143,7 +143,8 @@ def test_lru_eviction_under_a_budget(tmp_path: Path) -> None:
     b = make_model(tmp_path / "b", seed=2)
     c = make_model(tmp_path / "c", seed=3)
     one = sum(len(v) for v in tree(a).values())
-    cache = WeightCache(tmp_path / "cache", budget_bytes=2 * one, clock=lambda: now[0])
+    cache = WeightCache(tmp_path / "cache", budget_bytes=2 * one, clock=lambda: now[0],
+                        protect_recent_s=5)
     pa = cache.ensure(str(a))
     now[0] += 10
     pb = cache.ensure(str(b))
@@ -162,6 +163,9 @@ def test_choose_evictions_table() -> None:
     assert choose_evictions(entries, budget=80, keep=set()) == ["old"]
     assert choose_evictions(entries, budget=40, keep={"old"}) == ["mid", "new"]
     assert choose_evictions(entries, budget=0, keep={"new"}) == ["old", "mid"]
+    # Used within the protection window: left alone even over budget.
+    assert choose_evictions(entries, budget=0, keep=set(), now=3.5,
+                            protect_recent_s=2.0) == ["old"]
 
 
 def test_two_processes_ensuring_the_same_model_copy_once(tmp_path: Path) -> None:

@@ -37,12 +37,16 @@ def startup_event(log: Path) -> dict[str, object] | None:
     return None
 
 
+def log_tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
 async def wait_startup(log: Path, alive: object) -> dict[str, object]:
     for _ in range(3000):
         event = startup_event(log)
         if event:
             return event
-        assert getattr(alive, "returncode", None) is None, log.read_text()[-3000:]
+        assert getattr(alive, "returncode", None) is None, log_tail(log)
         await asyncio.sleep(0.1)
     raise AssertionError("no startup line")
 

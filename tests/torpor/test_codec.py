@@ -14,7 +14,9 @@ from torpor.spec import (
 
 def test_service_round_trips_through_json() -> None:
     rev = RevisionSpec(
-        RevisionRef("ns", "a-00001"), "a", 1,
+        RevisionRef("ns", "a-00001"),
+        "a",
+        1,
         RuntimeSpec("img", "/m", "name", ("--x", "1"), (("K", "V"),), 8080),
         AutoscalingSpec(min_scale=1, window_s=10),
     )

@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 TINY_CHAT = (REPO / "manifests/examples/tiny-chat.yaml").read_bytes()
 
 
-def _client(tmp_path: Path, statuses: list[RevisionStatus] | None = None) -> tuple[
-    httpx.AsyncClient, ControlPlane, MemoryBus
-]:
+def _client(
+    tmp_path: Path, statuses: list[RevisionStatus] | None = None
+) -> tuple[httpx.AsyncClient, ControlPlane, MemoryBus]:
     bus = MemoryBus()
     control = ControlPlane(bus, StateDir(tmp_path).ensure(), domain="example.com")
     app = build_control_app(
@@ -37,8 +37,11 @@ async def test_requests_without_the_token_are_refused(tmp_path: Path) -> None:
     client, control, _ = _client(tmp_path)
     async with client:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
-            r = await client.post("/v1/services", content=TINY_CHAT, headers=headers | {
-                "Authorization": headers.get("Authorization", "")})
+            r = await client.post(
+                "/v1/services",
+                content=TINY_CHAT,
+                headers=headers | {"Authorization": headers.get("Authorization", "")},
+            )
             assert r.status_code == 401
             assert r.json()["error"]["type"] == "authentication_error"
         assert control.services() == ()

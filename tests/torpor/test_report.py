@@ -32,8 +32,16 @@ def test_rows_cover_routed_revisions_and_default_to_zero() -> None:
 def test_rows_take_autoscaler_status() -> None:
     cold = ColdStart("r1", 1000.0, 21.5, (("imports_done", 5.0), ("engine_ready", 21.5)))
     st = RevisionStatus(
-        "default/chat-00001", "default", "chat", "chat-00001", 2, 1,
-        starting_replicas=1, queued_requests=3, state="starting", last_cold_start=cold,
+        "default/chat-00001",
+        "default",
+        "chat",
+        "chat-00001",
+        2,
+        1,
+        starting_replicas=1,
+        queued_requests=3,
+        state="starting",
+        last_cold_start=cold,
     )
     doc = status_document([SERVICE], [st], activator_url="http://x")
     row = doc["revisions"][0]
@@ -50,8 +58,14 @@ def test_empty_table_says_how_to_deploy() -> None:
 
 def test_reason_is_shown_under_the_table() -> None:
     st = RevisionStatus(
-        "default/chat-00001", "default", "chat", "chat-00001", 0, 0,
-        state="failed", reason="exit code 1: CUDA out of memory",
+        "default/chat-00001",
+        "default",
+        "chat",
+        "chat-00001",
+        0,
+        0,
+        state="failed",
+        reason="exit code 1: CUDA out of memory",
     )
     table = render_table(status_document([SERVICE], [st], activator_url="http://x"))
     assert "chat-00001: exit code 1: CUDA out of memory" in table
