@@ -8,9 +8,11 @@ redone by the server), and hop-by-hop headers are dropped in both directions (RF
 
 from __future__ import annotations
 
+import contextlib
+
 from starlette.types import Send
 
-from activator.errors import UpstreamUnavailable
+from activator.errors import UpstreamUnavailable, error_body
 from activator.upstream import ConnectError, Headers, UpstreamClosed, UpstreamPool
 
 HOP_BY_HOP = frozenset(
@@ -86,8 +88,8 @@ async def forward(
 
     Raises ``ConnectFailed`` when nothing reached the replica (safe to retry elsewhere) and
     ``UpstreamUnavailable`` when the replica failed before answering. Once the response has
-    started, an upstream failure raises ``UpstreamClosed`` and the client's response ends
-    abruptly (no retry: bytes already went both ways).
+    started, an upstream failure raises ``UpstreamClosed`` (no retry: bytes already went both
+    ways); an event stream first gets an error event so the client learns why it ended.
     """
     try:
         response = await pool.request(base_url, method, path_and_query, headers, body)
@@ -95,6 +97,7 @@ async def forward(
         raise ConnectFailed(f"could not connect to replica at {base_url}: {exc}") from exc
     except (UpstreamClosed, OSError) as exc:
         raise UpstreamUnavailable(f"replica at {base_url} failed before answering: {exc}") from exc
+    tail = b""
     try:
         await send(
             {
@@ -108,11 +111,40 @@ async def forward(
             # whole), which saves the server a separate write for the end of the body.
             last = response.complete
             await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            tail = chunk or tail
             if last:
                 return response.status
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return response.status
+    except (UpstreamClosed, OSError) as exc:
+        if _is_event_stream(response.headers):
+            # A token stream cut by a dying replica must not look like a finished one: end it
+            # with an error event, which OpenAI clients raise as an APIError.
+            with contextlib.suppress(Exception):
+                event = _error_event(base_url, exc, tail)
+                await send({"type": "http.response.body", "body": event, "more_body": False})
+        raise
     finally:
         # Closing an unfinished response closes its connection, which is how the replica learns
         # that the client went away (vLLM aborts the generation when its client disconnects).
         response.close()
+
+
+class UpstreamCut(UpstreamUnavailable):
+    """The replica failed after its answer had started (sent as an event inside the stream)."""
+
+    code = "upstream_closed"
+
+
+def _is_event_stream(headers: Headers) -> bool:
+    return any(
+        n.lower() == b"content-type" and v.lower().startswith(b"text/event-stream")
+        for n, v in headers
+    )
+
+
+def _error_event(base_url: str, exc: BaseException, tail: bytes) -> bytes:
+    error = UpstreamCut(f"replica at {base_url} failed in the middle of the response: {exc}")
+    # Close a half-sent event first, so the error arrives as an event of its own.
+    sep = b"" if not tail or tail.endswith((b"\n\n", b"\r\n\r\n")) else b"\n\n"
+    return sep + b"data: " + error_body(error) + b"\n\n"

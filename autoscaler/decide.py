@@ -59,6 +59,7 @@ class ScalerState:
     panic_since: float | None = None  # last time the panic threshold was crossed
     max_panic_replicas: int = 0
     zero_since: float | None = None  # first tick the windows asked for zero replicas
+    idle_since: float | None = None  # first tick of an unbroken run with no request anywhere
     desired_history: tuple[tuple[float, int], ...] = ()  # for the scale-down delay
     initialized: bool = False  # initial scale has been reached once
 
@@ -194,14 +195,38 @@ def decide(
             desired = spec.initial_scale
             reason = f"initial scale {spec.initial_scale}"
 
+    hold = max(spec.scale_to_zero_grace_s, spec.scale_to_zero_retention_s)
+    idle = load == 0 and not unknown and obs.activator_in_flight == 0 and not obs.poked
+    idle_since = (now if state.idle_since is None else state.idle_since) if idle else None
+    state = replace(state, idle_since=idle_since)
+    idle_zero = (
+        spec.metric == "llm"
+        and idle_since is not None
+        and now - idle_since >= hold
+        and state.initialized
+        and obs.current > 0
+    )
+    if idle_zero:
+        # vLLM says nothing runs or waits and no activator holds a request: that is a fact,
+        # not a noisy average, so an idle LLM replica (the costliest kind) is released after
+        # the grace period instead of after the stable window has also decayed to zero. The
+        # windows restart from empty so the old load does not start replicas again.
+        assert idle_since is not None
+        desired = 0
+        reason = f"idle for {now - idle_since:.0f}s (nothing running, waiting or queued)"
+        state = replace(
+            state, samples=((now, 0.0),), panic_since=None, max_panic_replicas=0, zero_since=None
+        )
+
     desired = _clamp(spec, desired)
 
     # Scale to zero only after the windows have asked for zero for the grace period (and the
     # last replica's retention), as Knative does once the activator is in the path.
-    if desired == 0 and (obs.current > 0 or ready > 0):
+    if idle_zero:
+        pass
+    elif desired == 0 and (obs.current > 0 or ready > 0):
         zero_since = state.zero_since if state.zero_since is not None else now
         state = replace(state, zero_since=zero_since)
-        hold = max(spec.scale_to_zero_grace_s, spec.scale_to_zero_retention_s)
         if now - zero_since < hold:
             desired = 1
             reason = f"idle; scale to zero in {hold - (now - zero_since):.0f}s (grace period)"

@@ -39,6 +39,7 @@ class LoopConfig:
     tick_s: float = 2.0
     stats_fresh_s: float = 5.0  # activator stats older than this are ignored
     drain_poll_s: float = 0.5
+    ready_poll_s: float = 0.05  # how often starting replicas are checked for readiness
     max_failures: int = 5  # consecutive start-up failures before the revision is marked failed
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
@@ -110,9 +111,30 @@ class _RevisionLoop:
                 raise
             except Exception:
                 log.exception("revision %s: tick failed", self.key)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self._o.config.tick_s)
+            await self._sleep()
             self.wake.clear()
+
+    async def _sleep(self) -> None:
+        """Until the next tick or a poke; while replicas start, publish each one the moment it
+        is ready, since requests held at zero wait on exactly that."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._o.config.tick_s
+
+        def starting() -> set[str]:
+            replicas = self._o.actuator.replicas(self.key)
+            return {r.replica_id for r in replicas if r.phase is Phase.STARTING}
+
+        while (remaining := deadline - loop.time()) > 0:
+            before = starting()
+            timeout = min(remaining, self._o.config.ready_poll_s) if before else remaining
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # races with the event being set, and then the loop never stops.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
+                return
+            if before - starting():
+                return  # one became ready (or failed, or went): tick now
 
     async def tick(self) -> None:
         o = self._o
@@ -231,8 +253,12 @@ class _RevisionLoop:
         deadline = loop.time() + self.target.spec.timeout_s
         try:
             while loop.time() < deadline:
-                if await self._drained(replica):
-                    break
+                try:
+                    if await self._drained(replica):
+                        break
+                except Exception:
+                    # A bus or scrape hiccup must not strand the replica half-drained.
+                    log.exception("revision %s: checking drain of %s", self.key, replica.replica_id)
                 await asyncio.sleep(o.config.drain_poll_s)
             else:
                 log.warning(
@@ -251,6 +277,8 @@ class _RevisionLoop:
         self.stopping.add(replica.replica_id)
         try:
             await o.actuator.stop(self.target.spec, replica.replica_id)
+        except Exception:
+            log.exception("revision %s: stopping %s", self.key, replica.replica_id)
         finally:
             self.stopping.discard(replica.replica_id)
         with contextlib.suppress(Exception):
@@ -292,7 +320,6 @@ class _RevisionLoop:
             was_ready = r.replica_id in self._seen_ready
             self._seen_ready.discard(r.replica_id)
             error = r.error or "replica failed"
-            self.last_error = error
             task = self.draining.pop(r.replica_id, None)
             if task is not None:
                 task.cancel()
@@ -300,6 +327,9 @@ class _RevisionLoop:
                     await task
             await self._o.actuator.stop(self.target.spec, r.replica_id)
             if was_ready:
+                # A crash after serving is not a start-up failure: it must not be published as
+                # the revision's failure (that answers every waiter at once with an error); the
+                # waiters wait for the replacement instead.
                 log.warning(
                     "revision %s: replica %s died: %s",
                     self.key,
@@ -307,6 +337,7 @@ class _RevisionLoop:
                     error.splitlines()[0],
                 )
                 continue
+            self.last_error = error
             self.failures += 1
             delay = min(
                 self._o.config.backoff_cap_s,

@@ -124,6 +124,7 @@ def serve_activator(port: int, upstream_url: str) -> None:
     import uvloop
 
     from activator.app import ActivatorConfig, build_activator
+    from activator.server import uvicorn_config
     from torpor.bus.base import Endpoint, RevisionEndpoints
     from torpor.bus.memory import MemoryBus
 
@@ -134,18 +135,10 @@ def serve_activator(port: int, upstream_url: str) -> None:
             RevisionEndpoints(f"{NAMESPACE}/{REVISION}", (Endpoint("r0", upstream_url),))
         )
         activator = build_activator(bus, ActivatorConfig(activator_id="bench"))
-        config = uvicorn.Config(
-            activator.app,
-            host="127.0.0.1",
-            port=port,
-            loop="none",
-            http="httptools",
-            lifespan="off",
-            access_log=False,
-            log_level="warning",
-            backlog=4096,
-            proxy_headers=False,  # the activator sets X-Forwarded-* itself
-        )
+        if os.environ.get("BENCH_PLAIN_UVICORN"):
+            config = uvicorn_config(activator.app, "127.0.0.1", port, http="httptools", loop="none")
+        else:
+            config = uvicorn_config(activator.app, "127.0.0.1", port, loop="none")
         if os.environ.get("BENCH_GC_FREEZE"):
             import gc
 
@@ -276,6 +269,22 @@ def wrk(url: str, connections: int, duration_s: float) -> dict[str, float]:
     return result
 
 
+def measure(
+    url: str, connections: int, duration_s: float, upstream_pid: int, proxy_pid: int | None
+) -> dict[str, float]:
+    """One wrk run after a short warm-up, with the CPU the proxy and upstream spent per request."""
+    wrk(url, connections, 1)  # warm pools and caches
+    up_cpu = cpu_seconds(upstream_pid)
+    proxy_cpu = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+    result = wrk(url, connections, duration_s)
+    served = max(result["rps"] * duration_s, 1.0)
+    result["upstream_cpu_us_per_req"] = (cpu_seconds(upstream_pid) - up_cpu) / served * 1e6
+    result["proxy_cpu_us_per_req"] = (
+        (cpu_seconds(proxy_pid) - proxy_cpu) / served * 1e6 if proxy_pid else 0.0
+    )
+    return result
+
+
 def measure_release(samples: int) -> dict[str, float]:
     """Endpoint published -> first held request arrives at the replica (ms), in one process."""
     import uvicorn
@@ -375,7 +384,6 @@ def profile_activator(pid: int, url: str, connections: int, duration_s: float) -
                 str(raw),
                 "--duration",
                 str(int(duration_s) + 1),
-                "--nonblocking",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -453,6 +461,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     rows: list[dict[str, Any]] = []
     profile: dict[str, Any] | None = None
+    load_before = os.getloadavg()
     with (
         process([py, me, "--serve-upstream", str(up_port)], up_port) as up_proc,
         nginx(nginx_port, up_port) as nginx_pid,
@@ -461,39 +470,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ) as act_proc,
     ):
         pids = {"direct": None, "nginx": nginx_pid, "activator": act_proc.pid}
-        for workload, path in (("json", "/json"), ("sse", "/sse")):
-            for connections in args.concurrency:
-                base: dict[str, float] = {}
-                for target, prefix in targets.items():
-                    wrk(prefix + path, connections, 1)  # warm pools and caches
-                    proxy_pid = pids[target]
-                    up_cpu = cpu_seconds(up_proc.pid)
-                    proxy_cpu = cpu_seconds(proxy_pid) if proxy_pid else 0.0
-                    result = wrk(prefix + path, connections, args.duration)
-                    served = max(result["rps"] * args.duration, 1.0)
-                    result["upstream_cpu_us_per_req"] = (
-                        (cpu_seconds(up_proc.pid) - up_cpu) / served * 1e6
-                    )
-                    result["proxy_cpu_us_per_req"] = (
-                        (cpu_seconds(proxy_pid) - proxy_cpu) / served * 1e6 if proxy_pid else 0.0
-                    )
-                    if target == "direct":
-                        base = result
-                    row = {
-                        "workload": workload,
-                        "concurrency": connections,
-                        "target": target,
-                        **result,
-                        "added_p50_ms": result["p50_ms"] - base["p50_ms"],
-                        "added_p99_ms": result["p99_ms"] - base["p99_ms"],
-                    }
-                    rows.append(row)
-                    print(
-                        f"{workload:4} c={connections:<4} {target:9} {result['rps']:9.0f} req/s "
-                        f"p50 {result['p50_ms']:6.2f} ms p99 {result['p99_ms']:6.2f} ms "
-                        f"proxy cpu {result['proxy_cpu_us_per_req']:6.1f} us/req",
-                        file=sys.stderr,
-                    )
+        samples: dict[tuple[str, int, str], list[dict[str, float]]] = {}
+        # Repeats go outermost, so a burst of load from something else on the machine lands on
+        # one sample of every cell rather than on every sample of one cell; the median is kept.
+        for repeat in range(args.repeat):
+            for workload, path in (("json", "/json"), ("sse", "/sse")):
+                for connections in args.concurrency:
+                    base: dict[str, float] = {}
+                    for target, prefix in targets.items():
+                        result = measure(
+                            prefix + path, connections, args.duration, up_proc.pid, pids[target]
+                        )
+                        if target == "direct":
+                            base = result
+                        result["added_p50_ms"] = result["p50_ms"] - base["p50_ms"]
+                        result["added_p99_ms"] = result["p99_ms"] - base["p99_ms"]
+                        samples.setdefault((workload, connections, target), []).append(result)
+                        print(
+                            f"[{repeat + 1}/{args.repeat}] {workload:4} c={connections:<4} "
+                            f"{target:9} {result['rps']:9.0f} req/s "
+                            f"p50 {result['p50_ms']:6.2f} ms p99 {result['p99_ms']:6.2f} ms "
+                            f"proxy cpu {result['proxy_cpu_us_per_req']:6.1f} us/req",
+                            file=sys.stderr,
+                        )
+        for (workload, connections, target), results in samples.items():
+            rows.append(
+                {
+                    "workload": workload,
+                    "concurrency": connections,
+                    "target": target,
+                    "repeats": len(results),
+                    **{k: statistics.median(r[k] for r in results) for k in results[0]},
+                }
+            )
         if args.profile:
             profile = profile_activator(
                 act_proc.pid, targets["activator"] + "/json", 64, args.duration
@@ -519,6 +528,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -528,6 +539,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "method": {
             "load_generator": "wrk -t1 -c<N> --latency",
             "duration_s": args.duration,
+            "repeats": args.repeat,
             "upstream": "uvicorn+uvloop+httptools, 1 process",
             "activator": "uvicorn+uvloop+httptools, 1 process, aiohttp client, MemoryBus",
             "nginx": "1 worker, upstream keepalive 256, proxy_buffering off",
@@ -553,7 +565,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"Generated {result['generated_at']} by `benchmarks/activator_overhead.py` on "
         f"{result['machine']['cpus']} CPUs ({result['machine']['nginx']}). "
         f"Load: `{result['method']['load_generator']}`, {result['method']['duration_s']} s per "
-        "cell. Client, proxies and upstream share the machine's cores: compare within this run.",
+        f"run, median of {result['method']['repeats']} runs per cell. Client, proxies and "
+        "upstream share the machine's cores (load average "
+        f"{result['load_average_before'][0]:.1f} before, {result['load_average_after'][0]:.1f} "
+        "after, other work included): compare within this run. CPU us/req (from /proc) is the "
+        "proxy process's own CPU per request, the figure least moved by that sharing.",
         "",
         "Added latency = the proxied percentile minus the direct one at the same concurrency.",
         "",
@@ -604,7 +620,8 @@ def main() -> None:
     parser.add_argument("--serve-upstream", type=int, metavar="PORT")
     parser.add_argument("--serve-activator", nargs=2, metavar=("PORT", "UPSTREAM_URL"))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 128])
-    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--repeat", type=int, default=3, help="median of this many runs per cell")
     parser.add_argument("--release-samples", type=int, default=50)
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", type=Path, default=RESULTS / "activator_overhead")

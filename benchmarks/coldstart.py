@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from torpor.warmpool import WarmPool  # noqa: E402
 
-SEGMENTS = ("process_started", "imports_done", "weights_resolved", "engine_ready",
-            "first_token")
+SEGMENTS = ("process_started", "imports_done", "weights_resolved", "engine_built",
+            "engine_ready", "first_token")
 
 
 @dataclass
@@ -215,15 +215,16 @@ def write_markdown(summary: dict[str, dict[str, float]], path: Path, meta: dict[
         f"Machine: {meta['machine']}. Date: {meta['date']}. Runs per variant: {meta['runs']}. "
         "Medians; phase columns are seconds since launch (warm: since assignment).", "",
         "| variant | first token s | ready s | ratio to bare | imports done | weights resolved "
-        "| engine ready |",
-        "|---|---|---|---|---|---|---|",
+        "| engine built | engine ready |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for v, row in summary.items():
         def cell(k: str, row: dict[str, float] = row) -> str:
             return f"{row[k]:.2f}" if k in row else "-"
         lines.append(f"| {v} | {cell('first_token_s')} | {cell('ready_s')} | "
                      f"{cell('ratio_to_bare')} | {cell('imports_done')} | "
-                     f"{cell('weights_resolved')} | {cell('engine_ready')} |")
+                     f"{cell('weights_resolved')} | {cell('engine_built')} | "
+                     f"{cell('engine_ready')} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -234,18 +235,19 @@ def write_chart(summary: dict[str, dict[str, float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(summary)
-    labels = ["start + imports", "weights", "engine build", "to first token"]
-    colors = ["#9ecae1", "#fdae6b", "#a1d99b", "#bcbddc"]
+    labels = ["start + imports", "weights", "engine build", "OpenAI app up", "to first token"]
+    colors = ["#9ecae1", "#fdae6b", "#a1d99b", "#fdd0a2", "#bcbddc"]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for i, v in enumerate(names):
         row = summary[v]
         if "engine_ready" not in row:  # bare vLLM reports no phases of its own
             ax.barh(i, row["ready_s"], color="#bdbdbd", label="start to ready (no phases)")
             ax.barh(i, row["first_token_s"] - row["ready_s"], left=row["ready_s"],
-                    color=colors[3])
+                    color=colors[4])
             continue
         marks = [row.get("imports_done", 0), row.get("weights_resolved", 0),
-                 row["engine_ready"], row["first_token_s"]]
+                 row.get("engine_built", row["engine_ready"]), row["engine_ready"],
+                 row["first_token_s"]]
         left = 0.0
         for j, m in enumerate(marks):
             width = max(m - left, 0.0)

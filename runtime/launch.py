@@ -135,6 +135,7 @@ async def serve(cfg: LaunchConfig, recorder: PhaseRecorder) -> None:
     ready_task: asyncio.Task[None] | None = None
     try:
         async with build_async_engine_client(args) as engine_client:
+            recorder.mark("engine_built")
             supported_tasks = await engine_client.get_supported_tasks()
             app = build_app(args, supported_tasks, engine_client.model_config)
             await init_app_state(engine_client, app.state, args, supported_tasks)

@@ -12,8 +12,10 @@ import sys
 import time
 from typing import IO, Any
 
-PHASES = ("process_started", "imports_done", "weights_resolved", "engine_ready",
-          "first_token_served")
+# engine_built: vLLM's engine core, worker, weights in memory, KV cache; engine_ready: the
+# OpenAI app on top answers /health.
+PHASES = ("process_started", "imports_done", "weights_resolved", "engine_built",
+          "engine_ready", "first_token_served")
 
 
 def process_start_time() -> float:

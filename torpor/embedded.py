@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 
 from activator.app import ActivatorConfig, build_activator
+from activator.server import uvicorn_config
 from autoscaler.actuators.local import LocalActuator
 from autoscaler.loop import Autoscaler
 from torpor.bus import MemoryBus
@@ -53,17 +54,7 @@ class _QuietServer(uvicorn.Server):
 
 
 def _server(app: Any, host: str, port: int) -> _QuietServer:
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-    )
-    return _QuietServer(config)
+    return _QuietServer(uvicorn_config(app, host, port))
 
 
 def _check_port_free(host: str, port: int, what: str) -> None:

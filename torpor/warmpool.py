@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -166,7 +165,9 @@ class WarmPool:
         self._starting = None
         await asyncio.gather(*(_stop(s) for s in standbys))
         if self._short_dir is not None:
-            shutil.rmtree(self._short_dir, ignore_errors=True)
+            # Only once empty: a standby already taken may not have picked up its socket yet.
+            with contextlib.suppress(OSError):
+                self._short_dir.rmdir()
 
     async def _refill_loop(self) -> None:
         while not self._closed:

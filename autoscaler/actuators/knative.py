@@ -26,7 +26,7 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,6 +61,9 @@ Json = dict[str, Any]
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 # Lowest int32: the ReplicaSet deletes the pods with the lowest cost first.
 FIRST_TO_GO = str(-(2**31))
+# A scale we wrote counts over what the watch shows for at most this long (a relist may skip
+# the exact version we wrote).
+EXPECTATION_TTL_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,55 @@ class KnativeConfig:
     resync_s: float = 30.0  # reconcile everything at least this often, events or not
     max_conflict_retries: int = 5
     backoff: Backoff = field(default_factory=Backoff)
+
+
+def config_from_env(env: Mapping[str, str]) -> KnativeConfig:
+    """The settings manifests/platform/autoscaler.yaml passes (ConfigMap ``torpor-defaults``)."""
+    identity = env.get("TORPOR_IDENTITY") or env.get("HOSTNAME") or ""
+    if not identity:
+        raise ValueError("TORPOR_IDENTITY (the pod name) is required for leader election")
+    defaults = LeaseConfig()
+    lease = LeaseConfig(
+        namespace=env.get("TORPOR_LEASE_NAMESPACE", defaults.namespace),
+        name=env.get("TORPOR_LEASE_NAME", defaults.name),
+        lease_duration_s=float(env.get("TORPOR_LEASE_DURATION_S", defaults.lease_duration_s)),
+        renew_deadline_s=float(env.get("TORPOR_LEASE_RENEW_DEADLINE_S", defaults.renew_deadline_s)),
+        retry_period_s=float(env.get("TORPOR_LEASE_RETRY_PERIOD_S", defaults.retry_period_s)),
+    )
+    if not lease.retry_period_s < lease.renew_deadline_s < lease.lease_duration_s:
+        # client-go's rule: a leader must give up before anyone else may take over.
+        raise ValueError("lease settings need retry period < renew deadline < lease duration")
+    suffix = env.get("TORPOR_CLASS_SUFFIX", ".torpor.dev")
+    if not suffix.endswith(".torpor.dev"):
+        raise ValueError(f"TORPOR_CLASS_SUFFIX must end in .torpor.dev, got {suffix!r}")
+    return KnativeConfig(identity=identity, class_suffix=suffix, lease=lease)
+
+
+@contextlib.asynccontextmanager
+async def knative_actuator(
+    bus: Bus, config: KnativeConfig, *, kubeconfig: str | None = None
+) -> AsyncIterator[KnativeActuator]:
+    """In-cluster (or ``kubeconfig``) client, controller started and caches synced."""
+    from autoscaler.actuators.knative_kube import Kube
+
+    kube = Kube.from_kubeconfig(kubeconfig) if kubeconfig else Kube.in_cluster()
+    actuator = KnativeActuator(kube, bus, config)
+    try:
+        await actuator.start_controller()
+        await actuator.synced()
+        yield actuator
+    finally:
+        await actuator.aclose()
+        await kube.aclose()
+
+
+def _at_or_after(current: str, written: str) -> bool:
+    """Whether the cache has caught up with a write. resourceVersions are opaque by contract;
+    they are etcd revisions (integers) in practice, and equality is the fallback."""
+    try:
+        return int(current) >= int(written)
+    except ValueError:
+        return current == written
 
 
 class KubeApi(WatchApi, LeaseApi, Protocol):
@@ -135,6 +187,8 @@ class KnativeActuator:
         self._published: tuple[ServiceSpec, ...] | None = None
         self._stopped: dict[str, set[str]] = {}  # revision key -> pod names the loop stopped
         self._locks: dict[str, asyncio.Lock] = {}
+        # (namespace, deployment) -> (resourceVersion written, replicas, when): see _note_scale
+        self._expected: dict[tuple[str, str], tuple[str, int, float]] = {}
         self.failures: dict[str, str] = {}  # revision key -> why its spec could not be built
 
     def _reflector(self, resource: Any, selector: str | None = None) -> Reflector:
@@ -242,15 +296,17 @@ class KnativeActuator:
             if ns == ref.namespace
             and (s["metadata"].get("labels") or {}).get(SLICE_SERVICE_LABEL) == private
         ]
-        live = {str(p["metadata"]["name"]) for p in pods}
-        stopped = self._stopped.get(revision, set())
-        stopped &= live  # forget pods that are gone
+        stopped = self._stopped.get(revision)
+        if stopped:
+            stopped &= {str(p["metadata"]["name"]) for p in pods}  # forget pods that are gone
+        # The Deployment's replicas already exclude the stopped pods (each stop scaled it down).
         return replicas_of(
             revision,
             pods,
             slices,
-            desired=self._desired(ref) - len(stopped),
-            stopped=frozenset(stopped),
+            desired=self._desired(ref),
+            stopped=frozenset(stopped or ()),
+            now=self._clock(),
         )
 
     async def forget(self, revision: str) -> None:
@@ -275,7 +331,17 @@ class KnativeActuator:
         return f"{ref.name}-deployment"
 
     def _desired(self, ref: RevisionRef) -> int:
-        deployment = self._deployments.objects.get((ref.namespace, self._deployment_name(ref)))
+        key = (ref.namespace, self._deployment_name(ref))
+        deployment = self._deployments.objects.get(key)
+        expected = self._expected.get(key)
+        if expected is not None:
+            rv, replicas, at = expected
+            seen = deployment is not None and _at_or_after(
+                str(deployment["metadata"].get("resourceVersion") or ""), rv
+            )
+            if not seen and self._clock() - at < EXPECTATION_TTL_S:
+                return replicas
+            del self._expected[key]
         return int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
 
     async def _scale_by(self, revision: str, delta: int) -> None:
@@ -292,7 +358,7 @@ class KnativeActuator:
                 try:
                     # The resourceVersion makes the patch conditional: if someone scaled in
                     # between, we get 409 and add our delta to their number instead.
-                    await self._kube.patch_deployment_scale(
+                    written = await self._kube.patch_deployment_scale(
                         ref.namespace,
                         name,
                         {
@@ -304,18 +370,18 @@ class KnativeActuator:
                     if exc.status == CONFLICT:
                         continue
                     raise
-                self._note_scale(ref.namespace, name, wanted)
+                self._note_scale(ref.namespace, name, written, wanted)
                 log.info("scaled %s/%s from %d to %d", ref.namespace, name, current, wanted)
                 self._dirty.set()
                 return
             raise KubeError(CONFLICT, "Conflict", f"scaling {name}: gave up after retries")
 
-    def _note_scale(self, namespace: str, name: str, replicas: int) -> None:
-        deployment = self._deployments.objects.get((namespace, name))
-        if deployment is not None:
-            updated = copy.deepcopy(deployment)
-            updated.setdefault("spec", {})["replicas"] = replicas
-            self._deployments.put_local(updated)
+    def _note_scale(self, namespace: str, name: str, written: Json, replicas: int) -> None:
+        """Remember a scale we wrote until the Deployment watch shows it (client-go's
+        "expectations"): until then replicas() counts what was asked for, so the loop does not
+        ask again, and an older event still in flight cannot undo it."""
+        rv = str((written.get("metadata") or {}).get("resourceVersion") or "")
+        self._expected[(namespace, name)] = (rv, replicas, self._clock())
 
     # -- reconciling ----------------------------------------------------------------------------
 
@@ -349,12 +415,18 @@ class KnativeActuator:
         """One pass: publish the services, then bring every PA's SKS and status up to date."""
         if not self.is_leader or not all(r.synced.is_set() for r in self._reflectors):
             return
-        ours = self._ours()
+        # A PA whose Revision this cache has not seen yet (separate watch streams) waits for the
+        # next event rather than being judged on half the picture.
+        ours = [
+            pa
+            for pa in self._ours()
+            if (pa["metadata"]["namespace"], pa["metadata"]["name"]) in self._revisions.objects
+        ]
         specs: list[RevisionSpec] = []
         failures: dict[str, str] = {}
         for pa in ours:
             meta = pa["metadata"]
-            revision = self._revisions.objects.get((meta["namespace"], meta["name"]))
+            revision = self._revisions.objects[(meta["namespace"], meta["name"])]
             try:
                 specs.append(revision_spec(pa, revision))
             except ValueError as exc:

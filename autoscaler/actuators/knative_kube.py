@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ T = TypeVar("T")
 Json = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
+_THREAD_EXIT_S = 5.0
 
 
 def _raise_kube_error(exc: ApiException) -> KubeError:
@@ -125,7 +127,7 @@ class Kube:
         *,
         label_selector: str | None = None,
         timeout_s: int = 300,
-    ) -> AsyncIterator[Json]:
+    ) -> AsyncGenerator[Json, None]:
         """Yield watch events (``{"type": ..., "object": ...}``) from ``resource_version``.
 
         ERROR events are yielded as they come (a 410 arrives that way); the caller decides.
@@ -151,6 +153,7 @@ class Kube:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
         opened: list[Any] = []
+        closing = threading.Event()
 
         def read() -> None:
             try:
@@ -161,6 +164,10 @@ class Kube:
                     return
                 opened.append(response)
                 self._open_streams.add(response)
+                # The consumer may have gone while the request was in flight: it could not
+                # see this response to shut it down, so the thread does.
+                if closing.is_set():
+                    _shutdown(response)
                 for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
                     if line:
                         put(json.loads(line))
@@ -182,10 +189,12 @@ class Kube:
                     raise item
                 yield item
         finally:
+            closing.set()
             for response in opened:
                 _shutdown(response)
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(future)
+            # Bounded: a thread that somehow stays blocked is left to its read timeout rather
+            # than holding up whoever is cancelling this watch.
+            await asyncio.wait({future}, timeout=_THREAD_EXIT_S)
 
     # -- writes ---------------------------------------------------------------------------------
 

@@ -228,12 +228,14 @@ def replicas_of(
     *,
     desired: int,
     stopped: frozenset[str] = frozenset(),
+    now: float = 0.0,
 ) -> list[Replica]:
     """Every replica of a revision the loop should count.
 
     Pods the loop stopped are left out even while they terminate. Pods the Deployment wants but
     the ReplicaSet has not created yet appear as STARTING placeholders (``<revision>-pending-N``),
-    so the loop does not ask again for replicas it already asked for.
+    so the loop does not ask again for replicas it already asked for; stamped ``now``, they are
+    the newest and so the first a scale-down takes back, at no cost.
     """
     addresses = ready_addresses(slices)
     out: list[Replica] = []
@@ -260,7 +262,7 @@ def replicas_of(
             out.append(Replica(name, revision, Phase.STARTING, None, launched))
     name = revision.rpartition("/")[2]
     for i in range(max(0, desired - len(out))):
-        out.append(Replica(f"{name}{PENDING}{i}", revision, Phase.STARTING, None, 0.0))
+        out.append(Replica(f"{name}{PENDING}{i}", revision, Phase.STARTING, None, now))
     return out
 
 

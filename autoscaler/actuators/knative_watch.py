@@ -9,8 +9,9 @@ relist. Any other failure backs off exponentially up to a cap before trying agai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,7 +37,7 @@ class WatchApi(Protocol):
 
     def watch(
         self, resource: Any, resource_version: str, *, label_selector: str | None = None
-    ) -> AsyncIterator[Json]: ...
+    ) -> AsyncGenerator[Json, None]: ...
 
 
 def key_of(obj: Json) -> ObjectKey:
@@ -73,11 +74,14 @@ class Reflector:
                 if self.resource_version is None:
                     await self._relist()
                 assert self.resource_version is not None
-                async for event in self._api.watch(
+                stream = self._api.watch(
                     self.resource, self.resource_version, label_selector=self._selector
-                ):
-                    self._apply(event)
-                    failures = 0
+                )
+                # Closed at once on any exit, so its reading thread ends before we relist.
+                async with contextlib.aclosing(stream):
+                    async for event in stream:
+                        self._apply(event)
+                        failures = 0
                 failures = 0  # the server ended the stream (timeoutSeconds): resume at once
             except WatchExpired:
                 log.info(

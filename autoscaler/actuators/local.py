@@ -220,6 +220,9 @@ class LocalActuator:
         )
         self._clock = clock
         self._procs: dict[str, dict[str, _Proc]] = {}  # revision key -> replica id -> proc
+        # Every replica process group not yet reaped, stopping ones included: ``kill_now`` must
+        # reach a replica that ``_stop`` has already taken out of ``_procs``.
+        self._groups: dict[str, ReplicaHandle] = {}
         self._client = httpx.AsyncClient(timeout=1.0)
         self._closed = False
 
@@ -259,6 +262,7 @@ class LocalActuator:
         except OSError as e:
             proc.replica = replace(replica, phase=Phase.FAILED, error=f"could not launch: {e}")
             return
+        self._groups[replica_id] = proc.handle
         log.info("replica %s of %s launched on port %d, log %s", replica_id, key, port, path)
         proc.task = asyncio.create_task(self._supervise(proc, url), name=f"replica:{replica_id}")
 
@@ -335,13 +339,15 @@ class LocalActuator:
         if proc.handle is not None and proc.handle.returncode is None:
             proc.handle.signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.handle.wait(), self._stop_timeout_s)
+                async with asyncio.timeout(self._stop_timeout_s):
+                    await proc.handle.wait()
             except TimeoutError:
                 log.warning("replica %s ignored SIGTERM; killing it", replica_id)
         if proc.handle is not None:
             # Whatever the leader left behind in its group (vLLM's engine core) goes too.
             proc.handle.signal(signal.SIGKILL)
             await proc.handle.wait()
+        self._groups.pop(replica_id, None)
         if proc.task is not None:
             proc.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -354,6 +360,15 @@ class LocalActuator:
     async def forget(self, revision: str) -> None:
         ids = list(self._procs.get(revision, {}))
         await asyncio.gather(*(self._stop(revision, i) for i in ids))
+
+    def kill_now(self) -> None:
+        """SIGKILL every replica's process group, synchronously.
+
+        For a platform that exits without waiting (a second SIGTERM): replicas run in their own
+        sessions, so nothing else would stop them, or vLLM's engine core beside them.
+        """
+        for handle in list(self._groups.values()):
+            handle.signal(signal.SIGKILL)
 
     async def aclose(self) -> None:
         if self._closed:

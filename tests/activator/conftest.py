@@ -21,6 +21,7 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from activator.app import Activator, ActivatorConfig, build_activator
+from activator.server import uvicorn_config
 from torpor.bus.base import Endpoint, RevisionEndpoints
 from torpor.bus.memory import MemoryBus
 from torpor.spec import (
@@ -33,21 +34,28 @@ from torpor.spec import (
 
 
 @asynccontextmanager
-async def serve(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve ``app`` on 127.0.0.1 at a free port; yields its base URL."""
+async def serve(app: ASGIApp, *, as_activator: bool = False) -> AsyncIterator[str]:
+    """Serve ``app`` on 127.0.0.1 at a free port; yields its base URL.
+
+    ``as_activator`` serves it the way the activator is served in production
+    (``activator.server.uvicorn_config``); otherwise plain uvicorn with httptools, like a replica.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        log_level="warning",
-        ws="none",
-        http="httptools",
-        access_log=False,
-        timeout_graceful_shutdown=2,
-    )
+    if as_activator:
+        config = uvicorn_config(app, "127.0.0.1", port, timeout_graceful_shutdown=2)
+    else:
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="warning",
+            ws="none",
+            http="httptools",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -225,7 +233,7 @@ def running_activator() -> ActivatorFactory:
         config.setdefault("seed", 7)
         activator = build_activator(bus, ActivatorConfig(activator_id="a1", **config))
         try:
-            async with activator.running(), serve(activator.app) as url:
+            async with activator.running(), serve(activator.app, as_activator=True) as url:
                 yield Running(bus, activator, url)
         finally:
             await bus.aclose()

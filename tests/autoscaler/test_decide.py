@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import pytest
 
@@ -325,7 +326,56 @@ def test_traffic_during_grace_resets_it() -> None:
     one = Observation(ready=loads(1))
     out = timeline(spec, [(0.0, one), *every(2, 20, idle), (20.0, one), *every(22, 80, idle)])
     zero_at = next(t for t, d in out if d.desired == 0)
-    assert zero_at >= 20 + 6 + 20
+    # The request at t=20 restarts the idle clock: zero after 20 s of nothing from t=22.
+    assert zero_at >= 22 + 20
+
+
+def test_llm_idle_replica_goes_to_zero_after_grace_without_waiting_for_the_window() -> None:
+    spec = AutoscalingSpec(metric="llm", initial_scale=0, window_s=60, scale_to_zero_grace_s=30)
+    busy = Observation(ready=loads(8))
+    idle = Observation(ready=loads(0))
+    out = timeline(spec, [*every(0, 60, busy), *every(60, 200, idle)])
+    zero_at = next(t for t, d in out if d.desired == 0)
+    # KPA would wait for the 60 s window to read zero first (t >= 120) and then the grace.
+    assert 90 <= zero_at < 120
+    assert "nothing running, waiting or queued" in dict(out)[zero_at].reason
+
+
+def test_llm_idle_rule_needs_every_signal_quiet() -> None:
+    spec = AutoscalingSpec(metric="llm", initial_scale=0, window_s=60, scale_to_zero_grace_s=10)
+    streaming = Observation(ready=loads(0), activator_in_flight=1)  # last bytes still flowing
+    unknown = Observation(ready=(ReplicaLoad("a"),))
+    for obs in (streaming, unknown):
+        out = timeline(spec, [(0.0, Observation(ready=loads(5))), *every(2, 40, obs)])
+        assert all(d.desired >= 1 for _, d in out)
+
+
+def test_llm_idle_zero_does_not_restart_from_stale_window() -> None:
+    spec = AutoscalingSpec(metric="llm", initial_scale=0, window_s=60, scale_to_zero_grace_s=10)
+    steps = [
+        *every(0, 20, Observation(ready=loads(30, 30, 30))),
+        *every(20, 40, Observation(ready=loads(0, 0, 0))),
+    ]
+    state = ScalerState(initialized=True)
+    for now, obs in steps:
+        d, state = decide(spec, obs, state, now)
+    assert d.desired == 0 and not d.panic
+    # At zero with nothing arriving, the load of a minute ago starts nothing.
+    d, state = decide(spec, Observation(), state, 42.0)
+    assert d.desired == 0
+
+
+def test_concurrency_metric_keeps_knative_zero_timing() -> None:
+    spec = replace(KPA, scale_to_zero_grace_s=10)
+    out = timeline(
+        spec,
+        [
+            (0.0, Observation(ready=loads(0), activator_in_flight=5)),
+            *every(2, 120, Observation(ready=loads(0))),
+        ],
+    )
+    zero_at = next(t for t, d in out if d.desired == 0)
+    assert zero_at >= 60 + 10
 
 
 # -- scale from zero, starting replicas -------------------------------------------------------

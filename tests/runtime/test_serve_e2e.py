@@ -89,7 +89,8 @@ async def test_plain_and_warm_replicas_answer_alike(tmp_path: Path) -> None:
         phases = event["phases"]
         assert isinstance(phases, dict)
         assert list(phases) == ["process_started", "imports_done", "weights_resolved",
-                                "engine_ready"]
+                                "engine_built", "engine_ready"]
+        assert list(phases.values()) == sorted(phases.values())
         plain = await ask(port)
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -282,13 +282,13 @@ class RedisBus:
         self._fanout.close()
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader.cancel()
-            try:
-                await reader
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+            # redis-py can swallow a cancellation that lands as a read timeout fires, so cancel
+            # until the reader is gone; it also stops by itself at its next look at _closed.
+            while not reader.done():
+                reader.cancel()
+                await asyncio.wait([reader], timeout=0.1)
+            if not reader.cancelled() and reader.exception() is not None:
+                log.error("bus: reader ended with an error", exc_info=reader.exception())
         await self._redis.aclose()
 
     # -- internals ----------------------------------------------------------------------------
@@ -316,7 +316,8 @@ class RedisBus:
             args=[
                 endpoints.revision,
                 codec.dumps(endpoints),
-                self._versions.get(endpoints.revision, 0),
+                # A caller's own version is a floor too, as MemoryBus honours it.
+                max(self._versions.get(endpoints.revision, 0), endpoints.version - 1),
                 self._channel,
                 "1" if only_if_missing else "0",
             ],
@@ -349,7 +350,7 @@ class RedisBus:
     async def _read_forever(self) -> None:
         delay = 0.05
         reconnecting = False
-        while True:
+        while not self._closed:
             try:
                 await self._read_once(resync=reconnecting)
             except _TRANSIENT as error:
@@ -387,7 +388,7 @@ class RedisBus:
 
     async def _pump(self, pubsub: aioredis.client.PubSub) -> None:
         pinged = False
-        while True:
+        while not self._closed:
             message = await pubsub.get_message(timeout=_LIVENESS_S)
             if message is None:
                 if pinged:

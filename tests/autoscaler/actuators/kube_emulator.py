@@ -96,6 +96,8 @@ class KubeEmulator:
         self.requests: list[tuple[str, str]] = []  # (method, path) in arrival order
         self.before_write: WriteHook | None = None
         self.watch_starts: list[tuple[str, str]] = []  # (plural, resourceVersion) per watch
+        self.gone_sent: list[str] = []  # plural of every watch answered with 410 Gone
+        self._failures: dict[str, list[int]] = {}  # path part -> statuses still to answer
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -153,6 +155,10 @@ class KubeEmulator:
     def get(self, prefix: str, plural: str, namespace: str, name: str) -> Json | None:
         return self.objects.get((prefix, plural, namespace, name))
 
+    def fail_next(self, path_part: str, status: int, times: int = 1) -> None:
+        """Answer the next ``times`` requests whose path contains ``path_part`` with ``status``."""
+        self._failures.setdefault(path_part, []).extend([status] * times)
+
     def writes(self, path_part: str) -> list[tuple[str, str]]:
         return [
             (m, p) for m, p in self.requests if m in {"POST", "PUT", "PATCH"} and path_part in p
@@ -190,6 +196,10 @@ class KubeEmulator:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path))
+        for part, statuses in self._failures.items():
+            if part in request.path and statuses:
+                code = statuses.pop(0)
+                return web.json_response(_status(code, "InternalError", "injected"), status=code)
         parts = [p for p in request.path.split("/") if p]
         if parts[:2] == ["api", "v1"]:
             prefix, rest = "api/v1", parts[2:]
@@ -271,6 +281,7 @@ class KubeEmulator:
 
         if since + 1 < self._compacted_below:
             message = f"too old resource version: {since} ({self._compacted_below})"
+            self.gone_sent.append(plural)
             await send({"type": "ERROR", "object": _status(410, "Expired", message)})
             return response
         watcher = _Watcher(prefix, plural, request.query.get("labelSelector"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,6 +22,9 @@ from autoscaler.actuators.knative_kube import Kube
 from autoscaler.actuators.knative_lease import LeaseConfig, micro_time
 from autoscaler.actuators.knative_status import condition
 from autoscaler.actuators.knative_watch import Backoff
+from autoscaler.decide import ReplicaLoad
+from autoscaler.loop import Autoscaler
+from torpor.bus.base import ActivatorStats
 from torpor.bus.memory import MemoryBus
 from torpor.spec import RevisionSpec, ServiceSpec
 
@@ -377,7 +381,13 @@ async def test_pod_in_crash_loop_is_a_failed_replica_with_its_message(
             },
         },
     )
-    replicas = await eventually(lambda: actuator.replicas("default/chat-00001"))
+    replicas = await eventually(
+        lambda: [
+            r
+            for r in actuator.replicas("default/chat-00001")
+            if r.replica_id == "chat-00001-deployment-x"
+        ]
+    )
     assert replicas[0].phase is Phase.FAILED
     assert replicas[0].error is not None
     assert "CrashLoopBackOff" in replicas[0].error
@@ -392,6 +402,7 @@ async def test_pa_of_another_class_is_left_alone(
 ) -> None:
     seed_revision(emulator, "other", "other-00001", autoscaler_class="kpa.autoscaling.knative.dev")
     seed_revision(emulator, "chat", "chat-00001")
+    await eventually(published(bus))
     await eventually(lambda: cond(emulator, "chat-00001", "Active") is not None)
     await asyncio.wait_for(actuator.reconcile(), 10)
 
@@ -417,9 +428,8 @@ async def test_watch_410_gone_relists_and_catches_up(
     await eventually(lambda: actuator._pas.relists > lists_before)
     services = await eventually(lambda: [s for s in bus._services if len(s.revisions) == 2] or None)
     assert [r.ref.name for r in services[0].revisions] == ["chat-00001", "chat-00002"]
-    # The stale resume was tried first, then a fresh watch from the relisted version.
-    pa_watches = [rv for plural, rv in emulator.watch_starts if plural == "podautoscalers"]
-    assert len(pa_watches) >= 3
+    # The stale resume was answered 410 before the relist.
+    assert "podautoscalers" in emulator.gone_sent
 
 
 async def test_watch_resumes_from_last_resource_version_without_relisting(
@@ -530,3 +540,58 @@ async def test_a_second_replica_waits_while_the_lease_is_held(
     finally:
         await follower.aclose()
         await kube.aclose()
+
+
+class _NoScrape:
+    async def scrape(self, replica_id: str, url: str) -> ReplicaLoad | None:
+        return ReplicaLoad(replica_id)
+
+
+async def test_the_same_autoscaler_loop_scales_a_knative_revision_from_zero(
+    emulator: KubeEmulator, bus: MemoryBus, actuator: KnativeActuator
+) -> None:
+    """The loop that drives local processes drives the Deployment here, unchanged."""
+    seed_revision(emulator, "chat", "chat-00001")
+    scaler = Autoscaler(bus, actuator, tick_s=0.05, scrape=_NoScrape())
+    async with scaler.running():
+        await eventually(published(bus))
+        await eventually(lambda: scaler.statuses())
+        # A request waits in an activator while the revision is at zero: stats, then a poke.
+        now = time.time()
+        await bus.publish_stats([ActivatorStats("activator-0", "default/chat-00001", 1, 0, now)])
+        await bus.poke("default/chat-00001")
+
+        def scaled() -> bool:
+            d = emulator.get(APPS, "deployments", NS, "chat-00001-deployment")
+            return d is not None and d["spec"]["replicas"] >= 1
+
+        await eventually(scaled)
+        # Only one scale-up for one waiter, though the loop ticks many times before pods exist.
+        await asyncio.sleep(0.3)
+        deployment = emulator.get(APPS, "deployments", NS, "chat-00001-deployment")
+        assert deployment is not None and deployment["spec"]["replicas"] == 1
+        await eventually(lambda: cond(emulator, "chat-00001", "Active") == "Unknown")
+
+
+async def test_api_errors_back_off_and_recover(emulator: KubeEmulator, bus: MemoryBus) -> None:
+    emulator.fail_next("/podautoscalers", 500, times=3)
+    emulator.fail_next("/leases/", 503, times=2)
+    seed_revision(emulator, "chat", "chat-00001")
+    kube = Kube.for_host(emulator.url)
+    act = KnativeActuator(kube, bus, config())
+    await act.start_controller()
+    try:
+        await asyncio.wait_for(act.synced(), 10)
+        await eventually(published(bus))
+        failed = [p for m, p in emulator.requests if m == "GET" and p.endswith("/podautoscalers")]
+        assert len(failed) >= 4  # three 500s, then the list that worked
+        assert act.is_leader
+    finally:
+        await act.aclose()
+        await kube.aclose()
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    b = Backoff(base_s=0.2, cap_s=30.0)
+    assert [b.delay(n) for n in (1, 2, 3, 4)] == [0.2, 0.4, 0.8, 1.6]
+    assert b.delay(50) == 30.0

@@ -218,3 +218,11 @@ async def test_a_subscriber_that_falls_behind_converges_to_the_latest_state(
             services = event.services
         elif isinstance(event, EndpointsChanged):
             latest[event.endpoints.revision] = event.endpoints
+
+
+async def test_a_requested_version_is_a_floor(backend: Backend) -> None:
+    autoscaler = await backend.bus()
+    e = endpoints(REV, 8001)
+    await autoscaler.publish_endpoints(RevisionEndpoints(e.revision, e.endpoints, version=7))
+    await autoscaler.publish_endpoints(e)
+    assert (await autoscaler.snapshot()).endpoints[REV].version >= 8

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.torpor.bus.helpers import REV, endpoints, next_event, service
-from torpor.bus import EndpointsChanged, Poked, RevisionEndpoints, ServicesChanged
+from torpor.bus import BusEvent, EndpointsChanged, Poked, RevisionEndpoints, ServicesChanged
 from torpor.bus.fanout import Fanout
 
 
@@ -15,7 +15,7 @@ def changed(revision: str, port: int, version: int) -> EndpointsChanged:
 async def test_events_arrive_in_order_when_the_subscriber_keeps_up() -> None:
     fanout = Fanout(bound=10)
     stream = fanout.subscribe()
-    sent = [ServicesChanged((service(),)), changed(REV, 1, 1), Poked(REV)]
+    sent: list[BusEvent] = [ServicesChanged((service(),)), changed(REV, 1, 1), Poked(REV)]
     for event in sent:
         fanout.emit(event)
     assert [await next_event(stream) for _ in sent] == sent

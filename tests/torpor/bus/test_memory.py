@@ -38,12 +38,3 @@ async def test_stats_expire_on_the_injected_clock() -> None:
     now[0] = 116.0
     assert (await bus.snapshot()).stats == ()
     await bus.aclose()
-
-
-async def test_first_version_honours_a_higher_requested_version() -> None:
-    bus = MemoryBus()
-    e = endpoints(REV, 1)
-    await bus.publish_endpoints(type(e)(e.revision, e.endpoints, e.failure, version=7))
-    await bus.publish_endpoints(e)
-    assert (await bus.snapshot()).endpoints[REV].version == 8
-    await bus.aclose()

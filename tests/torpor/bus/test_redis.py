@@ -252,3 +252,13 @@ async def _poke_until_heard(poker: RedisBus, events: AsyncIterator[BusEvent]) ->
         return True
 
     await eventually(heard, "a poke after the restart reached the autoscaler")
+
+
+async def test_async_with_connects_and_closes(redis_server: RedisServer) -> None:
+    before = asyncio.all_tasks()
+    async with RedisBus(redis_server.url, prefix="ctx") as bus:
+        events = bus.events()
+        await bus.poke(REV)
+        assert await next_event(events) == Poked(REV)
+    assert [e async for e in events] == []
+    assert asyncio.all_tasks() - before == set()

@@ -1,0 +1,485 @@
+"""Replay one seeded, bursty request trace through simulated replicas under two policies.
+
+Both runs call the same ``autoscaler.decide.decide``: once with torpor's defaults (vLLM's running +
+waiting, KV-cache guard) and once configured as Knative's KPA defaults (request concurrency only,
+target 100 x 0.7, 60 s / 6 s windows, 30 s scale-to-zero grace). The simulated replica has the
+cold-start delay and the token throughput measured from the real CPU runtime
+(``results/coldstart.json``, ``results/replica_throughput.json``); anything not measured comes
+from ``autoscaler_trace_params.json`` and is labelled as assumed in the results.
+
+    .venv/bin/python benchmarks/autoscaler_trace.py
+
+Writes ``results/autoscaler_trace.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import random
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from autoscaler.decide import Observation, ReplicaLoad, ScalerState, decide
+from torpor.spec import AutoscalingSpec
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+PARAMS = HERE / "autoscaler_trace_params.json"
+
+KPA = AutoscalingSpec(
+    metric="concurrency",
+    target=100.0,
+    target_utilization=0.7,
+    window_s=60.0,
+    panic_window_percentage=10.0,
+    panic_threshold_percentage=200.0,
+    scale_to_zero_grace_s=30.0,
+    max_scale_up_rate=1000.0,
+    max_scale_down_rate=2.0,
+    initial_scale=0,  # both start at zero; Knative's 1 would only add a replica at t=0
+)
+TORPOR = AutoscalingSpec(initial_scale=0)  # torpor's defaults: vLLM load, target 16 x 0.7
+
+
+# -- parameters -----------------------------------------------------------------------------------
+
+
+def load_params(path: Path) -> dict[str, Any]:
+    """Measured numbers where they exist; the params file's values (labelled) otherwise."""
+    params: dict[str, Any] = json.loads(path.read_text())
+    sources: dict[str, str] = {}
+    cold = RESULTS / "coldstart.json"
+    if cold.exists():
+        summary = json.loads(cold.read_text())["summary"]
+        params["cold_start_s"] = summary["runtime_plain"]["first_token_s"]
+        sources["cold_start_s"] = "measured: results/coldstart.json runtime_plain first_token_s"
+    else:
+        sources["cold_start_s"] = "ASSUMED (placeholder in autoscaler_trace_params.json)"
+    tput = RESULTS / "replica_throughput.json"
+    if tput.exists():
+        data = json.loads(tput.read_text())
+        params["throughput"] = [[r["batch"], r["tokens_per_s"]] for r in data["throughput"]]
+        sources["throughput"] = "measured: results/replica_throughput.json"
+        for key in ("max_num_seqs", "kv_cache_tokens"):
+            # A value in the params file overrides the measurement (e.g. to model a bigger
+            # model whose KV cache binds); null means use what the engine reported.
+            if params.get(key) is None and data.get(key):
+                params[key] = data[key]
+                sources[key] = "measured: results/replica_throughput.json (vLLM's own config)"
+    else:
+        sources["throughput"] = "ASSUMED (placeholder in autoscaler_trace_params.json)"
+    for key in ("max_num_seqs", "kv_cache_tokens"):
+        if params.get(key) is None:
+            params[key] = params[f"fallback_{key}"]
+            sources[key] = "ASSUMED (fallback placeholder in autoscaler_trace_params.json)"
+    for key in ("max_num_seqs", "kv_cache_tokens", "wait_target_s", "trace"):
+        sources.setdefault(key, "assumed: autoscaler_trace_params.json")
+    params["sources"] = sources
+    return params
+
+
+# -- the trace ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    rid: int
+    arrival: float
+    prompt: int
+    output: int
+
+
+def make_trace(p: dict[str, Any], seed: int) -> list[Request]:
+    """Bursts, a diurnal swell and idle gaps long enough for scale to zero."""
+    rng = random.Random(seed)
+    t = p["trace"]
+    duration = float(t["duration_s"])
+    arrivals: list[float] = []
+    # A swell: a Poisson process whose rate follows half a sine ("a day" compressed).
+    # The swell's peak is sized in replicas' worth of the measured peak throughput.
+    mean_output = t["output_median"] * math.exp(0.6**2 / 2)
+    peak = t["swell_peak_replicas"] * max(tp for _, tp in p["throughput"]) / mean_output
+    s0, s1 = t["swell_start_s"], t["swell_end_s"]
+    now = s0
+    while True:
+        now += rng.expovariate(peak)
+        if now >= s1:
+            break
+        rate = peak * math.sin(math.pi * (now - s0) / (s1 - s0))
+        if rng.random() < rate / peak:  # thinning
+            arrivals.append(now)
+    # Bursts: many requests within a few seconds, at seeded random times.
+    for _ in range(t["bursts"]):
+        at = rng.uniform(0, duration - 60)
+        n = rng.randint(t["burst_min"], t["burst_max"])
+        arrivals += [at + rng.uniform(0, t["burst_spread_s"]) for _ in range(n)]
+    # A trickle of single requests, in a few windows only, so idle gaps remain.
+    for start, end in t["trickle_windows"]:
+        now = start
+        while True:
+            now += rng.expovariate(t["trickle_rps"])
+            if now >= end:
+                break
+            arrivals.append(now)
+    arrivals.sort()
+    out = []
+    for i, a in enumerate(arrivals):
+        prompt = rng.randint(t["prompt_min"], t["prompt_max"])
+        output = int(
+            min(t["output_max"], max(8, rng.lognormvariate(math.log(t["output_median"]), 0.6)))
+        )
+        out.append(Request(i, a, prompt, output))
+    return out
+
+
+# -- the simulated replica ----------------------------------------------------------------------
+
+
+class Throughput:
+    """Aggregate decode tokens/s at a batch size, interpolated from the measured points."""
+
+    def __init__(self, points: list[list[float]]) -> None:
+        pts = sorted((float(b), float(t)) for b, t in points)
+        self.b = [b for b, _ in pts]
+        self.t = [t for _, t in pts]
+
+    def __call__(self, batch: int) -> float:
+        if batch <= 0:
+            return 0.0
+        if batch <= self.b[0]:
+            return self.t[0] * batch / self.b[0]
+        if batch >= self.b[-1]:
+            return self.t[-1]
+        i = bisect.bisect_left(self.b, batch)
+        b0, b1, t0, t1 = self.b[i - 1], self.b[i], self.t[i - 1], self.t[i]
+        return t0 + (t1 - t0) * (batch - b0) / (b1 - b0)
+
+
+@dataclass(slots=True)
+class Running:
+    req: Request
+    done_tokens: float = 0.0
+
+
+@dataclass(slots=True)
+class SimReplica:
+    rid: str
+    launched: float
+    ready_at: float
+    waiting: deque[Request] = field(default_factory=deque)
+    running: list[Running] = field(default_factory=list)
+    draining: bool = False
+
+    def ready(self, now: float) -> bool:
+        return now >= self.ready_at
+
+    @property
+    def work(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    def kv_tokens(self) -> float:
+        return sum(r.req.prompt + r.done_tokens for r in self.running)
+
+
+# -- one run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    policy: str
+    waits: list[float]
+    replica_seconds: float
+    cold_starts: int
+    timeline: list[dict[str, float]]
+    unfinished: int
+
+
+def simulate(
+    name: str, spec: AutoscalingSpec, trace: list[Request], p: dict[str, Any], dt: float = 0.1
+) -> RunResult:
+    tput = Throughput(p["throughput"])
+    cold_start = float(p["cold_start_s"])
+    max_seqs = int(p["max_num_seqs"])
+    kv_cap = float(p["kv_cache_tokens"])
+    tick = float(p.get("tick_s", 2.0))
+    replicas: list[SimReplica] = []
+    held: deque[Request] = deque()  # activator's queue while no replica is ready
+    state = ScalerState()
+    waits: list[float] = []
+    replica_seconds = 0.0
+    cold_starts = 0
+    timeline: list[dict[str, float]] = []
+    next_tick = 0.0
+    i = 0
+    n_ids = 0
+    now = 0.0
+    end = float(p["trace"]["duration_s"])
+
+    def serving(now: float) -> list[SimReplica]:
+        return [r for r in replicas if r.ready(now) and not r.draining]
+
+    def route(req: Request, now: float) -> bool:
+        targets = serving(now)
+        if not targets:
+            return False
+        min(targets, key=lambda r: r.work).waiting.append(req)
+        return True
+
+    def autoscale(now: float, poked: bool) -> None:
+        nonlocal state, cold_starts, n_ids
+        ready = [r for r in replicas if r.ready(now) and not r.draining]
+        starting = [r for r in replicas if not r.ready(now)]
+        draining = [r for r in replicas if r.draining]
+        loads = tuple(
+            ReplicaLoad(
+                r.rid,
+                running=len(r.running),
+                waiting=len(r.waiting),
+                kv_cache_usage=min(1.0, r.kv_tokens() / kv_cap),
+            )
+            for r in ready
+        )
+        in_flight = sum(r.work for r in replicas)
+        obs = Observation(
+            ready=loads,
+            starting=len(starting),
+            draining=len(draining),
+            activator_queued=len(held),
+            activator_in_flight=in_flight,
+            poked=poked,
+        )
+        d, state = decide(spec, obs, state, now)
+        current = obs.current
+        if d.desired > current:
+            need = d.desired - current
+            for r in draining[:need]:
+                r.draining = False  # taken back: no cold start
+                need -= 1
+            for _ in range(need):
+                n_ids += 1
+                replicas.append(SimReplica(f"r{n_ids}", now, now + cold_start))
+                cold_starts += 1
+        elif d.desired < current:
+            excess = current - d.desired
+            for r in sorted(starting, key=lambda r: -r.launched)[:excess]:
+                replicas.remove(r)
+                excess -= 1
+            for r in sorted(ready, key=lambda r: r.work)[: max(0, excess)]:
+                r.draining = True
+
+    while i < len(trace) or held or any(r.work for r in replicas) or now < end:
+        # Arrivals: to a serving replica, else held by the activator (and a poke at zero).
+        while i < len(trace) and trace[i].arrival <= now:
+            req = trace[i]
+            i += 1
+            if not route(req, now):
+                held.append(req)
+                if not any(not r.draining for r in replicas):
+                    autoscale(now, poked=True)
+        # Release held requests in arrival order once a replica is ready.
+        while held and serving(now):
+            route(held.popleft(), now)
+        # Each replica: admit (FCFS, bounded by max_num_seqs and the KV cache), then decode.
+        for r in replicas:
+            if not r.ready(now):
+                continue
+            kv = r.kv_tokens()
+            while r.waiting and len(r.running) < max_seqs and kv + r.waiting[0].prompt <= kv_cap:
+                req = r.waiting.popleft()
+                r.running.append(Running(req))
+                kv += req.prompt
+                batch = len(r.running)
+                step = batch / max(tput(batch), 1e-9)
+                waits.append(now + step - req.arrival)  # first token after one engine step
+            if r.running:
+                per_seq = tput(len(r.running)) / len(r.running) * dt
+                for x in r.running:
+                    x.done_tokens += per_seq
+                r.running = [x for x in r.running if x.done_tokens < x.req.output]
+        # Drained replicas stop; the rest cost replica-seconds (starting ones too).
+        replicas[:] = [r for r in replicas if not (r.draining and r.work == 0)]
+        replica_seconds += len(replicas) * dt
+        if now >= next_tick:
+            autoscale(now, poked=False)
+            next_tick += tick
+        if abs(now / 5 - round(now / 5)) < dt / 10:  # every 5 s
+            timeline.append(
+                {
+                    "t": round(now),
+                    "replicas": len(replicas),
+                    "ready": sum(1 for r in replicas if r.ready(now) and not r.draining),
+                    "queued": len(held) + sum(len(r.waiting) for r in replicas),
+                    "running": sum(len(r.running) for r in replicas),
+                }
+            )
+        now += dt
+        if now > end + 3600:
+            break
+    unfinished = len(held) + sum(r.work for r in replicas) + (len(trace) - i)
+    return RunResult(name, waits, replica_seconds, cold_starts, timeline, unfinished)
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
+    return s[k]
+
+
+def summarise(r: RunResult, target: float) -> dict[str, Any]:
+    return {
+        "requests": len(r.waits),
+        "over_target": sum(1 for w in r.waits if w > target),
+        "wait_p50_s": round(percentile(r.waits, 50), 3),
+        "wait_p99_s": round(percentile(r.waits, 99), 3),
+        "replica_seconds": round(r.replica_seconds, 1),
+        "cold_starts": r.cold_starts,
+        "unfinished": r.unfinished,
+    }
+
+
+def spec_dict(spec: AutoscalingSpec) -> dict[str, Any]:
+    return {k: getattr(spec, k) for k in spec.__slots__}  # type: ignore[attr-defined]
+
+
+def plot(runs: list[RunResult], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(runs), 1, figsize=(12, 3.2 * len(runs)), sharex=True)
+    for ax, r in zip(axes, runs, strict=True):
+        t = [x["t"] for x in r.timeline]
+        ax.plot(t, [x["replicas"] for x in r.timeline], label="replicas (incl. starting)", lw=1.2)
+        ax.plot(t, [x["ready"] for x in r.timeline], label="ready", lw=0.8)
+        ax2 = ax.twinx()
+        ax2.fill_between(
+            t,
+            [x["queued"] for x in r.timeline],
+            color="tab:red",
+            alpha=0.25,
+            label="waiting requests",
+        )
+        ax2.set_ylabel("waiting requests")
+        ax.set_ylabel("replicas")
+        ax.set_title(r.policy)
+        lines = ax.get_legend_handles_labels()
+        lines2 = ax2.get_legend_handles_labels()
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right", fontsize=8)
+    axes[-1].set_xlabel("seconds")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--params", type=Path, default=PARAMS)
+    parser.add_argument(
+        "--check-seeds", default="11,23", help="more seeds, summarised only (robustness)"
+    )
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args()
+    p = load_params(args.params)
+    trace = make_trace(p, args.seed)
+    target = float(p["wait_target_s"])
+    ours = "torpor (llm)"
+    policies = [(ours, TORPOR), ("KPA defaults (concurrency)", KPA)]
+    runs = [simulate(name, spec, trace, p) for name, spec in policies]
+    summary = {r.policy: summarise(r, target) for r in runs}
+    t, k = summary[ours], summary["KPA defaults (concurrency)"]
+    verdict = {
+        "over_target_ratio": round(t["over_target"] / max(1, k["over_target"]), 3),
+        "replica_seconds_ratio": round(t["replica_seconds"] / max(1e-9, k["replica_seconds"]), 3),
+    }
+    verdict["target_met"] = (
+        verdict["over_target_ratio"] <= 0.5 and verdict["replica_seconds_ratio"] <= 1.0
+    )
+    result = {
+        "meta": {
+            "command": f"python benchmarks/autoscaler_trace.py --seed {args.seed}",
+            "seed": args.seed,
+            "requests": len(trace),
+            "params": {k2: v for k2, v in p.items() if k2 != "sources"},
+            "sources": p["sources"],
+            "policies": {name: spec_dict(spec) for name, spec in policies},
+        },
+        "summary": summary,
+        "verdict": verdict,
+        "timeline": {r.policy: r.timeline for r in runs},
+        "other_seeds": {},
+    }
+    for seed in (int(x) for x in args.check_seeds.split(",") if x):
+        other = make_trace(p, seed)
+        sums = {name: summarise(simulate(name, spec, other, p), target) for name, spec in policies}
+        result["other_seeds"][str(seed)] = sums
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "autoscaler_trace.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [
+        "# Autoscaler trace replay: torpor vs Knative KPA defaults",
+        "",
+        f"Seeded trace (seed {args.seed}): {len(trace)} requests over "
+        f"{p['trace']['duration_s']} s with bursts, a diurnal swell and idle gaps. "
+        f"Simulated replicas: cold start {p['cold_start_s']:.2f} s, throughput "
+        f"{p['throughput']} (batch, tokens/s), max_num_seqs {p['max_num_seqs']}, "
+        f"KV cache {p['kv_cache_tokens']} tokens. Wait = arrival to first token; "
+        f"target {target} s.",
+        "",
+        "| policy | requests | over target | p50 wait s | p99 wait s | replica-seconds "
+        "| cold starts |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        lines.append(
+            f"| {name} | {s['requests']} | {s['over_target']} | {s['wait_p50_s']} | "
+            f"{s['wait_p99_s']} | {s['replica_seconds']} | {s['cold_starts']} |"
+        )
+    for seed, sums in result["other_seeds"].items():
+        for name, s in sums.items():
+            lines.append(
+                f"| {name}, seed {seed} | {s['requests']} | {s['over_target']} | "
+                f"{s['wait_p50_s']} | {s['wait_p99_s']} | {s['replica_seconds']} | "
+                f"{s['cold_starts']} |"
+            )
+    lines += [
+        "",
+        f"Seed {args.seed}, {ours} / KPA: over-target {verdict['over_target_ratio']}, "
+        "replica-seconds "
+        f"{verdict['replica_seconds_ratio']}; target (<= 0.5 and <= 1.0) "
+        f"{'met' if verdict['target_met'] else 'NOT met'}.",
+        "",
+        "Policies (same `decide()`): "
+        + "; ".join(
+            f"**{name}**: metric {s.metric}, target {s.target:g} x {s.target_utilization:g}, "
+            f"window {s.window_s:g} s (panic {s.window_s * s.panic_window_percentage / 100:g} s), "
+            f"grace {s.scale_to_zero_grace_s:g} s"
+            for name, s in policies
+        )
+        + ".",
+        "",
+        "Where each number comes from:",
+        "",
+        *[f"- `{k2}`: {v}" for k2, v in p["sources"].items()],
+        "",
+    ]
+    (RESULTS / "autoscaler_trace.md").write_text("\n".join(lines))
+    if not args.no_plot:
+        plot(runs, RESULTS / "autoscaler_trace.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

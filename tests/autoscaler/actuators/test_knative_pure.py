@@ -1,0 +1,165 @@
+"""The Knative actuator's pure parts: lease rule, PA conditions, replica mapping, config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from autoscaler.actuator import Phase
+from autoscaler.actuators.knative import config_from_env
+from autoscaler.actuators.knative_lease import Action, Observed, decide, observe
+from autoscaler.actuators.knative_revision import pod_failure, replicas_of
+from autoscaler.actuators.knative_status import ScaleObservation, condition, pa_status, sks_mode
+
+HELD = {"holderIdentity": "b", "renewTime": "t1", "leaseDurationSeconds": 15}
+
+
+@pytest.mark.parametrize(
+    ("spec", "observed", "now", "action"),
+    [
+        (None, None, 0.0, Action.ACQUIRE),  # no lease yet
+        ({"holderIdentity": "a"}, None, 0.0, Action.RENEW),  # ours
+        ({"holderIdentity": ""}, None, 0.0, Action.ACQUIRE),  # released
+        (HELD, Observed(("b", "t1", 0), 100.0), 110.0, Action.WAIT),  # live
+        (HELD, Observed(("b", "t1", 0), 100.0), 115.0, Action.ACQUIRE),  # unchanged for 15 s
+    ],
+)
+def test_lease_rule(spec: Any, observed: Observed | None, now: float, action: Action) -> None:
+    assert decide("a", spec, observed, now) is action
+
+
+def test_a_renewed_lease_restarts_the_expiry_clock_on_our_side() -> None:
+    first = observe(HELD, None, 100.0)
+    assert observe(HELD, first, 120.0) is first  # same record: still counted from 100
+    renewed = observe(HELD | {"renewTime": "t2"}, first, 120.0)
+    assert renewed is not None and renewed.changed_at == 120.0
+    assert decide("a", HELD | {"renewTime": "t2"}, renewed, 130.0) is Action.WAIT
+
+
+PA = {"metadata": {"name": "r-1", "namespace": "ns", "generation": 3}, "spec": {}}
+SKS_READY = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def statuses(status: dict[str, Any]) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in status["conditions"]}
+
+
+@pytest.mark.parametrize(
+    ("obs", "expected", "active_reason"),
+    [
+        (
+            ScaleObservation(desired=0, ready=0),
+            {"Active": "False", "ScaleTargetInitialized": "Unknown", "SKSReady": "Unknown"},
+            "NoTraffic",
+        ),
+        (
+            ScaleObservation(desired=1, ready=0, sks=SKS_READY),
+            {"Active": "Unknown", "ScaleTargetInitialized": "Unknown", "SKSReady": "True"},
+            "Queued",
+        ),
+        (
+            ScaleObservation(desired=1, ready=1, sks=SKS_READY),
+            {"Active": "True", "ScaleTargetInitialized": "True", "SKSReady": "True"},
+            None,
+        ),
+        (
+            ScaleObservation(desired=1, ready=0, failure="boom"),
+            {"Active": "False", "ScaleTargetInitialized": "False", "SKSReady": "Unknown"},
+            "RevisionFailed",
+        ),
+    ],
+)
+def test_pa_conditions_follow_the_kpa(
+    obs: ScaleObservation, expected: dict[str, str], active_reason: str | None
+) -> None:
+    status = pa_status(PA, obs, now=1000.0)
+    got = statuses(status)
+    ready = got.pop("Ready")
+    assert got == expected
+    # Ready is the living condition set's summary of the three.
+    if "False" in expected.values():
+        assert ready == "False"
+    elif "Unknown" in expected.values():
+        assert ready == "Unknown"
+    else:
+        assert ready == "True"
+    active = condition(status, "Active")
+    assert active is not None and active.get("reason") == active_reason
+    assert status["desiredScale"] == obs.desired and status["actualScale"] == obs.ready
+    assert status["observedGeneration"] == 3
+
+
+def test_transition_time_moves_only_when_a_condition_changes() -> None:
+    first = pa_status(PA, ScaleObservation(desired=0, ready=0), now=1000.0)
+    again = pa_status(PA | {"status": first}, ScaleObservation(desired=0, ready=0), now=2000.0)
+    assert again == first
+    woke = pa_status(PA | {"status": first}, ScaleObservation(desired=1, ready=0), now=3000.0)
+    times = {c["type"]: c["lastTransitionTime"] for c in woke["conditions"]}
+    assert times["Active"] == "1970-01-01T00:50:00Z"
+    assert times["SKSReady"] == "1970-01-01T00:16:40Z"
+    # Once initialised, a scale target stays initialised (Knative never takes it back).
+    up = pa_status(PA, ScaleObservation(desired=1, ready=1), now=1.0)
+    down = pa_status(PA | {"status": up}, ScaleObservation(desired=0, ready=0), now=2.0)
+    assert statuses(down)["ScaleTargetInitialized"] == "True"
+
+
+def test_sks_serves_only_with_a_ready_pod() -> None:
+    assert sks_mode(0) == "Proxy"
+    assert sks_mode(2) == "Serve"
+
+
+def pod(name: str, **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": status,
+    }
+
+
+def test_pod_failures_carry_the_containers_message() -> None:
+    oom = pod(
+        "p",
+        containerStatuses=[
+            {
+                "name": "user-container",
+                "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+            }
+        ],
+    )
+    failure = pod_failure(oom)
+    assert failure is not None and failure.startswith("OOMKilled (exit code 137)")
+    pulling = pod("p", containerStatuses=[{"state": {"waiting": {"reason": "ContainerCreating"}}}])
+    assert pod_failure(pulling) is None
+    assert pod_failure(pod("p", phase="Failed", message="evicted")) == "evicted"
+
+
+def test_replicas_asked_for_but_not_created_count_as_starting() -> None:
+    slices = [
+        {
+            "ports": [{"name": "http", "port": 8012}],
+            "endpoints": [
+                {
+                    "addresses": ["10.1.2.3"],
+                    "conditions": {"ready": True},
+                    "targetRef": {"kind": "Pod", "name": "a"},
+                }
+            ],
+        }
+    ]
+    got = replicas_of("ns/r-1", [pod("a"), pod("b")], slices, desired=3, stopped=frozenset({"b"}))
+    assert [(r.replica_id, r.phase, r.url) for r in got] == [
+        ("a", Phase.READY, "http://10.1.2.3:8012"),
+        ("r-1-pending-0", Phase.STARTING, None),
+        ("r-1-pending-1", Phase.STARTING, None),
+    ]
+
+
+def test_config_from_env_checks_the_lease_timing_rule() -> None:
+    cfg = config_from_env({"TORPOR_IDENTITY": "pod-a", "TORPOR_LEASE_NAMESPACE": "x"})
+    assert cfg.identity == "pod-a" and cfg.lease.namespace == "x"
+    with pytest.raises(ValueError, match="renew deadline"):
+        config_from_env({"TORPOR_IDENTITY": "a", "TORPOR_LEASE_RENEW_DEADLINE_S": "20"})
+    with pytest.raises(ValueError, match="TORPOR_IDENTITY"):
+        config_from_env({})
+    with pytest.raises(ValueError, match=r"torpor\.dev"):
+        config_from_env({"TORPOR_IDENTITY": "a", "TORPOR_CLASS_SUFFIX": ".knative.dev"})

@@ -1,0 +1,38 @@
+"""``LocalActuator.kill_now``: the synchronous last resort when the platform exits at once."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoscaler.actuator import Phase
+from autoscaler.actuators.local import LocalActuator
+from tests.autoscaler.actuators.test_local import FAKE_RUNTIME, KEY, only, pid_alive, with_model
+from tests.autoscaler.fakes import eventually
+
+
+async def test_kill_now_reaches_every_group_even_one_being_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pidfile = tmp_path / "child.pid"
+    monkeypatch.setenv("FAKE_CHILD_PIDFILE", str(pidfile))
+    a = LocalActuator(home=tmp_path, command=(sys.executable, str(FAKE_RUNTIME)), stop_timeout_s=30)
+    try:
+        stubborn = with_model("stubborn")  # ignores SIGTERM: a stop would wait out its bound
+        await a.start(stubborn, 1)
+        await eventually(lambda: only(a).phase is Phase.READY, bound_s=30)
+        leader = only(a)
+        await a.start(with_model("with-child"), 1)
+        await eventually(lambda: pidfile.exists(), bound_s=30)
+        child = int(pidfile.read_text())
+        # A stop in progress has taken the replica out of the actuator's table already.
+        stopping = asyncio.create_task(a.stop(stubborn, leader.replica_id))
+        await eventually(lambda: leader.replica_id not in {r.replica_id for r in a.replicas(KEY)})
+        a.kill_now()
+        await eventually(lambda: not pid_alive(child), bound_s=10)
+        await asyncio.wait_for(stopping, 10)  # the stubborn one died of SIGKILL, not the bound
+    finally:
+        await a.aclose()

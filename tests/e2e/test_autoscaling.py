@@ -1,0 +1,136 @@
+"""A burst scales tiny-chat to two real vLLM replicas; scaling back down loses no request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import TINY_CHAT, Platform
+
+pytestmark = pytest.mark.e2e
+
+SERVICE = "burst-chat"
+
+
+def burst_manifest(tmp_path: Path) -> Path:
+    """tiny-chat under another name, with a target of 2 in flight and at most 2 replicas."""
+    text = TINY_CHAT.read_text()
+    text = text.replace("name: tiny-chat", f"name: {SERVICE}")
+    text = text.replace(
+        'autoscaling.knative.dev/target: "4"', 'autoscaling.knative.dev/target: "2"'
+    )
+    text = text.replace(
+        'autoscaling.knative.dev/min-scale: "0"',
+        'autoscaling.knative.dev/min-scale: "0"\n        autoscaling.knative.dev/max-scale: "2"',
+    )
+    assert "max-scale" in text and 'target: "2"' in text
+    path = tmp_path / "burst-chat.yaml"
+    path.write_text(text)
+    return path
+
+
+class Load:
+    """Workers sending streaming completions back to back; every outcome is recorded."""
+
+    def __init__(self, url: str) -> None:
+        self.url = f"{url}/default/{SERVICE}/v1/completions"
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop: dict[int, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def workers(self, n: int) -> None:
+        while len(self._tasks) < n:
+            i = len(self._tasks)
+            self._stop[i] = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._work(i)))
+
+    async def keep(self, n: int) -> None:
+        """Let all but the first ``n`` workers finish their current request and stop."""
+        for i in range(n, len(self._tasks)):
+            self._stop[i].set()
+
+    async def aclose(self) -> None:
+        for e in self._stop.values():
+            e.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _work(self, i: int) -> None:
+        body = {
+            "model": "tiny-chat",
+            "prompt": f"worker {i} says",
+            "max_tokens": 200,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
+            while not self._stop[i].is_set():
+                try:
+                    async with client.stream("POST", self.url, json=body) as r:
+                        if r.status_code != 200:
+                            await r.aread()
+                            self.failures.append(f"{r.status_code}: {r.text[:300]}")
+                            continue
+                        done, tokens = False, 0
+                        async for line in r.aiter_lines():
+                            if line == "data: [DONE]":
+                                done = True
+                            elif line.startswith("data: "):
+                                tokens += bool(json.loads(line[6:])["choices"][0]["text"])
+                        if done:
+                            self.ok += 1
+                        else:
+                            self.failures.append(f"stream cut after {tokens} chunks")
+                except httpx.HTTPError as e:
+                    self.failures.append(f"{type(e).__name__}: {e}")
+
+
+async def status(platform: Platform) -> dict[str, Any]:
+    return await asyncio.to_thread(platform.revision, SERVICE)
+
+
+async def wait_until(platform: Platform, check: Any, what: str, bound_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + bound_s
+    row: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        row = await status(platform)
+        if check(row):
+            return row
+        await asyncio.sleep(1.0)
+    raise AssertionError(f"{what} never happened: {row}")
+
+
+async def test_burst_scales_to_two_and_scale_down_completes_in_flight_requests(
+    platform: Platform, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(platform.cli, "deploy", "-f", str(burst_manifest(tmp_path)))
+    load = Load(platform.url)
+    try:
+        # A burst: six streams back to back against a target of 2 in flight -> max-scale 2.
+        load.workers(6)
+        await wait_until(platform, lambda r: r["ready_replicas"] == 2, "scale to 2", 400)
+        # The burst ends but one stream goes on: the autoscaler drains one replica while
+        # requests are in flight on both, and stops it only once its requests are done.
+        await load.keep(1)
+        await wait_until(
+            platform,
+            lambda r: (
+                r["desired_replicas"] == 1
+                and r["ready_replicas"] == 1
+                and r["draining_replicas"] == 0
+            ),
+            "scale down to 1",
+            300,
+        )
+        served_before_idle = load.ok
+    finally:
+        await load.aclose()
+    assert load.failures == [], load.failures[:5]
+    assert served_before_idle > 6
+    await wait_until(platform, lambda r: r["ready_replicas"] == 0, "scale to zero", 300)

@@ -1,0 +1,370 @@
+"""The fault run: load on two real-vLLM services of the embedded platform while things break.
+
+Shared by ``tests/faults/test_faults.py`` (short) and ``benchmarks/faults.py`` (long); ``Plan``
+sets the sizes. The faults, in order:
+
+1. **a replica that fails to start**: a third service whose model path does not exist is called
+   while the two good services cold-start under load;
+2. **a replica killed mid-stream**: SIGKILL to the process group of the replica serving a long
+   stream (vLLM's engine core included), under load, then load again while it comes back;
+3. **scale-down during load**: one service is left idle until the autoscaler scales it down, and
+   a burst lands on it while it drains, with the other service busy all along;
+4. **the platform restarted**: SIGTERM to ``torpor up`` with requests in flight (a long stream
+   among them), then ``torpor up`` again on the same ports; deployed services come back from the
+   state directory and cold-start again under the same load.
+
+(The Redis bus restart is the Redis bus's own fault test: tests/torpor/bus/test_redis.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.e2e.conftest import TINY_CHAT, Platform, free_port, stop
+from tests.faults.loadgen import Load, Outcome, Tally, Target, call
+
+A, B, BROKEN = "tiny-chat", "tiny-chat-b", "tiny-chat-broken"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    per_phase: int = 12  # requests per load phase
+    concurrency: int = 4
+    max_tokens: int = 16
+    long_tokens: int = 400  # the stream a fault lands in the middle of
+    timeout_s: float = 300.0  # per request; cold starts on 2 shared cores are slow
+    broken_calls: int = 2
+    kills: int = 1
+    scale_downs: int = 1
+    restarts: int = 1
+
+
+@dataclass
+class Fault:
+    name: str
+    at_s: float
+    detail: str = ""
+
+
+@dataclass
+class FaultRun:
+    tally: Tally = field(default_factory=Tally)
+    faults: list[Fault] = field(default_factory=list)
+    exit_codes: list[int] = field(default_factory=list)
+    orphans: list[int] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def fault(self, name: str, detail: str = "") -> None:
+        self.faults.append(Fault(name, round(time.monotonic() - self.started, 1), detail))
+
+    def report(self) -> dict[str, Any]:
+        return {
+            **self.tally.summary(),
+            "faults_injected": len(self.faults),
+            "faults": [asdict(f) for f in self.faults],
+            "platform_exit_codes": self.exit_codes,
+            "orphan_processes": self.orphans,
+            "errors_sample": {
+                o.kind: o.message for o in self.tally.outcomes if o.result == "error"
+            },
+            "lost_detail": [o.as_dict() for o in self.tally.lost()],
+        }
+
+
+# ---- the platform ---------------------------------------------------------------------------
+
+
+def start_platform(home: Path, port: int = 0, control_port: int = 0) -> Platform:
+    """``torpor up`` for ``home`` on the given ports (free ones if 0); waits until it listens."""
+    port, control_port = port or free_port(), control_port or free_port()
+    with (home / "torpor-up.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "torpor", "--home", str(home), "up",
+             "--port", str(port), "--control-port", str(control_port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError((home / "torpor-up.log").read_text()[-3000:])
+        address = home / "control.json"
+        try:
+            if json.loads(address.read_text())["pid"] == process.pid:
+                return Platform(home, port, control_port, process)
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise AssertionError("torpor up did not start")
+
+
+class Control:
+    """The control API over HTTP (the CLI costs a Python start per call; races need less)."""
+
+    def __init__(self, platform: Platform) -> None:
+        token = (platform.home / "control.token").read_text().strip()
+        self._client = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{platform.control_port}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def deploy(self, manifest: Path) -> dict[str, Any]:
+        text = await asyncio.to_thread(manifest.read_bytes)
+        r = await self._client.post("/v1/services", content=text)
+        assert r.status_code in (200, 201), r.text
+        doc: dict[str, Any] = r.json()
+        return doc
+
+    async def revisions(self, service: str) -> list[dict[str, Any]]:
+        r = await self._client.get("/v1/status")
+        r.raise_for_status()
+        return [row for row in r.json()["revisions"] if row["service"] == service]
+
+
+def manifest(tmp: Path, name: str, *, model: str = "tiny-llama") -> Path:
+    """tiny-chat.yaml under another service name (and model directory)."""
+    text = TINY_CHAT.read_text()
+    text = text.replace("name: tiny-chat", f"name: {name}")
+    text = text.replace("--served-model-name=tiny-chat", f"--served-model-name={name}")
+    text = text.replace("/models/tiny-llama", f"/models/{model}")
+    path = tmp / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+# ---- processes ------------------------------------------------------------------------------
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ")
+    except OSError:
+        return b""
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Fields after the ")" that closes the command name (which may hold spaces): state, ppid, pgrp.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return None if fields[0] == b"Z" else int(fields[2])
+
+
+def replica_pids(home: Path, revision: str | None = None) -> list[int]:
+    """Runtime processes started for ``home`` (optionally of one revision, by replica id)."""
+    needle = str(home).encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        cmd = _cmdline(int(entry))
+        if b" -m runtime " not in cmd or needle not in cmd:
+            continue
+        if revision is not None and f"--replica-id {revision}-".encode() not in cmd:
+            continue
+        pids.append(int(entry))
+    return pids
+
+
+def replica_groups(home: Path, revision: str | None = None) -> set[int]:
+    """Process groups of the replicas: each runtime process leads its own (vLLM's child too)."""
+    return {g for pid in replica_pids(home, revision) if (g := _pgid(pid)) is not None}
+
+
+def _started(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])  # field 22: start time, in ticks
+
+
+def oldest_replica_group(home: Path, revision: str) -> set[int]:
+    """The process group of the revision's longest-running replica: the one serving."""
+    pids = sorted(replica_pids(home, revision), key=_started)
+    group = _pgid(pids[0]) if pids else None
+    return {group} if group is not None else set()
+
+
+def group_members(groups: set[int]) -> list[int]:
+    """Live processes in any of ``groups``."""
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and _pgid(int(e)) in groups]
+
+
+def kill_groups(groups: set[int]) -> None:
+    for g in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(g, signal.SIGKILL)
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+async def _long_stream(
+    client: httpx.AsyncClient, target: Target, plan: Plan
+) -> tuple[asyncio.Task[Outcome], asyncio.Event]:
+    first = asyncio.Event()
+    task = asyncio.create_task(
+        call(
+            client,
+            target,
+            stream=True,
+            max_tokens=plan.long_tokens,
+            timeout_s=plan.timeout_s,
+            on_first_chunk=first,
+        )
+    )
+    return task, first
+
+
+async def _first_chunk(task: asyncio.Task[Outcome], first: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for the stream's first event; False if it ended (or timed out) before one."""
+    waiter = asyncio.create_task(first.wait())
+    await asyncio.wait({task, waiter}, timeout=timeout_s, return_when="FIRST_COMPLETED")
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    return first.is_set()
+
+
+async def _await_scale_down(control: Control, service: str, timeout_s: float) -> bool:
+    """Until the autoscaler decides zero for ``service`` while a replica is still there."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = await control.revisions(service)
+        if any(
+            r["desired_replicas"] == 0 and (r["ready_replicas"] or r.get("draining_replicas"))
+            for r in rows
+        ):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def run_faults(home: Path, tmp: Path, plan: Plan) -> FaultRun:
+    run = FaultRun()
+    platform = await asyncio.to_thread(start_platform, home)
+    control = Control(platform)
+    client = httpx.AsyncClient(timeout=plan.timeout_s)
+    try:
+        for m in (TINY_CHAT, manifest(tmp, B), manifest(tmp, BROKEN, model="no-such-model")):
+            await control.deploy(m)
+        base = f"http://127.0.0.1:{platform.port}/default"
+        ta, tb, tbroken = (Target(n, f"{base}/{n}/v1", n) for n in (A, B, BROKEN))
+
+        def load(targets: list[Target], count: int, **kw: Any) -> Load:
+            kw.setdefault("concurrency", plan.concurrency)
+            return Load(
+                targets,
+                count,
+                max_tokens=plan.max_tokens,
+                timeout_s=plan.timeout_s,
+                deadline_s=plan.timeout_s * 2,
+                **kw,
+            )
+
+        # 1. Cold starts of both services under load, beside a service that cannot start.
+        async def broken() -> None:
+            for i in range(plan.broken_calls):
+                run.tally.add(
+                    await call(
+                        client, tbroken, stream=i % 2 == 1, max_tokens=4, timeout_s=plan.timeout_s
+                    )
+                )
+
+        run.tally.phase = "cold starts + a replica that fails to start"
+        run.fault("replica fails to start", f"{BROKEN}: model path does not exist")
+        await asyncio.gather(load([ta, tb], plan.per_phase).run(run.tally), broken())
+
+        # 2. A replica killed mid-stream, with load on both services around it.
+        for _ in range(plan.kills):
+            run.tally.phase = "replica killed mid-stream"
+            background = asyncio.create_task(load([ta, tb], plan.per_phase).run(run.tally))
+            stream, first = await _long_stream(client, ta, plan)
+            if await _first_chunk(stream, first, plan.timeout_s):
+                groups = oldest_replica_group(home, f"{A}-00001")
+                kill_groups(groups)
+                run.fault("replica killed mid-stream", f"SIGKILL to process group {groups}")
+            run.tally.add(await stream)
+            await background
+            run.tally.phase = "after the kill"
+            # And the service comes back for the next requests.
+            await load([ta], plan.per_phase // 2).run(run.tally)
+
+        # 3. Scale-down during load: B idles into scale-down while A is busy; a burst meets it.
+        for _ in range(plan.scale_downs):
+            run.tally.phase = "scale-down during load"
+            stop_a = asyncio.Event()
+            busy = asyncio.create_task(
+                load([ta], plan.per_phase * 20, concurrency=2, pause_s=0.5).run(run.tally, stop_a)
+            )
+            try:
+                if await _await_scale_down(control, B, 120):
+                    run.fault("scale-down during load", f"{B} decided zero with a replica up")
+                    await load([tb], plan.concurrency * 2).run(run.tally)
+            finally:
+                stop_a.set()
+                await busy
+
+        # 4. The platform restarted with requests in flight.
+        for _ in range(plan.restarts):
+            run.tally.phase = "platform restart"
+            stop_load = asyncio.Event()
+            background = asyncio.create_task(
+                load([ta, tb], plan.per_phase * 4, concurrency=2, pause_s=0.2).run(
+                    run.tally, stop_load
+                )
+            )
+            stream, first = await _long_stream(client, ta, plan)
+            await _first_chunk(stream, first, plan.timeout_s)
+            groups = replica_groups(home)
+            await control.aclose()
+            run.exit_codes.append(await asyncio.to_thread(stop, platform))
+            run.fault("platform restarted", "SIGTERM to torpor up with requests in flight")
+            run.orphans += group_members(groups)
+            run.tally.add(await stream)
+            platform = await asyncio.to_thread(
+                start_platform, home, platform.port, platform.control_port
+            )
+            control = Control(platform)
+            restored = {
+                r["service"] for r in (await control.revisions(A)) + (await control.revisions(B))
+            }
+            assert restored == {A, B}, restored
+            # The same load goes on against the restarted platform until it has answered some.
+            after = run.tally.count("ok")
+            deadline = time.monotonic() + plan.timeout_s
+            while run.tally.count("ok") < after + 2 and time.monotonic() < deadline:
+                if background.done():
+                    break
+                await asyncio.sleep(0.5)
+            stop_load.set()
+            await background
+    finally:
+        await client.aclose()
+        await control.aclose()
+        groups = replica_groups(home)
+        run.exit_codes.append(await asyncio.to_thread(stop, platform))
+        run.orphans += group_members(groups)
+        kill_groups(groups | replica_groups(home))
+    return run
