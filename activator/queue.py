@@ -11,6 +11,7 @@ failure answers every waiter with the runtime's own error.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
@@ -22,6 +23,7 @@ from torpor.bus.base import RevisionEndpoints
 from torpor.spec import DEFAULT_QUEUE_DEPTH, DEFAULT_TIMEOUT_S, RevisionSpec
 
 Poke = Callable[[str], Awaitable[None]]
+log = logging.getLogger("torpor.activator")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +103,7 @@ class RevisionQueue:
             if not self._failure_poked:
                 # Once per published failure, so the autoscaler may try the start again.
                 self._failure_poked = True
-                await self._poke(self.revision)
+                await self._poke_safely()
             raise RevisionFailed(self._failure_message(self._failure))
         if not self._waiters:
             backend = pick(self._backends, self.limits.container_concurrency, self._rng, exclude)
@@ -124,7 +126,7 @@ class RevisionQueue:
         self._waiters.append(waiter)
         try:
             if len(self._waiters) == 1 and not self.has_serving():
-                await self._poke(self.revision)
+                await self._poke_safely()
             async with asyncio.timeout(self.limits.timeout_s):
                 return await waiter.future
         except BaseException as exc:
@@ -144,6 +146,14 @@ class RevisionQueue:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+
+    async def _poke_safely(self) -> None:
+        # A poke only speeds a cold start up (the stats tick reports the queue anyway), so a bus
+        # that cannot take it must not fail the request that is waiting.
+        try:
+            await self._poke(self.revision)
+        except Exception:
+            log.warning("could not poke the autoscaler for %s", self.revision, exc_info=True)
 
     def release(self, backend: Backend) -> None:
         backend.in_flight -= 1

@@ -6,7 +6,9 @@ request and httpx about 2000 us; the activator's whole budget is well under that
 side is narrow and known (vLLM's uvicorn server, HTTP/1.1, loopback or pod network), so a client
 that writes the request in one call and lets httptools (the parser uvicorn uses) read the answer
 does the job at a fraction of the cost. What it leaves out on purpose: TLS, proxies, redirects,
-cookies, HTTP/2, ``Expect: 100-continue`` (the body is already in hand).
+cookies, HTTP/2, ``Expect: 100-continue`` (the body is already in hand), and bodies delimited
+only by the server closing the connection (an HTTP/1.1 server that keeps connections alive, as
+vLLM's uvicorn does, always sends a length or chunks; a close-delimited body reads as a failure).
 
 Per connection, one request at a time; a connection goes back to the pool when its response is
 complete and both sides said keep-alive. Idle connections are dropped before the server's own

@@ -473,6 +473,19 @@ class Autoscaler:
                 await self.scrape.aclose()
 
     async def _follow(self, subscribed: asyncio.Event) -> None:
+        """Apply bus events until the bus closes; after an error, resubscribe and resync."""
+        resync = False
+        while True:
+            try:
+                await self._follow_once(subscribed, resync=resync)
+                return
+            except Exception:
+                log.exception("bus events failed; resubscribing in 1s")
+            subscribed.set()  # never hold start-up on a broken bus
+            resync = True
+            await asyncio.sleep(1.0)
+
+    async def _follow_once(self, subscribed: asyncio.Event, *, resync: bool) -> None:
         stream = self.bus.events()
         iterator = stream.__aiter__()
         first = asyncio.ensure_future(iterator.__anext__())
@@ -482,6 +495,9 @@ class Autoscaler:
         subscribed.set()
         pending = first
         try:
+            if resync:
+                # Events may have been missed while unsubscribed: the snapshot is the truth.
+                await self._reconcile((await self.bus.snapshot()).services)
             while True:
                 try:
                     event = await pending

@@ -323,7 +323,7 @@ def measure_release(samples: int) -> dict[str, float]:
                 await asyncio.sleep(0.01)
             return server, task, port
 
-        import aiohttp
+        import httpx
 
         bus = MemoryBus()
         await bus.publish_services([_bench_service()])
@@ -331,7 +331,7 @@ def measure_release(samples: int) -> dict[str, float]:
         key = f"{NAMESPACE}/{REVISION}"
         up_server, up_task, up_port = await serve(replica)
         results: list[float] = []
-        async with activator.running(), aiohttp.ClientSession() as client:
+        async with activator.running(), httpx.AsyncClient() as client:
             act_server, act_task, act_port = await serve(activator.app)
             for _ in range(samples):
                 await bus.publish_endpoints(RevisionEndpoints(key, ()))
@@ -346,9 +346,7 @@ def measure_release(samples: int) -> dict[str, float]:
                     RevisionEndpoints(key, (Endpoint("r0", f"http://127.0.0.1:{up_port}"),))
                 )
                 results.append((await arrived - published) * 1e3)
-                response = await call
-                await response.read()
-                response.release()
+                (await call).raise_for_status()
             act_server.should_exit = True
             await act_task
         up_server.should_exit = True
@@ -402,7 +400,7 @@ def profile_activator(pid: int, url: str, connections: int, duration_s: float) -
             if not frames:
                 continue
             total += count
-            own[_short(frames[-1])] += count
+            own[_short(frames[-1], keep_line=True)] += count
             for name in {_short(f) for f in frames}:
                 inclusive[name] += count
             areas[_area(frames)] += count
@@ -410,20 +408,25 @@ def profile_activator(pid: int, url: str, connections: int, duration_s: float) -
     def share(counter: collections.Counter[str], n: int) -> list[dict[str, Any]]:
         return [{"where": k, "share": round(v / total, 3)} for k, v in counter.most_common(n)]
 
+    for name, count in list(inclusive.items()):
+        if count > 0.95 * total:  # the entry point and the loop: in every sample, says nothing
+            del inclusive[name]
     return {
         "samples": total,
         "by_area": share(areas, 10),
         "top_self": share(own, 15),
-        "top_inclusive": share(inclusive, 25),
+        "top_inclusive": share(inclusive, 20),
     }
 
 
-def _short(frame: str) -> str:
+def _short(frame: str, keep_line: bool = False) -> str:
     # py-spy raw frames look like "function (path/to/file.py:123)"
-    m = re.match(r"(.*) \((.*?):\d+\)", frame)
+    m = re.match(r"(.*) \((.*?):(\d+)\)", frame)
     if not m:
         return frame
-    function, path = m.groups()
+    function, path, line = m.groups()
+    if keep_line:
+        path = f"{path}:{line}"
     parts = Path(path).parts
     for anchor in ("site-packages", "lib"):
         if anchor in parts:
@@ -432,21 +435,26 @@ def _short(frame: str) -> str:
     return f"{function} ({'/'.join(parts[-3:])})"
 
 
+_AREAS = (
+    ("activator's own code", re.compile(r"(^|[ (/])activator/(?!.*activator_overhead)")),
+    ("uvicorn's HTTP server protocol", re.compile(r"uvicorn/")),
+    ("prometheus_client", re.compile(r"prometheus_client/")),
+    ("asyncio (tasks, futures, events)", re.compile(r"asyncio/")),
+)
+
+
 def _area(frames: list[str]) -> str:
-    """Attribute a sample to the innermost layer it is in."""
-    text = ";".join(frames)
-    for name, needle in (
-        ("aiohttp client (upstream request/response)", "aiohttp/"),
-        ("prometheus_client", "prometheus_client/"),
-        ("activator code", "/activator/"),
-        ("uvicorn httptools protocol (client side)", "uvicorn/"),
-        ("uvloop / event loop", "uvloop"),
-        ("asyncio", "asyncio/"),
-    ):
-        if needle in frames[-1]:
+    """Attribute a sample to the library its innermost Python frame is in.
+
+    Time inside C code (uvloop's event loop, socket system calls, httptools' parser) shows up
+    under the Python frame that called it: a transport write under the function that wrote.
+    """
+    leaf = frames[-1]
+    for name, pattern in _AREAS:
+        if pattern.search(leaf):
             return name
-    if "/activator/" in text:
-        return "other, under activator code"
+    if "runners.py" in leaf or "uvloop" in leaf:
+        return "event loop (uvloop, in C: polling, reads)"
     return "other"
 
 
@@ -541,7 +549,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "duration_s": args.duration,
             "repeats": args.repeat,
             "upstream": "uvicorn+uvloop+httptools, 1 process",
-            "activator": "uvicorn+uvloop+httptools, 1 process, aiohttp client, MemoryBus",
+            "activator": (
+                "uvicorn+uvloop+httptools (writes coalesced), 1 process, httptools client, "
+                "MemoryBus"
+            ),
             "nginx": "1 worker, upstream keepalive 256, proxy_buffering off",
             "sse_events": SSE_EVENTS,
             "json_bytes": len(JSON_BODY),
@@ -552,6 +563,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "profile": profile,
         "targets": {"added_p50_ms_at_64": 1.0, "added_p99_ms_at_64": 5.0, "rps_vs_nginx": 0.5},
     }
+
+
+def profile_only(args: argparse.Namespace) -> dict[str, Any]:
+    up_port, act_port = free_port(), free_port()
+    me = str(Path(__file__).resolve())
+    with (
+        process([sys.executable, me, "--serve-upstream", str(up_port)], up_port),
+        process(
+            [sys.executable, me, "--serve-activator", str(act_port), f"http://127.0.0.1:{up_port}"],
+            act_port,
+        ) as act_proc,
+    ):
+        url = f"http://127.0.0.1:{act_port}/{NAMESPACE}/{SERVICE}/json"
+        wrk(url, 64, 1)
+        return profile_activator(act_proc.pid, url, 64, args.duration)
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -590,6 +616,31 @@ def markdown(result: dict[str, Any]) -> str:
             f"{ratio['rps_activator_over_nginx']:.2f} | "
             f"{n['proxy_cpu_us_per_req']:.0f} / {a['proxy_cpu_us_per_req']:.0f} |"
         )
+    lines += ["", "## Against the targets (64 concurrent)", ""]
+    for ratio in result["ratios"]:
+        if ratio["concurrency"] != 64:
+            continue
+        w = ratio["workload"]
+        a = next(
+            r
+            for r in rows
+            if r["workload"] == w and r["concurrency"] == 64 and r["target"] == "activator"
+        )
+        lines.append(
+            f"- {w}: added p50 {a['added_p50_ms']:.2f} ms "
+            f"({'meets' if a['added_p50_ms'] <= 1.0 else 'misses'} <= 1 ms), "
+            f"added p99 {a['added_p99_ms']:.2f} ms "
+            f"({'meets' if a['added_p99_ms'] <= 5.0 else 'misses'} <= 5 ms), "
+            f"throughput {ratio['rps_activator_over_nginx']:.2f} of nginx's "
+            f"({'meets' if ratio['rps_activator_over_nginx'] >= 0.5 else 'misses'} >= 0.5)"
+        )
+    lines += [
+        "",
+        "At 64 connections the activator is one Python process at full CPU, so what it adds is "
+        "mostly queueing behind its own CPU time per request (the last column); the latency "
+        "targets follow from that cost, not from any wait in its logic (see the release time "
+        "below and the profile).",
+    ]
     rel = result["release_after_endpoint_ready"]
     lines += [
         "",
@@ -610,6 +661,8 @@ def markdown(result: dict[str, Any]) -> str:
             "|---|---:|",
         ]
         lines += [f"| {p['where']} | {p['share']:.1%} |" for p in profile["by_area"]]
+        lines += ["", "| line (self) | share |", "|---|---:|"]
+        lines += [f"| `{p['where']}` | {p['share']:.1%} |" for p in profile["top_self"]]
         lines += ["", "| function (inclusive) | share |", "|---|---:|"]
         lines += [f"| `{p['where']}` | {p['share']:.1%} |" for p in profile["top_inclusive"]]
     return "\n".join(lines) + "\n"
@@ -624,6 +677,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="median of this many runs per cell")
     parser.add_argument("--release-samples", type=int, default=50)
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--profile-only",
+        action="store_true",
+        help="redo only the profile, into the existing results",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "activator_overhead")
     args = parser.parse_args()
     if args.serve_upstream:
@@ -635,7 +693,11 @@ def main() -> None:
     for tool in ("wrk", NGINX):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found (apt-get install -y wrk nginx-light)")
-    result = run(args)
+    if args.profile_only:
+        result = json.loads(args.out.with_suffix(".json").read_text())
+        result["profile"] = profile_only(args)
+    else:
+        result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))

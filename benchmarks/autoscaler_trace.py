@@ -21,7 +21,7 @@ import math
 import random
 import sys
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ KPA = AutoscalingSpec(
     initial_scale=0,  # both start at zero; Knative's 1 would only add a replica at t=0
 )
 TORPOR = AutoscalingSpec(initial_scale=0)  # torpor's defaults: vLLM load, target 16 x 0.7
+# The same LLM signals at KPA's target: isolates what vLLM's gauges and the KV guard buy.
+TORPOR_T100 = replace(TORPOR, target=100.0)
 
 
 # -- parameters -----------------------------------------------------------------------------------
@@ -354,14 +356,14 @@ def spec_dict(spec: AutoscalingSpec) -> dict[str, Any]:
     return {k: getattr(spec, k) for k in spec.__slots__}  # type: ignore[attr-defined]
 
 
-def plot(runs: list[RunResult], out: Path) -> None:
+def plot(panels: list[tuple[str, RunResult]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(runs), 1, figsize=(12, 3.2 * len(runs)), sharex=True)
-    for ax, r in zip(axes, runs, strict=True):
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 2.8 * len(panels)), sharex=True)
+    for ax, (title, r) in zip(axes, panels, strict=True):
         t = [x["t"] for x in r.timeline]
         ax.plot(t, [x["replicas"] for x in r.timeline], label="replicas (incl. starting)", lw=1.2)
         ax.plot(t, [x["ready"] for x in r.timeline], label="ready", lw=0.8)
@@ -373,15 +375,24 @@ def plot(runs: list[RunResult], out: Path) -> None:
             alpha=0.25,
             label="waiting requests",
         )
-        ax2.set_ylabel("waiting requests")
+        ax2.set_ylabel("waiting")
         ax.set_ylabel("replicas")
-        ax.set_title(r.policy)
+        ax.set_title(title, fontsize=10)
         lines = ax.get_legend_handles_labels()
         lines2 = ax2.get_legend_handles_labels()
-        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right", fontsize=8)
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right", fontsize=7)
     axes[-1].set_xlabel("seconds")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=100)
+
+
+def verdict_of(t: dict[str, Any], k: dict[str, Any]) -> dict[str, Any]:
+    v: dict[str, Any] = {
+        "over_target_ratio": round(t["over_target"] / max(1, k["over_target"]), 3),
+        "replica_seconds_ratio": round(t["replica_seconds"] / max(1e-9, k["replica_seconds"]), 3),
+    }
+    v["target_met"] = v["over_target_ratio"] <= 0.5 and v["replica_seconds_ratio"] <= 1.0
+    return v
 
 
 def main() -> None:
@@ -393,75 +404,32 @@ def main() -> None:
     )
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args()
-    p = load_params(args.params)
-    trace = make_trace(p, args.seed)
-    target = float(p["wait_target_s"])
-    ours = "torpor (llm)"
-    policies = [(ours, TORPOR), ("KPA defaults (concurrency)", KPA)]
-    runs = [simulate(name, spec, trace, p) for name, spec in policies]
-    summary = {r.policy: summarise(r, target) for r in runs}
-    t, k = summary[ours], summary["KPA defaults (concurrency)"]
-    verdict = {
-        "over_target_ratio": round(t["over_target"] / max(1, k["over_target"]), 3),
-        "replica_seconds_ratio": round(t["replica_seconds"] / max(1e-9, k["replica_seconds"]), 3),
-    }
-    verdict["target_met"] = (
-        verdict["over_target_ratio"] <= 0.5 and verdict["replica_seconds_ratio"] <= 1.0
-    )
-    result = {
+    base = load_params(args.params)
+    target = float(base["wait_target_s"])
+    ours, ours100 = "torpor (llm, defaults)", "torpor (llm, target 100)"
+    kpa = "KPA defaults (concurrency)"
+    policies = [(ours, TORPOR), (ours100, TORPOR_T100), (kpa, KPA)]
+    seeds = [args.seed, *(int(x) for x in args.check_seeds.split(",") if x)]
+    result: dict[str, Any] = {
         "meta": {
             "command": f"python benchmarks/autoscaler_trace.py --seed {args.seed}",
-            "seed": args.seed,
-            "requests": len(trace),
-            "params": {k2: v for k2, v in p.items() if k2 != "sources"},
-            "sources": p["sources"],
+            "seeds": seeds,
+            "wait_target_s": target,
+            "sources": base["sources"],
             "policies": {name: spec_dict(spec) for name, spec in policies},
         },
-        "summary": summary,
-        "verdict": verdict,
-        "timeline": {r.policy: r.timeline for r in runs},
-        "other_seeds": {},
+        "scenarios": {},
     }
-    for seed in (int(x) for x in args.check_seeds.split(",") if x):
-        other = make_trace(p, seed)
-        sums = {name: summarise(simulate(name, spec, other, p), target) for name, spec in policies}
-        result["other_seeds"][str(seed)] = sums
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "autoscaler_trace.json").write_text(json.dumps(result, indent=1) + "\n")
+    panels: list[tuple[str, RunResult]] = []
     lines = [
         "# Autoscaler trace replay: torpor vs Knative KPA defaults",
         "",
-        f"Seeded trace (seed {args.seed}): {len(trace)} requests over "
-        f"{p['trace']['duration_s']} s with bursts, a diurnal swell and idle gaps. "
-        f"Simulated replicas: cold start {p['cold_start_s']:.2f} s, throughput "
-        f"{p['throughput']} (batch, tokens/s), max_num_seqs {p['max_num_seqs']}, "
-        f"KV cache {p['kv_cache_tokens']} tokens. Wait = arrival to first token; "
-        f"target {target} s.",
-        "",
-        "| policy | requests | over target | p50 wait s | p99 wait s | replica-seconds "
-        "| cold starts |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, s in summary.items():
-        lines.append(
-            f"| {name} | {s['requests']} | {s['over_target']} | {s['wait_p50_s']} | "
-            f"{s['wait_p99_s']} | {s['replica_seconds']} | {s['cold_starts']} |"
-        )
-    for seed, sums in result["other_seeds"].items():
-        for name, s in sums.items():
-            lines.append(
-                f"| {name}, seed {seed} | {s['requests']} | {s['over_target']} | "
-                f"{s['wait_p50_s']} | {s['wait_p99_s']} | {s['replica_seconds']} | "
-                f"{s['cold_starts']} |"
-            )
-    lines += [
-        "",
-        f"Seed {args.seed}, {ours} / KPA: over-target {verdict['over_target_ratio']}, "
-        "replica-seconds "
-        f"{verdict['replica_seconds_ratio']}; target (<= 0.5 and <= 1.0) "
-        f"{'met' if verdict['target_met'] else 'NOT met'}.",
-        "",
-        "Policies (same `decide()`): "
+        f"Seeded traces (bursts, a diurnal swell sized to {base['trace']['swell_peak_replicas']} "
+        f"replicas' peak throughput, idle gaps long enough for zero) over "
+        f"{base['trace']['duration_s']} s, replayed through simulated replicas. Cold start "
+        f"{base['cold_start_s']:.2f} s; throughput (batch, tokens/s) {base['throughput']}. "
+        f"Wait = arrival to first token; over target = wait > {target:g} s. "
+        "Same `decide()` for both policies; "
         + "; ".join(
             f"**{name}**: metric {s.metric}, target {s.target:g} x {s.target_utilization:g}, "
             f"window {s.window_s:g} s (panic {s.window_s * s.panic_window_percentage / 100:g} s), "
@@ -470,14 +438,64 @@ def main() -> None:
         )
         + ".",
         "",
+    ]
+    for scenario in base["scenarios"]:
+        p = {**base, **scenario["overrides"]}
+        rows: dict[str, Any] = {}
+        for seed in seeds:
+            trace = make_trace(p, seed)
+            runs = [simulate(name, spec, trace, p) for name, spec in policies]
+            sums = {r.policy: summarise(r, target) for r in runs}
+            rows[str(seed)] = {
+                "summary": sums,
+                "verdict": {n: verdict_of(sums[n], sums[kpa]) for n in (ours, ours100)},
+            }
+            if seed == args.seed:
+                panels += [(f"{scenario['name']}: {r.policy} (seed {seed})", r) for r in runs]
+                rows[str(seed)]["timeline"] = {r.policy: r.timeline for r in runs}
+        result["scenarios"][scenario["name"]] = {
+            "about": scenario["about"],
+            "max_num_seqs": p["max_num_seqs"],
+            "kv_cache_tokens": p["kv_cache_tokens"],
+            "seeds": rows,
+        }
+        lines += [
+            f"## {scenario['name']}",
+            "",
+            f"{scenario['about']} max_num_seqs {p['max_num_seqs']}, KV cache "
+            f"{p['kv_cache_tokens']} tokens.",
+            "",
+            "| seed | policy | requests | over target | p50 wait s | p99 wait s "
+            "| replica-seconds | cold starts |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for seed, row in rows.items():
+            for name, x in row["summary"].items():
+                lines.append(
+                    f"| {seed} | {name} | {x['requests']} | {x['over_target']} | "
+                    f"{x['wait_p50_s']} | {x['wait_p99_s']} | {x['replica_seconds']} | "
+                    f"{x['cold_starts']} |"
+                )
+        lines.append("")
+        for seed, row in rows.items():
+            for name, v in row["verdict"].items():
+                lines.append(
+                    f"- seed {seed}, {name} / KPA: over-target {v['over_target_ratio']}, "
+                    f"replica-seconds {v['replica_seconds_ratio']}: target (<= 0.5 and <= 1.0) "
+                    f"{'met' if v['target_met'] else 'NOT met'}"
+                )
+        lines.append("")
+    lines += [
         "Where each number comes from:",
         "",
-        *[f"- `{k2}`: {v}" for k2, v in p["sources"].items()],
+        *[f"- `{k2}`: {v}" for k2, v in base["sources"].items()],
         "",
     ]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "autoscaler_trace.json").write_text(json.dumps(result, indent=1) + "\n")
     (RESULTS / "autoscaler_trace.md").write_text("\n".join(lines))
     if not args.no_plot:
-        plot(runs, RESULTS / "autoscaler_trace.png")
+        plot(panels, RESULTS / "autoscaler_trace.png")
     print("\n".join(lines))
 
 

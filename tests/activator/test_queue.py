@@ -211,3 +211,15 @@ async def test_closing_answers_waiters() -> None:
 
 def test_backend_counts_are_plain_data() -> None:
     assert Backend("a", "http://a").in_flight == 0
+
+
+async def test_a_failing_poke_does_not_fail_the_waiter() -> None:
+    async def broken(revision: str) -> None:
+        raise ConnectionError("bus down")
+
+    queue = RevisionQueue(KEY, QueueLimits(), broken, random.Random(0))
+    task = asyncio.create_task(queue.acquire())
+    await settle()
+    assert queue.queued == 1
+    queue.set_endpoints(ready("a"))
+    queue.release(await task)

@@ -11,7 +11,7 @@ import pytest
 
 from autoscaler.loop import Autoscaler, LoopConfig
 from tests.autoscaler.fakes import FakeActuator, FakeScraper, eventually, revision, service
-from torpor.bus import ActivatorStats, MemoryBus, RevisionEndpoints
+from torpor.bus import ActivatorStats, BusEvent, MemoryBus, RevisionEndpoints
 
 KEY = "default/chat-00001"
 
@@ -312,3 +312,35 @@ async def test_scale_up_takes_back_a_draining_replica(
         drained_at = actuator.calls.index(("draining", light.replica_id))
         assert ("serving", light.replica_id) in actuator.calls[drained_at:]
     assert ("stop", light.replica_id) not in actuator.calls
+
+
+class FlakyBus(MemoryBus):
+    """Its first event stream breaks at once, as a Redis connection might."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subscriptions = 0
+
+    def events(self) -> AsyncIterator[BusEvent]:
+        self.subscriptions += 1
+        if self.subscriptions == 1:
+            return self._broken()
+        return super().events()
+
+    async def _broken(self) -> AsyncIterator[BusEvent]:
+        raise ConnectionError("bus connection lost")
+        yield  # pragma: no cover - makes this an async generator
+
+
+async def test_a_broken_event_stream_is_resubscribed(
+    actuator: FakeActuator, scraper: FakeScraper
+) -> None:
+    bus = FlakyBus()
+    try:
+        a = scaler(bus, actuator, scraper)
+        async with a.running():
+            await eventually(lambda: bus.subscriptions >= 2)
+            await bus.publish_services([service(revision())])
+            await eventually(lambda: len(a.statuses()) == 1)
+    finally:
+        await bus.aclose()

@@ -23,6 +23,7 @@ from tests.faults.scenario import (
     group_members,
     kill_groups,
     replica_groups,
+    replica_pids,
     start_platform,
 )
 
@@ -70,6 +71,10 @@ async def test_sigterm_drains_the_stream_in_flight_and_stops_every_replica(
             stream, _ = await _stream_in_flight(client, platform.url)
             groups = replica_groups(fault_home)
             assert groups, "the stream's replica should be running"
+            # On the embedded platform replicas listen on loopback only.
+            for pid in replica_pids(fault_home):
+                cmdline = await asyncio.to_thread(Path(f"/proc/{pid}/cmdline").read_bytes)
+                assert b"\0--host\0127.0.0.1\0" in cmdline
             os.killpg(platform.process.pid, signal.SIGTERM)
             outcome = await stream
             code = await _wait_exit(platform.process, 120)

@@ -55,11 +55,8 @@ T = TypeVar("T")
 _TRANSIENT: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # One command may take this long before the connection counts as dead (a hung server, not a slow
-# one: every command here is O(revisions)).
+# one: every command here is O(revisions)). Never longer than the caller's retry budget.
 _COMMAND_TIMEOUT_S = 2.0
-# The subscriber pings the server after this long without traffic, and reconnects when a second
-# interval passes with no answer: a server that vanished without closing the socket is noticed.
-_LIVENESS_S = 5.0
 
 _PUBLISH_SERVICES = """
 -- KEYS[1] services; ARGV[1] body, ARGV[2] channel, ARGV[3] '1' = only if missing
@@ -123,7 +120,9 @@ class RedisBus:
 
     ``retry_for_s`` bounds how long a publish or snapshot keeps retrying while the server is
     unreachable before raising ``BusUnavailable``; the subscriber side reconnects forever with
-    exponential backoff capped at ``reconnect_max_s``.
+    exponential backoff capped at ``reconnect_max_s``. The subscriber pings the server after
+    ``liveness_s`` without traffic and reconnects when another ``liveness_s`` passes unanswered, so
+    a server that hangs or vanishes without closing the socket is noticed too.
     """
 
     def __init__(
@@ -134,6 +133,7 @@ class RedisBus:
         stats_ttl_s: float = 10.0,
         retry_for_s: float = 2.0,
         reconnect_max_s: float = 2.0,
+        liveness_s: float = 5.0,
         subscriber_bound: int = DEFAULT_SUBSCRIBER_BOUND,
     ) -> None:
         if stats_ttl_s <= 0:
@@ -143,10 +143,12 @@ class RedisBus:
         self._stats_ttl_ms = max(1, round(stats_ttl_s * 1000))
         self._retry_for_s = retry_for_s
         self._reconnect_max_s = reconnect_max_s
+        self._liveness_s = liveness_s
+        self._command_timeout_s = max(0.5, min(_COMMAND_TIMEOUT_S, retry_for_s))
         self._redis = aioredis.Redis.from_url(
             url,
-            socket_connect_timeout=_COMMAND_TIMEOUT_S,
-            socket_timeout=_COMMAND_TIMEOUT_S,
+            socket_connect_timeout=self._command_timeout_s,
+            socket_timeout=self._command_timeout_s,
             # Retries are ours (bounded, typed error); redis-py's own would hide outages.
             retry=Retry(NoBackoff(), 0),
             retry_on_error=[],
@@ -180,6 +182,7 @@ class RedisBus:
         stats_ttl_s: float = 10.0,
         retry_for_s: float = 2.0,
         reconnect_max_s: float = 2.0,
+        liveness_s: float = 5.0,
         subscriber_bound: int = DEFAULT_SUBSCRIBER_BOUND,
     ) -> RedisBus:
         bus = cls(
@@ -188,6 +191,7 @@ class RedisBus:
             stats_ttl_s=stats_ttl_s,
             retry_for_s=retry_for_s,
             reconnect_max_s=reconnect_max_s,
+            liveness_s=liveness_s,
             subscriber_bound=subscriber_bound,
         )
         await bus.start()
@@ -203,6 +207,11 @@ class RedisBus:
         except TimeoutError:
             await self.aclose()
             raise BusUnavailable(f"redis at {self.url} unreachable") from None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the subscriber is connected now (for readiness probes and metrics)."""
+        return self._subscribed.is_set()
 
     async def __aenter__(self) -> RedisBus:
         await self.start()
@@ -372,7 +381,7 @@ class RedisBus:
             await pubsub.subscribe(self._channel)
             # Wait for the server's confirmation: only then is every later publish ours to see.
             while True:
-                message = await pubsub.get_message(timeout=_COMMAND_TIMEOUT_S)
+                message = await pubsub.get_message(timeout=self._command_timeout_s)
                 if message is None:
                     raise RedisTimeoutError("no subscribe confirmation")
                 if message["type"] == "subscribe":
@@ -389,10 +398,10 @@ class RedisBus:
     async def _pump(self, pubsub: aioredis.client.PubSub) -> None:
         pinged = False
         while not self._closed:
-            message = await pubsub.get_message(timeout=_LIVENESS_S)
+            message = await pubsub.get_message(timeout=self._liveness_s)
             if message is None:
                 if pinged:
-                    raise RedisTimeoutError(f"no answer to ping in {_LIVENESS_S}s")
+                    raise RedisTimeoutError(f"no answer to ping in {self._liveness_s}s")
                 await pubsub.ping()
                 pinged = True
                 continue

@@ -194,7 +194,7 @@ def mark_sks_ready(kube: KubeEmulator, name: str) -> None:
     kube.put(SKS, "serverlessservices", sks)
 
 
-async def eventually(check: Callable[[], Any], *, within_s: float = 10.0) -> Any:
+async def eventually(check: Callable[[], Any], *, within_s: float = 30.0) -> Any:
     """Poll until ``check()`` returns something truthy (a bound, not a timing assertion)."""
     async with asyncio.timeout(within_s):
         while True:

@@ -76,3 +76,8 @@ async def eventually(check: Callable[[], Awaitable[T | None]], what: str) -> T:
         if time.monotonic() > deadline:
             raise AssertionError(f"never happened: {what}")
         await asyncio.sleep(0.02)
+
+
+async def holds(value: bool) -> bool:
+    """``eventually(lambda: holds(cond), ...)`` for a condition that needs no I/O."""
+    return value

@@ -19,6 +19,7 @@ from tests.torpor.bus.helpers import (
     REV,
     endpoints,
     eventually,
+    holds,
     next_event,
     service,
     stats,
@@ -62,7 +63,7 @@ class Backend:
             await bus.aclose()
 
 
-@pytest_asyncio.fixture(params=["memory", "redis"])
+@pytest_asyncio.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
     backend = Backend(request.param, url)
@@ -180,7 +181,7 @@ async def test_aclose_ends_every_iterator_and_leaves_no_tasks(backend: Backend) 
 
     consumers = [asyncio.create_task(consume(bus.events())) for _ in range(2)]
     await bus.poke(REV)
-    await eventually(lambda: _done(len(received) == 2), "both consumers got the poke")
+    await eventually(lambda: holds(len(received) == 2), "both consumers got the poke")
     await bus.aclose()
     await asyncio.wait_for(asyncio.gather(*consumers), 10)
     assert received == [Poked(REV), Poked(REV)]
@@ -188,10 +189,6 @@ async def test_aclose_ends_every_iterator_and_leaves_no_tasks(backend: Backend) 
     assert [e async for e in bus.events()] == []
     await asyncio.sleep(0)
     assert asyncio.all_tasks() - before == set()
-
-
-async def _done(value: bool) -> bool:
-    return value
 
 
 async def test_a_subscriber_that_falls_behind_converges_to_the_latest_state(

@@ -18,6 +18,7 @@ from tests.torpor.bus.helpers import (
     WAIT_S,
     endpoints,
     eventually,
+    holds,
     next_event,
     next_matching,
     service,
@@ -33,6 +34,8 @@ from torpor.bus import (
     ServicesChanged,
 )
 from torpor.spec import ServiceSpec
+
+pytestmark = pytest.mark.redis
 
 Open = Callable[..., Awaitable[RedisBus]]
 
@@ -262,3 +265,32 @@ async def test_async_with_connects_and_closes(redis_server: RedisServer) -> None
         assert await next_event(events) == Poked(REV)
     assert [e async for e in events] == []
     assert asyncio.all_tasks() - before == set()
+
+
+async def test_a_hung_server_is_noticed_and_survived(
+    open_bus: Open, redis_server: RedisServer
+) -> None:
+    autoscaler = await open_bus(liveness_s=0.2, retry_for_s=0.3)
+    activator = await open_bus(liveness_s=0.2)
+    await autoscaler.publish_endpoints(endpoints(REV, 8001))
+    events = activator.events()
+    redis_server.pause()
+    try:
+        # Publishing gives up within its budget instead of waiting on the silent socket.
+        with pytest.raises(BusUnavailable):
+            await autoscaler.publish_endpoints(endpoints(REV, 8001, 8002))
+        # The subscriber's pings go unanswered, so it drops the connection.
+        await eventually(lambda: holds(not activator.connected), "the hang was noticed")
+    finally:
+        redis_server.resume()
+    await eventually(lambda: holds(activator.connected), "resubscribed after the hang")
+    await eventually(lambda: _publish_ok(autoscaler), "publish works after the server resumes")
+    await _converge(events, services=(), endpoints_=[endpoints(REV, 8001, 8002)])
+
+
+async def _publish_ok(bus: RedisBus) -> bool:
+    try:
+        await bus.publish_endpoints(endpoints(REV, 8001, 8002))
+    except BusUnavailable:
+        return False
+    return True
