@@ -343,6 +343,12 @@ class LocalActuator:
                     await proc.handle.wait()
             except TimeoutError:
                 log.warning("replica %s ignored SIGTERM; killing it", replica_id)
+            except asyncio.CancelledError:
+                # The caller gave up (the autoscaler stopping mid-scale-down): the replica is no
+                # longer in the table, so nothing else would ever stop it. A replica still
+                # starting ignores SIGTERM; kill it now rather than leave an orphan.
+                proc.handle.signal(signal.SIGKILL)
+                raise
         if proc.handle is not None:
             # Whatever the leader left behind in its group (vLLM's engine core) goes too.
             proc.handle.signal(signal.SIGKILL)
@@ -375,4 +381,5 @@ class LocalActuator:
             return
         self._closed = True
         await asyncio.gather(*(self.forget(key) for key in list(self._procs)))
+        self.kill_now()  # any stop that was interrupted: nothing outlives the actuator
         await self._client.aclose()
