@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 
 from activator.balancer import Backend, pick
-from activator.errors import QueueFull, RevisionFailed, UpstreamUnavailable, WaitTimeout
+from activator.errors import QueueFull, RevisionFailed, WaitTimeout
 from torpor.bus.base import RevisionEndpoints
 from torpor.spec import DEFAULT_QUEUE_DEPTH, DEFAULT_TIMEOUT_S, RevisionSpec
 
@@ -111,12 +111,12 @@ class RevisionQueue:
                 backend.in_flight += 1
                 self.in_flight += 1
                 return backend
-        if exclude:
-            serving = [b for b in self._backends if not b.draining]
-            if serving and all(b.replica_id in exclude for b in serving):
-                raise UpstreamUnavailable(
-                    f"no other replica of revision {self.revision} to retry on"
-                )
+        # Every serving replica refused the connection: it died and the autoscaler has not
+        # republished yet. Wait for the replacement like a request at zero (bounded by the
+        # timeout), and poke so the autoscaler looks now rather than at its next tick.
+        refused_all = bool(exclude) and all(
+            b.replica_id in exclude for b in self._backends if not b.draining
+        )
         if len(self._waiters) >= self.limits.depth:
             raise QueueFull(
                 f"revision {self.revision} has {len(self._waiters)} requests waiting, "
@@ -125,7 +125,7 @@ class RevisionQueue:
         waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude)
         self._waiters.append(waiter)
         try:
-            if len(self._waiters) == 1 and not self.has_serving():
+            if (len(self._waiters) == 1 and not self.has_serving()) or refused_all:
                 await self._poke_safely()
             async with asyncio.timeout(self.limits.timeout_s):
                 return await waiter.future

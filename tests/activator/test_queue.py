@@ -188,16 +188,21 @@ async def test_older_endpoint_versions_are_ignored() -> None:
     assert [b.replica_id for b in queue.backends] == ["a"]
 
 
-async def test_retry_excludes_the_failed_replica_and_fails_when_none_is_left() -> None:
-    queue, _ = make()
+async def test_retry_excludes_the_failed_replica_and_waits_when_none_is_left() -> None:
+    queue, pokes = make()
     queue.set_endpoints(ready("a", "b"))
     first = await queue.acquire()
     queue.release(first)
     other = await queue.acquire(exclude=(first.replica_id,))
     assert other.replica_id != first.replica_id
     queue.release(other)
-    with pytest.raises(UpstreamUnavailable):
-        await queue.acquire(exclude=("a", "b"))
+    # Both refused (died): the retry waits for a replacement and pokes the autoscaler at once.
+    retry = asyncio.create_task(queue.acquire(exclude=("a", "b")))
+    await settle()
+    assert not retry.done()
+    assert pokes.calls == [KEY]
+    queue.set_endpoints(ready("c"))
+    assert (await retry).replica_id == "c"
 
 
 async def test_closing_answers_waiters() -> None:
