@@ -2,8 +2,13 @@
 
 The math mirrors Knative's KPA (``pkg/autoscaler/scaling/autoscaler.go`` and the scale-to-zero
 handling in ``pkg/reconciler/autoscaling/kpa/scaler.go``) so that, configured with Knative's
-defaults and ``metric="concurrency"``, it *is* a KPA; ``metric="llm"`` swaps the load signal for
-what vLLM itself reports and adds a KV-cache pressure guard.
+defaults and ``metric="concurrency"``, it *is* a KPA. ``metric="llm"`` swaps the load signal for
+what vLLM itself reports (running + waiting) and adds rules for a replica whose capacity is its KV
+cache and whose start costs tens of seconds: the per-replica target drops to what the KV cache
+holds once it binds; scale-down waits until the load is 10% under the smaller count's target,
+never goes below what the work held right now needs, and keeps a replica that is still starting
+while load is flat. Scale to zero is Knative's for both metrics: the stable window must read zero
+(recent bursts are evidence of more), then the grace period.
 
 No I/O, no clock, no logging: the loop in ``autoscaler.loop`` owns those. ``desired`` is the
 total the revision should have once starting replicas are ready; draining replicas are already
@@ -16,6 +21,12 @@ import math
 from dataclasses import dataclass, replace
 
 from torpor.spec import AutoscalingSpec
+
+SCALE_DOWN_TOLERANCE = 0.1
+"""Kubernetes HPA's default tolerance, used as a hysteresis band for metric "llm": scale down to
+N only once the load sits 10% under N's target. An LLM replica's in-flight count falls when a
+replica is added (smaller batches decode faster), so without a band the count flaps N <-> N+1
+and every flap pays a cold start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +70,6 @@ class ScalerState:
     panic_since: float | None = None  # last time the panic threshold was crossed
     max_panic_replicas: int = 0
     zero_since: float | None = None  # first tick the windows asked for zero replicas
-    idle_since: float | None = None  # first tick of an unbroken run with no request anywhere
     desired_history: tuple[tuple[float, int], ...] = ()  # for the scale-down delay
     initialized: bool = False  # initial scale has been reached once
 
@@ -76,6 +86,29 @@ class Decision:
 
 def target_per_replica(spec: AutoscalingSpec) -> float:
     return max(spec.target * spec.target_utilization, 1e-9)
+
+
+def kv_capacity(spec: AutoscalingSpec, obs: Observation) -> float | None:
+    """Requests one replica holds at ``kv_cache_target``, read off what vLLM reports now.
+
+    A replica's KV cache, not a request count, bounds its batch: with ``running`` sequences at
+    ``kv`` usage it holds about ``running * kv_cache_target / kv`` at the target. Summed over
+    replicas so one long prompt on one replica does not swing it. Only trusted once the caches are
+    at least half way to the target; below that the cache does not bind and the extrapolation
+    would be noise.
+    """
+    known = [
+        (r.running, r.kv_cache_usage)
+        for r in obs.ready
+        if r.running is not None and r.kv_cache_usage is not None
+    ]
+    if not known:
+        return None
+    running = sum(n for n, _ in known)
+    kv = sum(k for _, k in known)
+    if running <= 0 or kv / len(known) < spec.kv_cache_target / 2:
+        return None
+    return max(running * spec.kv_cache_target / kv, 1.0)
 
 
 def observed_load(spec: AutoscalingSpec, obs: Observation) -> tuple[float, bool]:
@@ -127,6 +160,11 @@ def decide(
     # Knative divides by at least one pod so that a queue at zero reads as pressure.
     base = max(1, ready)
     target = target_per_replica(spec)
+    capacity = kv_capacity(spec, obs) if spec.metric == "llm" else None
+    kv_bound = capacity is not None and capacity < target
+    if capacity is not None and kv_bound:
+        # The KV cache fills before the request target: size replicas by what fits.
+        target = capacity
     max_up = math.ceil(spec.max_scale_up_rate * base)
     max_down = math.floor(base / spec.max_scale_down_rate) if ready > 0 else 0
 
@@ -149,12 +187,13 @@ def decide(
     panic = state.panic_since is not None
 
     desired = stable_n
-    reason = f"load {stable:.1f} over {spec.window_s:g}s at target {target:.1f}/replica"
+    per = f"{target:.1f}/replica" + (" (what the kv-cache holds)" if kv_bound else "")
+    reason = f"load {stable:.1f} over {spec.window_s:g}s at target {per}"
     if panic:
         desired = max(stable_n, panic_n, state.max_panic_replicas)
         state = replace(state, max_panic_replicas=desired)
         reason = (
-            f"panic: load {panicky:.1f} over {panic_window:g}s at target {target:.1f}/replica"
+            f"panic: load {panicky:.1f} over {panic_window:g}s at target {per}"
             f" (no scale-down while panicking)"
         )
 
@@ -167,6 +206,27 @@ def decide(
     if unknown and desired < obs.current:
         desired = obs.current
         reason = "metrics unknown for a replica: holding"
+
+    if spec.metric == "llm" and desired < obs.current and not panic:
+        band_n = min(obs.current, math.ceil(stable / (target * (1 - SCALE_DOWN_TOLERANCE))))
+        if band_n > desired:
+            desired = band_n
+            reason = (
+                f"holding {band_n}: load {stable:.1f} is within {SCALE_DOWN_TOLERANCE:.0%}"
+                f" of the target for fewer ({per})"
+            )
+    if spec.metric == "llm" and desired < obs.current:
+        # The stable average lags: never shrink below what the work held right now needs.
+        now_n = min(obs.current, math.ceil(load / target))
+        if now_n > desired:
+            desired = now_n
+            reason = f"holding {now_n}: current work {load:.0f} needs them at {per}"
+        if obs.starting > 0 and ready > 0 and desired >= ready:
+            # A replica still starting was asked for by a recent decision and has paid most of
+            # its cold start; when load is merely flat (still needs every ready one) keep it
+            # instead of flapping between N and N+1 and paying the cold start again.
+            desired = obs.current
+            reason = f"keeping {obs.starting} starting: load has not fallen below the ready ones"
 
     if spec.scale_down_delay_s > 0:
         history = (
@@ -196,35 +256,14 @@ def decide(
             reason = f"initial scale {spec.initial_scale}"
 
     hold = max(spec.scale_to_zero_grace_s, spec.scale_to_zero_retention_s)
-    idle = load == 0 and not unknown and obs.activator_in_flight == 0 and not obs.poked
-    idle_since = (now if state.idle_since is None else state.idle_since) if idle else None
-    state = replace(state, idle_since=idle_since)
-    idle_zero = (
-        spec.metric == "llm"
-        and idle_since is not None
-        and now - idle_since >= hold
-        and state.initialized
-        and obs.current > 0
-    )
-    if idle_zero:
-        # vLLM says nothing runs or waits and no activator holds a request: that is a fact,
-        # not a noisy average, so an idle LLM replica (the costliest kind) is released after
-        # the grace period instead of after the stable window has also decayed to zero. The
-        # windows restart from empty so the old load does not start replicas again.
-        assert idle_since is not None
-        desired = 0
-        reason = f"idle for {now - idle_since:.0f}s (nothing running, waiting or queued)"
-        state = replace(
-            state, samples=((now, 0.0),), panic_since=None, max_panic_replicas=0, zero_since=None
-        )
-
     desired = _clamp(spec, desired)
 
     # Scale to zero only after the windows have asked for zero for the grace period (and the
     # last replica's retention), as Knative does once the activator is in the path.
-    if idle_zero:
-        pass
-    elif desired == 0 and (obs.current > 0 or ready > 0):
+    # For both metrics: a burst is evidence of more bursts, and the stable window is that
+    # evidence; dropping the last replica as soon as vLLM is idle paid extra cold starts when
+    # bursts came 30-90 s apart (benchmarks/autoscaler_trace.py).
+    if desired == 0 and (obs.current > 0 or ready > 0):
         zero_since = state.zero_since if state.zero_since is not None else now
         state = replace(state, zero_since=zero_since)
         if now - zero_since < hold:

@@ -1,11 +1,13 @@
-"""Replay one seeded, bursty request trace through simulated replicas under two policies.
+"""Replay seeded, bursty request traces through simulated replicas under torpor's and KPA's policy.
 
-Both runs call the same ``autoscaler.decide.decide``: once with torpor's defaults (vLLM's running +
-waiting, KV-cache guard) and once configured as Knative's KPA defaults (request concurrency only,
-target 100 x 0.7, 60 s / 6 s windows, 30 s scale-to-zero grace). The simulated replica has the
-cold-start delay and the token throughput measured from the real CPU runtime
-(``results/coldstart.json``, ``results/replica_throughput.json``); anything not measured comes
-from ``autoscaler_trace_params.json`` and is labelled as assumed in the results.
+Every run calls the same ``autoscaler.decide.decide``: with torpor's defaults (vLLM's running +
+waiting, KV-cache capacity guard, target 100 x 0.7), with the old torpor default target of 16 (to
+show what a low request target costs), and configured as Knative's KPA defaults (request
+concurrency only, target 100 x 0.7, 60 s / 6 s windows, 30 s scale-to-zero grace), all in the same
+run. Two replica models side by side, each labelled with which inputs are measured and which are
+assumed: the tiny CPU replica exactly as measured (``results/coldstart.json``,
+``results/replica_throughput.json``), and a KV-bound GPU-like replica (same measured throughput and
+cold start, KV cache ASSUMED from ``autoscaler_trace_params.json``).
 
     .venv/bin/python benchmarks/autoscaler_trace.py
 
@@ -19,6 +21,7 @@ import bisect
 import json
 import math
 import random
+import re
 import sys
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -46,9 +49,9 @@ KPA = AutoscalingSpec(
     max_scale_down_rate=2.0,
     initial_scale=0,  # both start at zero; Knative's 1 would only add a replica at t=0
 )
-TORPOR = AutoscalingSpec(initial_scale=0)  # torpor's defaults: vLLM load, target 16 x 0.7
-# The same LLM signals at KPA's target: isolates what vLLM's gauges and the KV guard buy.
-TORPOR_T100 = replace(TORPOR, target=100.0)
+TORPOR = AutoscalingSpec(initial_scale=0)  # torpor's defaults for metric "llm"
+# The old default request target: what sizing an LLM replica by a low request count costs.
+TORPOR_T16 = replace(TORPOR, target=16.0)
 
 
 # -- parameters -----------------------------------------------------------------------------------
@@ -362,40 +365,59 @@ def summarise(r: RunResult, target: float) -> dict[str, Any]:
 
 
 def spec_dict(spec: AutoscalingSpec) -> dict[str, Any]:
-    return {k: getattr(spec, k) for k in spec.__slots__}  # type: ignore[attr-defined]
+    return {k: getattr(spec, k) for k in spec.__slots__}
 
 
-def plot(panels: list[tuple[str, RunResult]], out: Path) -> None:
+def plot(grid: dict[str, dict[str, RunResult]], seed: int, out: Path) -> None:
+    """Replicas and waiting requests over time: one column per replica model, one row per policy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 2.8 * len(panels)), sharex=True)
-    for ax, (title, r) in zip(axes, panels, strict=True):
-        t = [x["t"] for x in r.timeline]
-        ax.plot(t, [x["replicas"] for x in r.timeline], label="replicas (incl. starting)", lw=1.2)
-        ax.plot(t, [x["ready"] for x in r.timeline], label="ready", lw=0.8)
-        ax2 = ax.twinx()
-        ax2.fill_between(
-            t,
-            [x["queued"] for x in r.timeline],
-            color="tab:red",
-            alpha=0.25,
-            label="waiting requests",
-        )
-        ax2.set_ylabel("waiting")
-        ax.set_ylabel("replicas")
-        ax.set_title(title, fontsize=10)
-        lines = ax.get_legend_handles_labels()
-        lines2 = ax2.get_legend_handles_labels()
-        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right", fontsize=7)
-    axes[-1].set_xlabel("seconds")
+    scenarios = list(grid)
+    policies = list(next(iter(grid.values())))
+    fig, axes = plt.subplots(
+        len(policies),
+        len(scenarios),
+        figsize=(8 * len(scenarios), 2.9 * len(policies)),
+        sharex=True,
+        squeeze=False,
+    )
+    for col, scenario in enumerate(scenarios):
+        top = max(max(x["replicas"] for x in r.timeline) for r in grid[scenario].values())
+        qtop = max(max(x["queued"] for x in r.timeline) for r in grid[scenario].values())
+        for row, policy in enumerate(policies):
+            ax = axes[row][col]
+            r = grid[scenario][policy]
+            t = [x["t"] for x in r.timeline]
+            ax.plot(
+                t, [x["replicas"] for x in r.timeline], label="replicas (incl. starting)", lw=1.2
+            )
+            ax.plot(t, [x["ready"] for x in r.timeline], label="ready", lw=0.8)
+            ax.set_ylim(0, top + 1)
+            ax2 = ax.twinx()
+            ax2.fill_between(
+                t,
+                [x["queued"] for x in r.timeline],
+                color="tab:red",
+                alpha=0.25,
+                label="waiting requests",
+            )
+            ax2.set_ylim(0, max(1, qtop) * 1.1)  # same scale for both policies of a column
+            ax2.set_ylabel("waiting")
+            ax.set_ylabel("replicas")
+            ax.set_title(f"{scenario}\n{policy} (seed {seed})", fontsize=9)
+            lines = ax.get_legend_handles_labels()
+            lines2 = ax2.get_legend_handles_labels()
+            ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right", fontsize=7)
+        axes[-1][col].set_xlabel("seconds")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=90)
 
 
 def verdict_of(t: dict[str, Any], k: dict[str, Any]) -> dict[str, Any]:
+    """Issue 4's target: at most half of KPA's over-target requests at no more replica-seconds."""
     v: dict[str, Any] = {
         "over_target_ratio": round(t["over_target"] / max(1, k["over_target"]), 3),
         "replica_seconds_ratio": round(t["replica_seconds"] / max(1e-9, k["replica_seconds"]), 3),
@@ -404,41 +426,153 @@ def verdict_of(t: dict[str, Any], k: dict[str, Any]) -> dict[str, Any]:
     return v
 
 
+def compact_json(data: Any) -> str:
+    """Indented JSON with lists of numbers on one line, so timelines stay readable in a diff."""
+    text = json.dumps(data, indent=1)
+    return (
+        re.sub(
+            r"\[\s*((?:-?[\d.eE+-]+,\s*)*-?[\d.eE+-]+)\s*\]",
+            lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
+            text,
+        )
+        + "\n"
+    )
+
+
+OURS, OURS16, KPA_NAME = "torpor (llm, defaults)", "torpor (llm, old target 16)", "KPA defaults"
+PLOTTED = (OURS, KPA_NAME)
+
+
+def scenario_sources(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, str]:
+    sources = dict(base["sources"])
+    for key, value in overrides.items():
+        sources[key] = f"ASSUMED: {value} (scenario override in autoscaler_trace_params.json)"
+    return sources
+
+
+def label(sources: dict[str, str]) -> str:
+    assumed = [
+        k
+        for k in ("cold_start_s", "throughput", "max_num_seqs", "kv_cache_tokens")
+        if not sources[k].startswith("measured")
+    ]
+    return "all replica inputs measured" if not assumed else "ASSUMED: " + ", ".join(assumed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=7, help="the seed that is plotted")
     parser.add_argument("--params", type=Path, default=PARAMS)
-    parser.add_argument(
-        "--check-seeds", default="11,23", help="more seeds, summarised only (robustness)"
-    )
+    parser.add_argument("--check-seeds", default="11,23,31,47", help="more seeds (robustness)")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args()
     base = load_params(args.params)
     target = float(base["wait_target_s"])
-    ours, ours100 = "torpor (llm, defaults)", "torpor (llm, target 100)"
-    kpa = "KPA defaults (concurrency)"
-    policies = [(ours, TORPOR), (ours100, TORPOR_T100), (kpa, KPA)]
+    policies = [(OURS, TORPOR), (OURS16, TORPOR_T16), (KPA_NAME, KPA)]
+    ours = [OURS, OURS16]
     seeds = [args.seed, *(int(x) for x in args.check_seeds.split(",") if x)]
     result: dict[str, Any] = {
         "meta": {
-            "command": f"python benchmarks/autoscaler_trace.py --seed {args.seed}",
+            "command": "python benchmarks/autoscaler_trace.py "
+            f"--seed {args.seed} --check-seeds {args.check_seeds}",
             "seeds": seeds,
             "wait_target_s": target,
-            "sources": base["sources"],
+            "target": "over_target <= 0.5 x KPA's and replica_seconds <= KPA's, per seed",
+            "cold_start_s": base["cold_start_s"],
+            "throughput": base["throughput"],
+            "trace": base["trace"],
             "policies": {name: spec_dict(spec) for name, spec in policies},
         },
         "scenarios": {},
     }
-    panels: list[tuple[str, RunResult]] = []
+    grid: dict[str, dict[str, RunResult]] = {}
+    for scenario in base["scenarios"]:
+        p = {**base, **scenario["overrides"]}
+        sources = scenario_sources(base, scenario["overrides"])
+        rows: dict[str, Any] = {}
+        for seed in seeds:
+            trace = make_trace(p, seed)
+            runs = [simulate(name, spec, trace, p) for name, spec in policies]
+            sums = {r.policy: summarise(r, target) for r in runs}
+            rows[str(seed)] = {
+                "summary": sums,
+                "verdict": {n: verdict_of(sums[n], sums[KPA_NAME]) for n in ours},
+            }
+            if seed == args.seed:
+                grid[scenario["name"]] = {r.policy: r for r in runs if r.policy in PLOTTED}
+                rows[str(seed)]["timeline"] = {
+                    r.policy: {k: [x[k] for x in r.timeline] for k in r.timeline[0]}
+                    for r in runs
+                    if r.policy in PLOTTED
+                }
+        total = {
+            n: {
+                k: round(sum(rows[str(s)]["summary"][n][k] for s in seeds), 1)
+                for k in ("requests", "over_target", "over_target_at_zero", "replica_seconds")
+            }
+            for n, _ in policies
+        }
+        result["scenarios"][scenario["name"]] = {
+            "about": scenario["about"],
+            "inputs": label(sources),
+            "sources": sources,
+            "max_num_seqs": p["max_num_seqs"],
+            "kv_cache_tokens": p["kv_cache_tokens"],
+            "seeds": rows,
+            "all_seeds": {
+                "total": total,
+                "target_met_on_every_seed": {
+                    n: all(rows[str(s)]["verdict"][n]["target_met"] for s in seeds) for n in ours
+                },
+            },
+        }
+    result["grace_sensitivity"] = grace_sensitivity(base, args.seed, target)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "autoscaler_trace.json").write_text(compact_json(result))
+    lines = report(result, base, policies)
+    (RESULTS / "autoscaler_trace.md").write_text("\n".join(lines))
+    if not args.no_plot:
+        plot(grid, args.seed, RESULTS / "autoscaler_trace.png")
+    print("\n".join(lines))
+
+
+GRACES = (30.0, 90.0, 180.0)
+
+
+def grace_sensitivity(base: dict[str, Any], seed: int, target: float) -> dict[str, Any]:
+    """On the measured replica every over-target request is a scale-from-zero wait, so the one
+    lever is how long the last replica is kept: what longer grace periods buy, and cost."""
+    scenario = base["scenarios"][0]
+    p = {**base, **scenario["overrides"]}
+    trace = make_trace(p, seed)
+    kpa = summarise(simulate(KPA_NAME, KPA, trace, p), target)
+    rows = {}
+    for grace in GRACES:
+        spec = replace(TORPOR, scale_to_zero_grace_s=grace)
+        x = summarise(simulate(OURS, spec, trace, p), target)
+        rows[f"{grace:g}"] = {**x, **verdict_of(x, kpa)}
+    return {"scenario": scenario["name"], "seed": seed, "kpa": kpa, "torpor_by_grace_s": rows}
+
+
+def report(
+    result: dict[str, Any], base: dict[str, Any], policies: list[tuple[str, AutoscalingSpec]]
+) -> list[str]:
+    meta = result["meta"]
+    target = meta["wait_target_s"]
+    scenarios = result["scenarios"]
+    names = list(scenarios)
     lines = [
         "# Autoscaler trace replay: torpor vs Knative KPA defaults",
         "",
-        f"Seeded traces (bursts, a diurnal swell sized to {base['trace']['swell_peak_replicas']} "
-        f"replicas' peak throughput, idle gaps long enough for zero) over "
-        f"{base['trace']['duration_s']} s, replayed through simulated replicas. Cold start "
-        f"{base['cold_start_s']:.2f} s; throughput (batch, tokens/s) {base['throughput']}. "
-        f"Wait = arrival to first token; over target = wait > {target:g} s. "
-        "Same `decide()` for both policies; "
+        f"Seeded traces (seeds {', '.join(map(str, meta['seeds']))}: bursts, a diurnal swell "
+        f"sized to {base['trace']['swell_peak_replicas']} replicas' peak throughput, idle gaps "
+        f"long enough for zero) over {base['trace']['duration_s']} s, replayed through simulated "
+        f"replicas, every policy on the same trace in the same run. Wait = arrival to first "
+        f'token; over target = wait > {target:g} s; "at zero" = of those, the ones that '
+        "arrived while no replica was serving (a scale-from-zero wait). Issue 4's target: "
+        "torpor's over-target requests at most 0.5x KPA's at no more replica-seconds.",
+        "",
+        "Policies (one `decide()`): "
         + "; ".join(
             f"**{name}**: metric {s.metric}, target {s.target:g} x {s.target_utilization:g}, "
             f"window {s.window_s:g} s (panic {s.window_s * s.panic_window_percentage / 100:g} s), "
@@ -447,65 +581,98 @@ def main() -> None:
         )
         + ".",
         "",
+        "Replica models:",
+        "",
     ]
-    for scenario in base["scenarios"]:
-        p = {**base, **scenario["overrides"]}
-        rows: dict[str, Any] = {}
-        for seed in seeds:
-            trace = make_trace(p, seed)
-            runs = [simulate(name, spec, trace, p) for name, spec in policies]
-            sums = {r.policy: summarise(r, target) for r in runs}
-            rows[str(seed)] = {
-                "summary": sums,
-                "verdict": {n: verdict_of(sums[n], sums[kpa]) for n in (ours, ours100)},
-            }
-            if seed == args.seed:
-                panels += [(f"{scenario['name']}: {r.policy} (seed {seed})", r) for r in runs]
-                rows[str(seed)]["timeline"] = {r.policy: r.timeline for r in runs}
-        result["scenarios"][scenario["name"]] = {
-            "about": scenario["about"],
-            "max_num_seqs": p["max_num_seqs"],
-            "kv_cache_tokens": p["kv_cache_tokens"],
-            "seeds": rows,
-        }
+    for name in names:
+        sc = scenarios[name]
+        lines.append(
+            f"- **{name}** ({sc['inputs']}): {sc['about']} "
+            f"Cold start {meta['cold_start_s']:.2f} s, max_num_seqs {sc['max_num_seqs']}, "
+            f"KV cache {sc['kv_cache_tokens']} tokens."
+        )
+    lines += [
+        "",
+        "## Side by side: torpor (defaults) / KPA, per seed",
+        "",
+        "| seed | "
+        + " | ".join(
+            f"{n}: over target (at zero) torpor / KPA | replica-s ratio | met" for n in names
+        )
+        + " |",
+        "|---|" + "---|---|---|" * len(names),
+    ]
+    for seed in map(str, meta["seeds"]):
+        cells = []
+        for n in names:
+            row = scenarios[n]["seeds"][seed]
+            t, k = row["summary"][OURS], row["summary"][KPA_NAME]
+            v = row["verdict"][OURS]
+            cells += [
+                f"{t['over_target']} ({t['over_target_at_zero']}) / "
+                f"{k['over_target']} ({k['over_target_at_zero']})",
+                f"{v['replica_seconds_ratio']}",
+                "yes" if v["target_met"] else "**no**",
+            ]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for n in names:
+        met = scenarios[n]["all_seeds"]["target_met_on_every_seed"]
+        lines.append(
+            f"- {n}: target met on every seed by "
+            + ", ".join(f"{p}: {'yes' if m else 'no'}" for p, m in met.items())
+        )
+    lines.append("")
+    for n in names:
+        sc = scenarios[n]
         lines += [
-            f"## {scenario['name']}",
+            f"## {n}",
             "",
-            f"{scenario['about']} max_num_seqs {p['max_num_seqs']}, KV cache "
-            f"{p['kv_cache_tokens']} tokens.",
-            "",
-            "| seed | policy | requests | over target | p50 wait s | p99 wait s "
+            "| seed | policy | requests | over target | at zero | p50 wait s | p99 wait s "
             "| replica-seconds | cold starts |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for seed, row in rows.items():
-            for name, x in row["summary"].items():
+        for seed, row in sc["seeds"].items():
+            for policy, x in row["summary"].items():
                 lines.append(
-                    f"| {seed} | {name} | {x['requests']} | {x['over_target']} | "
-                    f"{x['wait_p50_s']} | {x['wait_p99_s']} | {x['replica_seconds']} | "
-                    f"{x['cold_starts']} |"
+                    f"| {seed} | {policy} | {x['requests']} | {x['over_target']} | "
+                    f"{x['over_target_at_zero']} | {x['wait_p50_s']} | {x['wait_p99_s']} | "
+                    f"{x['replica_seconds']} | {x['cold_starts']} |"
                 )
+        for policy, x in sc["all_seeds"]["total"].items():
+            lines.append(
+                f"| all | {policy} | {x['requests']:.0f} | {x['over_target']:.0f} | "
+                f"{x['over_target_at_zero']:.0f} | | | {x['replica_seconds']} | |"
+            )
         lines.append("")
-        for seed, row in rows.items():
-            for name, v in row["verdict"].items():
+        for seed, row in sc["seeds"].items():
+            for policy, v in row["verdict"].items():
                 lines.append(
-                    f"- seed {seed}, {name} / KPA: over-target {v['over_target_ratio']}, "
-                    f"replica-seconds {v['replica_seconds_ratio']}: target (<= 0.5 and <= 1.0) "
+                    f"- seed {seed}, {policy} / KPA: over-target {v['over_target_ratio']}, "
+                    f"replica-seconds {v['replica_seconds_ratio']}: "
                     f"{'met' if v['target_met'] else 'NOT met'}"
                 )
+        lines += ["", "Where each input comes from:", ""]
+        lines += [f"- `{k}`: {v}" for k, v in sc["sources"].items()]
         lines.append("")
+    g = result["grace_sensitivity"]
     lines += [
-        "Where each number comes from:",
+        f"## Sensitivity: a longer scale-to-zero grace on the {g['scenario']} (seed {g['seed']})",
         "",
-        *[f"- `{k2}`: {v}" for k2, v in base["sources"].items()],
+        "Not a tuning run: it shows what keeping the last replica longer buys there, where every "
+        f"over-target request is a scale-from-zero wait. KPA (grace 30 s): "
+        f"{g['kpa']['over_target']} over target, {g['kpa']['replica_seconds']} replica-seconds.",
         "",
+        "| torpor grace s | over target | vs KPA | replica-seconds vs KPA | cold starts |",
+        "|---|---|---|---|---|",
     ]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "autoscaler_trace.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "autoscaler_trace.md").write_text("\n".join(lines))
-    if not args.no_plot:
-        plot(panels, RESULTS / "autoscaler_trace.png")
-    print("\n".join(lines))
+    for grace, x in g["torpor_by_grace_s"].items():
+        lines.append(
+            f"| {grace} | {x['over_target']} | {x['over_target_ratio']} | "
+            f"{x['replica_seconds_ratio']} | {x['cold_starts']} |"
+        )
+    lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

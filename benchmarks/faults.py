@@ -50,8 +50,10 @@ def markdown(report: dict[str, Any], plan: Plan, seconds: float, command: str) -
     lines += ["", "Typed errors by kind (status and code; the message of one of each):", ""]
     lines += ["| kind | count | message |", "|---|---:|---|"]
     for kind, count in sorted(report["typed_errors_by_kind"].items()):
-        message = report["errors_sample"].get(kind, "").replace("\n", " ").replace("|", "/")
-        lines.append(f"| {kind} | {count} | {message[:160]} |")
+        text = report["errors_sample"].get(kind, "").strip().splitlines() or [""]
+        # The first line says what failed; for a start-up failure the last says why.
+        message = text[0] if len(text) == 1 else f"{text[0]} … {text[-1]}"
+        lines.append(f"| {kind} | {count} | {message.replace('|', '/')[:300]} |")
     lines += [
         "",
         "By phase:",

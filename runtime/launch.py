@@ -213,6 +213,13 @@ def serve_main(argv: list[str], *, started: float | None = None) -> int:
 
     started = process_start_time() if started is None else started
     cfg = parse_launch_args(argv, os.environ)
+    from runtime.sources import SourceError, open_source
+
+    try:
+        open_source(cfg.source)  # a wrong --model fails now, not after 10 s of imports
+    except SourceError as e:
+        print(f"torpor runtime: {e}", file=sys.stderr, flush=True)
+        return 2
     prepare_environment(os.environ)
     recorder = PhaseRecorder(replica_id=cfg.replica_id,
                              launched_at=cfg.launched_at or started, warm=False)

@@ -33,6 +33,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         control_host=args.control_host,
         control_port=args.control_port,
         domain=args.domain,
+        warm_pool=args.warm_pool,
     )
 
     def ready(address: ControlAddress) -> None:
@@ -122,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--control-host", default="127.0.0.1", help="control API address")
     up.add_argument("--control-port", type=int, default=8081, help="control API port (8081)")
     up.add_argument("--domain", default="example.com", help="domain of host-form URLs")
+    up.add_argument(
+        "--warm-pool",
+        type=int,
+        default=1,
+        metavar="N",
+        help="standby runtime processes with vLLM already imported, so a cold start only loads "
+        "the model (default 1; 0 starts every replica from scratch)",
+    )
     up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     up.set_defaults(func=_cmd_up)
 

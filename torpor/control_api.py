@@ -35,6 +35,7 @@ def build_control_app(
     *,
     token: str,
     activator_url: str,
+    platform: Callable[[], dict[str, Any]] = dict,
 ) -> Starlette:
     expected = f"Bearer {token}".encode()
 
@@ -83,6 +84,7 @@ def build_control_app(
         doc: dict[str, Any] = status_document(
             control.services(), statuses(), activator_url=activator_url
         )
+        doc.update(platform())
         return JSONResponse(doc)
 
     async def healthz(request: Request) -> Response:

@@ -172,6 +172,15 @@ def _tour(client: ControlClient, manifest: Path, port: int) -> int:
     print(f"   service/{result['service']} revision {result['latest_revision']}")
     url = result["url"]
 
+    _step("Waiting for the warm pool: a standby runtime that has imported vLLM, holding no model")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        pool = client.status().get("warm_pool", {})
+        if not pool.get("size") or pool.get("ready", 0) >= 1:
+            break
+        time.sleep(1.0)
+    print(f"   warm pool: {pool.get('ready', 0)}/{pool.get('size', 0)} ready", flush=True)
+
     _step("Status before the first call: the revision is at zero (torpor status)")
     print(render_table(client.status()), flush=True)
 

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,13 +23,14 @@ import uvicorn
 
 from activator.app import ActivatorConfig, build_activator
 from activator.server import uvicorn_config
-from autoscaler.actuators.local import LocalActuator
+from autoscaler.actuators.local import LocalActuator, SubprocessLauncher
 from autoscaler.loop import Autoscaler
 from torpor.bus import MemoryBus
 from torpor.control_api import build_control_app
 from torpor.controlplane import ControlPlane
 from torpor.state import ControlAddress, StateDir
 from torpor.status import RevisionStatus
+from torpor.warmpool import WarmPool, WarmPoolLauncher
 
 log = logging.getLogger("torpor.embedded")
 
@@ -43,6 +45,7 @@ class EmbeddedConfig:
     domain: str = "example.com"
     tick_s: float = 2.0
     drain_timeout_s: float = 30.0
+    warm_pool: int = 1  # standby runtime processes with vLLM imported, holding no model
 
 
 class _QuietServer(uvicorn.Server):
@@ -53,8 +56,15 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def _server(app: Any, host: str, port: int) -> _QuietServer:
-    return _QuietServer(uvicorn_config(app, host, port))
+def _server(app: Any, host: str, port: int, drain_timeout_s: float) -> _QuietServer:
+    # On shutdown uvicorn stops accepting and waits this long for requests in flight.
+    return _QuietServer(uvicorn_config(app, host, port, timeout_graceful_shutdown=drain_timeout_s))
+
+
+@dataclass(frozen=True, slots=True)
+class RunningPlatform:
+    address: ControlAddress
+    kill_now: Callable[[], None]  # SIGKILL every replica, synchronously (second signal)
 
 
 def _check_port_free(host: str, port: int, what: str) -> None:
@@ -69,7 +79,7 @@ def _check_port_free(host: str, port: int, what: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[ControlAddress]:
+async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[RunningPlatform]:
     """Start every part; yield the addresses; stop everything on exit."""
     state = StateDir(config.home).ensure()
     token = state.token()
@@ -81,7 +91,11 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[ControlAddr
 
     control = ControlPlane(bus, state, domain=config.domain)
     activator = build_activator(bus, ActivatorConfig(activator_id="embedded", domain=config.domain))
-    actuator = LocalActuator(home=state.root)
+    pool = WarmPool(config.warm_pool, state.root)
+    launcher = WarmPoolLauncher(
+        pool, SubprocessLauncher((sys.executable, "-m", "runtime", "serve"))
+    )
+    actuator = LocalActuator(home=state.root, launcher=launcher)
     scaler = Autoscaler(bus, actuator, tick_s=config.tick_s)
 
     def statuses() -> list[RevisionStatus]:
@@ -99,18 +113,25 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[ControlAddr
             for row in scaler.statuses()
         ]
 
-    control_app = build_control_app(control, statuses, token=token, activator_url=activator_url)
+    def platform() -> dict[str, Any]:
+        return {"warm_pool": {"size": config.warm_pool, "ready": pool.ready_count}}
+
+    control_app = build_control_app(
+        control, statuses, token=token, activator_url=activator_url, platform=platform
+    )
     servers = [
-        _server(activator.app, config.host, config.port),
-        _server(control_app, config.control_host, config.control_port),
+        _server(activator.app, config.host, config.port, config.drain_timeout_s),
+        _server(control_app, config.control_host, config.control_port, config.drain_timeout_s),
     ]
     address = ControlAddress(control_url=control_url, activator_url=activator_url, pid=os.getpid())
     async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(pool.aclose)
         stack.push_async_callback(actuator.aclose)
         stack.push_async_callback(bus.aclose)
         await stack.enter_async_context(scaler.running())
         await stack.enter_async_context(activator.running())
         await control.start()
+        pool.start()
         tasks = [asyncio.create_task(s.serve(), name=f"uvicorn:{i}") for i, s in enumerate(servers)]
 
         async def stop_servers() -> None:
@@ -125,30 +146,30 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[ControlAddr
             await asyncio.sleep(0.02)
         state.write_address(address)
         stack.callback(state.clear_address)
-        yield address
+        yield RunningPlatform(address, actuator.kill_now)
 
 
 async def run_embedded(
     config: EmbeddedConfig, *, on_ready: Callable[[ControlAddress], None]
 ) -> None:
-    """Run until SIGINT/SIGTERM. A second signal stops at once."""
+    """Run until SIGINT/SIGTERM. A second signal stops at once, replicas included."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    signals = 0
+    running: RunningPlatform | None = None
 
     def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
+        if stop.is_set():
             log.warning("second signal: stopping at once")
+            if running is not None:
+                running.kill_now()
             os._exit(130)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        async with embedded_platform(config) as address:
-            on_ready(address)
+        async with embedded_platform(config) as running:
+            on_ready(running.address)
             await stop.wait()
             log.info("stopping: draining requests and stopping replicas")
     finally:

@@ -109,4 +109,7 @@ def render_table(document: Mapping[str, Any]) -> str:
     ]
     if notes:
         lines += ["", *notes]
+    pool = document.get("warm_pool")
+    if pool and pool.get("size"):
+        lines += ["", f"warm pool: {pool['ready']}/{pool['size']} standby runtimes ready"]
     return "\n".join(lines)

@@ -35,8 +35,9 @@ class StandbyError(RuntimeError):
 class StandbyProcess:
     """One standby; after `assign` it is the replica process (a `ReplicaHandle`)."""
 
-    def __init__(self, process: asyncio.subprocess.Process, socket_path: Path,
-                 log_path: Path) -> None:
+    def __init__(
+        self, process: asyncio.subprocess.Process, socket_path: Path, log_path: Path
+    ) -> None:
         self.process = process
         self.socket_path = socket_path
         self.log_path = log_path
@@ -61,18 +62,27 @@ class StandbyProcess:
     def is_ready(self) -> bool:
         return self.returncode is None and self.socket_path.exists()
 
-    async def assign(self, argv: Sequence[str], env: Mapping[str, str],
-                     stdout_fd: int | None = None, stderr_fd: int | None = None,
-                     deadline_s: float = 10.0) -> int:
+    async def assign(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        stdout_fd: int | None = None,
+        stderr_fd: int | None = None,
+        deadline_s: float = 10.0,
+    ) -> int:
         """Hand the standby its `serve` arguments (and its log fds); returns its pid."""
         if self.assigned:
             raise StandbyError("standby already assigned")
         self.assigned = True
-        fds = [] if stdout_fd is None else [stdout_fd, stderr_fd if stderr_fd is not None
-                                            else stdout_fd]
+        fds = (
+            []
+            if stdout_fd is None
+            else [stdout_fd, stderr_fd if stderr_fd is not None else stdout_fd]
+        )
         payload = json.dumps({"argv": list(argv), "env": dict(env)}).encode() + b"\n"
         return await asyncio.wait_for(
-            asyncio.to_thread(_send_assignment, self.socket_path, payload, fds), deadline_s)
+            asyncio.to_thread(_send_assignment, self.socket_path, payload, fds), deadline_s
+        )
 
 
 def _send_assignment(path: Path, payload: bytes, fds: list[int]) -> int:
@@ -101,10 +111,18 @@ class WarmPool:
     and on a small machine they would slow the very cold start the pool is speeding up.
     """
 
-    def __init__(self, size: int, home: Path, python: str = sys.executable, *,
-                 command: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
-                 refill_delay_s: float = 10.0, ready_timeout_s: float = 300.0,
-                 retry_backoff_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        size: int,
+        home: Path,
+        python: str = sys.executable,
+        *,
+        command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        refill_delay_s: float = 10.0,
+        ready_timeout_s: float = 300.0,
+        retry_backoff_s: float = 5.0,
+    ) -> None:
         self.size = size
         self.home = Path(home)
         self._command = tuple(command) if command else (python, "-m", "runtime", "standby")
@@ -207,9 +225,14 @@ class WarmPool:
             sock_path.unlink()
         with log_path.open("ab") as logfile:
             proc = await asyncio.create_subprocess_exec(
-                *self._command, "--socket", str(sock_path),
-                stdin=asyncio.subprocess.DEVNULL, stdout=logfile,
-                stderr=asyncio.subprocess.STDOUT, env=self._env, start_new_session=True,
+                *self._command,
+                "--socket",
+                str(sock_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self._env,
+                start_new_session=True,
             )
         sb = StandbyProcess(proc, sock_path, log_path)
         self._starting = sb
@@ -294,8 +317,9 @@ class WarmPoolLauncher(Generic[R]):
             with request.log_path.open("ab") as logfile:
                 await sb.assign(request.args, request.env, logfile.fileno(), logfile.fileno())
         except (StandbyError, OSError, TimeoutError) as e:
-            log.warning("warm standby %s could not take the replica (%s); starting plainly",
-                        sb.pid, e)
+            log.warning(
+                "warm standby %s could not take the replica (%s); starting plainly", sb.pid, e
+            )
             await _stop(sb)
             return await self.fallback.launch(request)
         return sb

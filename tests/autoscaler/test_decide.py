@@ -126,8 +126,37 @@ def test_kv_cache_pressure_adds_a_replica() -> None:
     assert "kv-cache" in d.reason
 
 
-def test_kv_cache_below_target_changes_nothing() -> None:
-    assert once(LLM, Observation(ready=loads(3, 3, kv=0.5))).desired == 1
+def test_kv_cache_below_half_its_target_changes_nothing() -> None:
+    # 30% full: the cache does not bind, the request target does.
+    assert once(LLM, Observation(ready=loads(3, 3, kv=0.3))).desired == 1
+
+
+@pytest.mark.parametrize(
+    ("work", "kv", "want"),
+    [
+        ((3, 3), 0.5, 2),  # merged onto one replica the cache would be 100% full
+        ((8, 8), 0.8, 2),  # exactly at the KV target
+        ((8, 8), 1.0, 3),  # 6.4 fit per replica at 80%
+        ((20,), 0.4, 2),  # the cache would hold 40: the request target (10) binds first
+    ],
+)
+def test_kv_cache_sizes_the_target_when_it_binds_first(
+    work: tuple[float, ...], kv: float, want: int
+) -> None:
+    d = once(LLM, Observation(ready=loads(*work, kv=kv)))
+    assert d.desired == want
+
+
+def test_kv_capacity_counts_waiting_requests_as_needing_their_own_cache() -> None:
+    # 4 running fill the cache to its 80% target; 6 more wait: 10 requests at 4 each -> 3.
+    ready = (ReplicaLoad("a", running=4, waiting=6, kv_cache_usage=0.8),)
+    d = once(LLM, Observation(ready=ready))
+    assert d.desired == 3 and "kv-cache holds" in d.reason
+
+
+def test_kv_capacity_is_off_for_the_concurrency_metric() -> None:
+    obs = Observation(ready=loads(3, 3, kv=0.9), activator_in_flight=6)
+    assert once(KPA, obs).desired == 1
 
 
 def test_kv_guard_counts_a_replica_already_starting() -> None:
@@ -234,8 +263,10 @@ def test_stable_window_averages_load_before_scaling_down() -> None:
     out = timeline(LLM, [*every(0, 60, busy), *every(60, 90, idle)])
     at = dict(out)
     assert at[58].desired == 6
-    # Half a window later the average has only halved.
-    assert at[88].desired == 3
+    # Half a window later the average has only halved (30): 3 at the target, held at 4 by the
+    # scale-down band since 30 is not 10% under 3 replicas' 30.
+    assert at[88].desired == 4
+    assert at[88].observed == pytest.approx(30)
 
 
 def test_load_rise_is_seen_within_the_stable_window() -> None:
@@ -330,39 +361,49 @@ def test_traffic_during_grace_resets_it() -> None:
     assert zero_at >= 22 + 20
 
 
-def test_llm_idle_replica_goes_to_zero_after_grace_without_waiting_for_the_window() -> None:
+def test_llm_waits_for_the_window_then_the_grace_like_knative() -> None:
+    # vLLM idle is not enough: a burst in the stable window is evidence of more to come.
     spec = AutoscalingSpec(metric="llm", initial_scale=0, window_s=60, scale_to_zero_grace_s=30)
     busy = Observation(ready=loads(8))
     idle = Observation(ready=loads(0))
-    out = timeline(spec, [*every(0, 60, busy), *every(60, 200, idle)])
+    out = timeline(spec, [*every(0, 60, busy), *every(60, 250, idle)])
     zero_at = next(t for t, d in out if d.desired == 0)
-    # KPA would wait for the 60 s window to read zero first (t >= 120) and then the grace.
-    assert 90 <= zero_at < 120
-    assert "nothing running, waiting or queued" in dict(out)[zero_at].reason
+    # The last busy sample (t=58) leaves the window at t=118; then 30 s of grace.
+    assert 118 + 30 <= zero_at <= 152
+    assert all(d.desired == 1 for t, d in out if 60 <= t < zero_at)
 
 
-def test_llm_idle_rule_needs_every_signal_quiet() -> None:
+def test_bursts_within_the_window_keep_the_last_replica() -> None:
+    spec = AutoscalingSpec(metric="llm", initial_scale=0, window_s=60, scale_to_zero_grace_s=30)
+    burst = Observation(ready=loads(30))
+    idle = Observation(ready=loads(0))
+    # Bursts 50 s apart: each is still in the window when the next comes.
+    steps = []
+    for start in (0, 50, 100, 150):
+        steps += [*every(start, start + 4, burst), *every(start + 4, start + 50, idle)]
+    out = timeline(spec, steps)
+    assert all(d.desired >= 1 for _, d in out)
+
+
+def test_unknown_replica_never_reaches_zero() -> None:
     spec = AutoscalingSpec(metric="llm", initial_scale=0, window_s=60, scale_to_zero_grace_s=10)
-    streaming = Observation(ready=loads(0), activator_in_flight=1)  # last bytes still flowing
     unknown = Observation(ready=(ReplicaLoad("a"),))
-    for obs in (streaming, unknown):
-        out = timeline(spec, [(0.0, Observation(ready=loads(5))), *every(2, 40, obs)])
-        assert all(d.desired >= 1 for _, d in out)
+    out = timeline(spec, [(0.0, Observation(ready=loads(5))), *every(2, 300, unknown)])
+    assert all(d.desired == 1 for _, d in out)
 
 
-def test_llm_idle_zero_does_not_restart_from_stale_window() -> None:
+def test_at_zero_the_old_window_starts_nothing() -> None:
     spec = AutoscalingSpec(metric="llm", initial_scale=0, window_s=60, scale_to_zero_grace_s=10)
     steps = [
         *every(0, 20, Observation(ready=loads(30, 30, 30))),
-        *every(20, 40, Observation(ready=loads(0, 0, 0))),
+        *every(20, 200, Observation(ready=loads(0))),  # scaled down to the last one
     ]
     state = ScalerState(initialized=True)
     for now, obs in steps:
         d, state = decide(spec, obs, state, now)
     assert d.desired == 0 and not d.panic
-    # At zero with nothing arriving, the load of a minute ago starts nothing.
-    d, state = decide(spec, Observation(), state, 42.0)
-    assert d.desired == 0
+    d, state = decide(spec, Observation(), state, 202.0)
+    assert d.desired == 0 and d.reason == "idle at zero"
 
 
 def test_concurrency_metric_keeps_knative_zero_timing() -> None:
@@ -413,3 +454,76 @@ def test_starting_replica_survives_until_the_grace_period() -> None:
     _, state = decide(LLM, Observation(poked=True), state, 0.0)
     d, _ = decide(LLM, Observation(starting=1), state, 2.0)
     assert d.desired == 1
+
+
+# -- hysteresis: no flapping, never below the work held now -------------------------------------
+
+
+def _flat_swell() -> list[tuple[float, Observation]]:
+    """Load that asked for a third replica, then settles under the line while it starts."""
+    rising = Observation(ready=loads(11, 11), starting=0)
+    flat = Observation(ready=loads(8, 8), starting=1)
+    return [*every(0, 60, rising), *every(60, 100, flat)]
+
+
+def test_llm_keeps_a_starting_replica_while_load_is_flat() -> None:
+    out = timeline(LLM, _flat_swell())
+    assert dict(out)[58].desired == 3
+    assert all(d.desired == 3 for t, d in out if t >= 60)
+    assert "starting" in dict(out)[98].reason
+
+
+def test_concurrency_metric_stops_a_starting_replica_like_knative() -> None:
+    # Knative's KPA (and the ReplicaSet under it) takes a not-yet-ready pod away first.
+    spec = replace(KPA, target=10, target_utilization=1.0)
+    steps = [
+        (t, replace(o, activator_in_flight=int(sum(r.running or 0 for r in o.ready))))
+        for t, o in _flat_swell()
+    ]
+    out = timeline(spec, steps)
+    assert out[-1][1].desired == 2
+
+
+@pytest.mark.parametrize(
+    ("stable_load", "want"),
+    [
+        (31, 4),  # above 3 x 10: stays at 4 (the plain rule)
+        (28, 4),  # under 3 x 10 but within 10% of it: held by the band
+        (26, 3),  # 10% under 3 x 10: scale down
+    ],
+)
+def test_llm_scale_down_waits_for_load_ten_percent_under_the_smaller_count(
+    stable_load: float, want: int
+) -> None:
+    per = stable_load / 4
+    out = timeline(LLM, every(0, 120, Observation(ready=loads(per, per, per, per))))
+    assert out[-1][1].desired == want
+
+
+def test_concurrency_metric_has_no_band_like_knative() -> None:
+    spec = replace(KPA, target=10, target_utilization=1.0)
+    obs = Observation(ready=loads(0, 0, 0, 0), activator_in_flight=28)
+    assert timeline(spec, every(0, 120, obs))[-1][1].desired == 3
+
+
+def test_starting_replica_is_let_go_once_load_falls_below_the_ready_ones() -> None:
+    obs = Observation(ready=loads(2, 2, 2), starting=1)
+    assert once(LLM, obs).desired < 3
+
+
+def test_llm_never_scales_below_what_the_current_work_needs() -> None:
+    quiet = Observation(ready=loads(1, 1, 1, 1))
+    busy = Observation(ready=loads(10, 10, 10, 10))
+    steps = [*every(0, 50, quiet), *every(50, 56, busy)]
+    out = timeline(LLM, steps)
+    d = out[-1][1]
+    # The stable mean (~10) asks for 1 and the panic window is under its threshold: KPA's rule
+    # would halve to 2 while 40 requests run. The work held now needs all 4.
+    assert not d.panic
+    assert d.desired == 4 and "current work" in d.reason
+    kpa = replace(KPA, target=10, target_utilization=1.0)
+    steps_kpa = [
+        (t, replace(o, activator_in_flight=int(sum(r.running or 0 for r in o.ready))))
+        for t, o in steps
+    ]
+    assert timeline(kpa, steps_kpa)[-1][1].desired == 2

@@ -314,6 +314,7 @@ async def run_faults(home: Path, tmp: Path, plan: Plan) -> FaultRun:
         # 3. Scale-down during load: B idles into scale-down while A is busy; a burst meets it.
         for _ in range(plan.scale_downs):
             run.tally.phase = "scale-down during load"
+            await load([tb], 2, concurrency=1).run(run.tally)  # B has a replica to lose
             stop_a = asyncio.Event()
             busy = asyncio.create_task(
                 load([ta], plan.per_phase * 20, concurrency=2, pause_s=0.5).run(run.tally, stop_a)

@@ -39,6 +39,8 @@ async def test_no_request_is_lost_under_faults(fault_home: Path, tmp_path: Path)
     assert all(o.message.strip() for o in errors)
     broken = [o for o in run.tally.outcomes if o.target == "tiny-chat-broken"]
     assert broken and all(o.result == "error" for o in broken)
+    # ... carrying the runtime's own error (its last log line names the missing model).
     assert all("failed to start" in o.message for o in broken), [o.message for o in broken]
+    assert all("no-such-model" in o.message for o in broken), [o.message for o in broken]
     assert run.exit_codes == [0, 0]
     assert run.orphans == []

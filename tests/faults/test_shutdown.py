@@ -74,7 +74,7 @@ async def test_sigterm_drains_the_stream_in_flight_and_stops_every_replica(
             # On the embedded platform replicas listen on loopback only.
             for pid in replica_pids(fault_home):
                 cmdline = await asyncio.to_thread(Path(f"/proc/{pid}/cmdline").read_bytes)
-                assert b"\0--host\0127.0.0.1\0" in cmdline
+                assert b"\x00--host\x00127.0.0.1\x00" in cmdline
             os.killpg(platform.process.pid, signal.SIGTERM)
             outcome = await stream
             code = await _wait_exit(platform.process, 120)

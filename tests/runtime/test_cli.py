@@ -39,3 +39,11 @@ def test_unknown_command_fails() -> None:
     out = subprocess.run([sys.executable, "-m", "runtime", "nope"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
+
+
+def test_serve_with_a_missing_model_fails_fast_with_the_reason(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "runtime", "serve", "--model",
+                          str(tmp_path / "absent"), "--port", "1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "model source is not a directory" in out.stderr.strip().splitlines()[-1]
