@@ -392,6 +392,14 @@ def test_unknown_replica_never_reaches_zero() -> None:
     assert all(d.desired == 1 for _, d in out)
 
 
+def test_an_open_stream_keeps_the_revision_from_zero() -> None:
+    # vLLM has finished the request but the activator still streams its last bytes.
+    spec = AutoscalingSpec(metric="llm", initial_scale=0, window_s=60, scale_to_zero_grace_s=10)
+    streaming = Observation(ready=loads(0), activator_in_flight=1)
+    out = timeline(spec, [(0.0, Observation(ready=loads(5))), *every(2, 300, streaming)])
+    assert all(d.desired == 1 for _, d in out)
+
+
 def test_at_zero_the_old_window_starts_nothing() -> None:
     spec = AutoscalingSpec(metric="llm", initial_scale=0, window_s=60, scale_to_zero_grace_s=10)
     steps = [
@@ -509,6 +517,12 @@ def test_concurrency_metric_has_no_band_like_knative() -> None:
 def test_starting_replica_is_let_go_once_load_falls_below_the_ready_ones() -> None:
     obs = Observation(ready=loads(2, 2, 2), starting=1)
     assert once(LLM, obs).desired < 3
+
+
+def test_with_none_ready_extra_starting_replicas_are_let_go() -> None:
+    # Nothing ready yet and the queue needs one of the three starting: no "flat load" to keep.
+    obs = Observation(starting=3, activator_queued=5)
+    assert once(LLM, obs).desired == 1
 
 
 def test_llm_never_scales_below_what_the_current_work_needs() -> None:

@@ -63,7 +63,7 @@ class FaultRun:
     tally: Tally = field(default_factory=Tally)
     faults: list[Fault] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
-    orphans: list[int] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)  # pid and command line
     started: float = field(default_factory=time.monotonic)
 
     def fault(self, name: str, detail: str = "") -> None:
@@ -212,6 +212,22 @@ def group_members(groups: set[int]) -> list[int]:
     return [int(e) for e in os.listdir("/proc") if e.isdigit() and _pgid(int(e)) in groups]
 
 
+async def survivors(groups: set[int], grace_s: float = 5.0) -> list[int]:
+    """Members of ``groups`` still alive ``grace_s`` after their platform exited.
+
+    A process SIGKILLed a moment ago may still be tearing down its memory (or waiting to be
+    reaped by init, having lost its parent): only one that outlasts the grace is an orphan.
+    """
+    deadline = time.monotonic() + grace_s
+    while (alive := group_members(groups)) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    return alive
+
+
+def describe(pids: list[int]) -> list[str]:
+    return [f"{pid}: {_cmdline(pid)[:160].decode(errors='replace')}" for pid in pids]
+
+
 def kill_groups(groups: set[int]) -> None:
     for g in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -342,7 +358,7 @@ async def run_faults(home: Path, tmp: Path, plan: Plan) -> FaultRun:
             await control.aclose()
             run.exit_codes.append(await asyncio.to_thread(stop, platform))
             run.fault("platform restarted", "SIGTERM to torpor up with requests in flight")
-            run.orphans += group_members(groups)
+            run.orphans += describe(await survivors(groups))
             run.tally.add(await stream)
             platform = await asyncio.to_thread(
                 start_platform, home, platform.port, platform.control_port
@@ -366,6 +382,6 @@ async def run_faults(home: Path, tmp: Path, plan: Plan) -> FaultRun:
         await control.aclose()
         groups = replica_groups(home)
         run.exit_codes.append(await asyncio.to_thread(stop, platform))
-        run.orphans += group_members(groups)
+        run.orphans += describe(await survivors(groups))
         kill_groups(groups | replica_groups(home))
     return run

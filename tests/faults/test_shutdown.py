@@ -20,11 +20,11 @@ from tests.e2e.conftest import TINY_CHAT
 from tests.faults.loadgen import Outcome, Target, call
 from tests.faults.scenario import (
     Control,
-    group_members,
     kill_groups,
     replica_groups,
     replica_pids,
     start_platform,
+    survivors,
 )
 
 pytestmark = pytest.mark.e2e
@@ -83,7 +83,7 @@ async def test_sigterm_drains_the_stream_in_flight_and_stops_every_replica(
         if outcome.result == "error":
             assert outcome.message
         assert code == 0
-        assert group_members(groups) == [], "replica processes outlived torpor up"
+        assert await survivors(groups) == [], "replica processes outlived torpor up"
         assert replica_groups(fault_home) == set()
     finally:
         if platform.process.poll() is None:
@@ -113,10 +113,7 @@ async def test_a_second_sigterm_stops_at_once_and_leaves_no_orphans(fault_home: 
         # Stopping at once cuts the stream: the client sees the connection break, not a hang.
         assert outcome.result != "lost" or outcome.kind.startswith("cut"), outcome
         # The replica and vLLM's engine core go with it, without waiting for a drain.
-        deadline = time.monotonic() + 5
-        while group_members(groups) and time.monotonic() < deadline:  # noqa: ASYNC110 (no event for a process exit)
-            await asyncio.sleep(0.1)
-        assert group_members(groups) == [], "replica processes outlived torpor up"
+        assert await survivors(groups) == [], "replica processes outlived torpor up"
     finally:
         if platform.process.poll() is None:
             os.killpg(platform.process.pid, signal.SIGKILL)
