@@ -189,7 +189,7 @@ def _tour(client: ControlClient, manifest: Path, port: int) -> int:
     if cold.error or cold.first_token_at is None:
         print(f"   the call failed: {cold.error}", flush=True)
         return 1
-    print(f"   answer: {''.join(cold.text)!r}")
+    print(f"   answer (random weights, so the words are noise): {''.join(cold.text)!r}")
     print(
         f"   cold start: first token after {cold.first_token_at - cold.started:.1f} s "
         f"(request at zero replicas -> first token)",
