@@ -115,15 +115,15 @@ def observed_load(spec: AutoscalingSpec, obs: Observation) -> tuple[float, bool]
     """The revision's load right now in the spec's metric, and whether any replica was unknown.
 
     ``concurrency`` is Knative's signal: requests the activators hold plus those in flight.
-    ``llm`` is vLLM's own running + waiting per replica plus the activators' queue, and never less
-    than the activators' in-flight count: a replica that did not answer, or a stream whose last
-    bytes are still flowing after vLLM finished it, is not read as idle.
+    ``llm`` is vLLM's own running + waiting per replica plus the activators' queue; a replica that
+    did not answer is covered by the activators' in-flight count, never read as idle.
     """
     unknown = any(not r.known for r in obs.ready)
     if spec.metric == "concurrency":
         return float(obs.activator_queued + obs.activator_in_flight), unknown
     known = sum(r.work or 0.0 for r in obs.ready)
-    known = max(known, float(obs.activator_in_flight))
+    if unknown:
+        known = max(known, float(obs.activator_in_flight))
     return known + obs.activator_queued, unknown
 
 

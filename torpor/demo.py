@@ -8,10 +8,6 @@ the revision to scale back to zero, and stops the platform.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from torpor.child import spawn_up, stop_up, wait_up
 from torpor.client import ControlClient
 from torpor.report import render_table
 from torpor.state import StateDir
@@ -118,51 +115,14 @@ def run_demo(*, home: Path, manifest: Path, port: int, control_port: int) -> int
 
     _step(f"Starting the embedded platform (torpor up --port {port})")
     log_path = state.root / "torpor-up.log"
-    with log_path.open("ab") as log:
-        up = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "torpor",
-                "--home",
-                str(home),
-                "up",
-                "--port",
-                str(port),
-                "--control-port",
-                str(control_port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    up = spawn_up(home, port=port, control_port=control_port)
     try:
-        client = _wait_until_up(state, up, log_path)
-        return _tour(client, manifest, port)
+        wait_up(home, up)
+        return _tour(ControlClient.from_state(state), manifest, port)
     finally:
         _step("Stopping the platform (SIGTERM to torpor up)")
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGTERM)
-            try:
-                up.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
-        print(f"   torpor up exited with code {up.wait()}; its log is {log_path}", flush=True)
-
-
-def _wait_until_up(state: StateDir, up: subprocess.Popen[bytes], log_path: Path) -> ControlClient:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if up.poll() is not None:
-            raise SystemExit(
-                f"torpor up exited ({up.returncode}); see {log_path}:\n"
-                + log_path.read_text()[-2000:]
-            )
-        address = state.read_address()
-        if address and address.pid == up.pid:
-            return ControlClient.from_state(state)
-        time.sleep(0.2)
-    raise SystemExit(f"torpor up did not start within 60 s; see {log_path}")
+        code = stop_up(up, timeout_s=60)
+        print(f"   torpor up exited with code {code}; its log is {log_path}", flush=True)
 
 
 def _tour(client: ControlClient, manifest: Path, port: int) -> int:

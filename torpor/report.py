@@ -43,6 +43,7 @@ def status_document(
                     "queued_requests": st.queued_requests if st else 0,
                     "in_flight_requests": st.in_flight_requests if st else 0,
                     "panic": st.panic if st else False,
+                    "replica_urls": list(st.replicas) if st else [],
                     "min_scale": revision.autoscaling.min_scale,
                     "max_scale": revision.autoscaling.max_scale,
                     "last_cold_start": None

@@ -392,14 +392,6 @@ def test_unknown_replica_never_reaches_zero() -> None:
     assert all(d.desired == 1 for _, d in out)
 
 
-def test_an_open_stream_keeps_the_revision_from_zero() -> None:
-    # vLLM has finished the request but the activator still streams its last bytes.
-    spec = AutoscalingSpec(metric="llm", initial_scale=0, window_s=60, scale_to_zero_grace_s=10)
-    streaming = Observation(ready=loads(0), activator_in_flight=1)
-    out = timeline(spec, [(0.0, Observation(ready=loads(5))), *every(2, 300, streaming)])
-    assert all(d.desired == 1 for _, d in out)
-
-
 def test_at_zero_the_old_window_starts_nothing() -> None:
     spec = AutoscalingSpec(metric="llm", initial_scale=0, window_s=60, scale_to_zero_grace_s=10)
     steps = [

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from torpor.child import spawn_up, stop_up, wait_up
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CHAT = REPO / "manifests/examples/tiny-chat.yaml"
@@ -69,42 +69,13 @@ class Platform:
 
 def _start(home: Path) -> Platform:
     port, control_port = free_port(), free_port()
-    with (home / "torpor-up.log").open("ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "torpor",
-                "--home",
-                str(home),
-                "up",
-                "--port",
-                str(port),
-                "--control-port",
-                str(control_port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, (home / "torpor-up.log").read_text()
-        address = home / "control.json"
-        if address.exists() and json.loads(address.read_text())["pid"] == process.pid:
-            return Platform(home, port, control_port, process)
-        time.sleep(0.1)
-    raise AssertionError("torpor up did not start")
+    process = spawn_up(home, port=port, control_port=control_port)
+    wait_up(home, process)
+    return Platform(home, port, control_port, process)
 
 
 def stop(platform: Platform) -> int:
-    if platform.process.poll() is None:
-        os.killpg(platform.process.pid, signal.SIGTERM)
-    try:
-        return platform.process.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        os.killpg(platform.process.pid, signal.SIGKILL)
-        raise
+    return stop_up(platform.process)
 
 
 @pytest.fixture(scope="session")
