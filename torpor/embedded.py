@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 
 from activator.app import ActivatorConfig, build_activator
+from activator.auth import FileKeyStore
 from activator.server import uvicorn_config
 from autoscaler.actuators.local import LocalActuator, SubprocessLauncher
 from autoscaler.loop import Autoscaler
@@ -90,7 +91,10 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[RunningPlat
     _check_port_free(config.control_host, config.control_port, "control API")
 
     control = ControlPlane(bus, state, domain=config.domain)
-    activator = build_activator(bus, ActivatorConfig(activator_id="embedded", domain=config.domain))
+    keys = FileKeyStore(state.root / "secrets")  # torpor.dev/api-keys-secret: NAME
+    activator = build_activator(
+        bus, ActivatorConfig(activator_id="embedded", domain=config.domain, key_store=keys)
+    )
     pool = WarmPool(config.warm_pool, state.root)
     launcher = WarmPoolLauncher(
         pool, SubprocessLauncher((sys.executable, "-m", "runtime", "serve"))

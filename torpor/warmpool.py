@@ -173,12 +173,16 @@ class WarmPool:
 
     async def aclose(self) -> None:
         self._closed = True
+        # Taken before the cancel: a cancelled _spawn leaves its standby to us (it sees _closed)
+        # but its finally clears _starting, which orphaned that standby (found by tests/faults).
+        starting = self._starting
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        standbys = [*self._ready, *([self._starting] if self._starting else [])]
+        starting = starting or self._starting
+        standbys = [*self._ready, *([starting] if starting else [])]
         self._ready.clear()
         self._starting = None
         await asyncio.gather(*(_stop(s) for s in standbys))

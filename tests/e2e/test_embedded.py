@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import httpx
 import openai
@@ -55,6 +56,11 @@ def test_deploy_cold_start_call_and_scale_to_zero(platform: Platform) -> None:
     assert (up["desired_replicas"], up["ready_replicas"]) == (1, 1)
     [replica_url] = up["replica_urls"]
     assert httpx.get(f"{replica_url}/health", timeout=10).status_code == 200
+    # The cold start's phases reach status on the autoscaler's next tick.
+    deadline = time.monotonic() + 30
+    while up["last_cold_start"] is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        up = platform.revision("tiny-chat")
     assert up["last_cold_start"] is not None and up["last_cold_start"]["total_seconds"] > 0
 
     # Streaming through the same URL.

@@ -22,7 +22,6 @@ from tests.faults.scenario import (
     Control,
     kill_groups,
     replica_groups,
-    replica_pids,
     start_platform,
     survivors,
 )
@@ -50,6 +49,19 @@ async def _stream_in_flight(
     return task, first
 
 
+def _listening() -> dict[int, str]:
+    """Port -> address of every IPv4 TCP socket in LISTEN, from /proc/net/tcp."""
+    out = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] != "0A":  # LISTEN
+            continue
+        addr, port = fields[1].split(":")
+        octets = [str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0)]
+        out[int(port, 16)] = ".".join(octets)
+    return out
+
+
 async def _wait_exit(process: subprocess.Popen[bytes], timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while (code := process.poll()) is None:
@@ -72,9 +84,13 @@ async def test_sigterm_drains_the_stream_in_flight_and_stops_every_replica(
             groups = replica_groups(fault_home)
             assert groups, "the stream's replica should be running"
             # On the embedded platform replicas listen on loopback only.
-            for pid in replica_pids(fault_home):
-                cmdline = await asyncio.to_thread(Path(f"/proc/{pid}/cmdline").read_bytes)
-                assert b"\x00--host\x00127.0.0.1\x00" in cmdline
+            control = Control(platform)
+            urls = [u for r in await control.revisions("tiny-chat") for u in r["replica_urls"]]
+            await control.aclose()
+            assert urls and all(u.startswith("http://127.0.0.1:") for u in urls), urls
+            listening = await asyncio.to_thread(_listening)
+            for url in urls:
+                assert listening[int(url.rsplit(":", 1)[1])] == "127.0.0.1", listening
             os.killpg(platform.process.pid, signal.SIGTERM)
             outcome = await stream
             code = await _wait_exit(platform.process, 120)
