@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import socket
 from pathlib import Path
@@ -20,6 +19,7 @@ from activator.app import ActivatorConfig, build_activator
 from activator.auth import FileKeyStore
 from activator.server import uvicorn_config
 from torpor.bus.redis import RedisBus
+from torpor.logs import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,9 +64,7 @@ def main() -> None:
     args = _parser().parse_args()
     if not args.bus:
         raise SystemExit("python -m activator: --bus or TORPOR_BUS_URL is required")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     asyncio.run(_serve(args))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 
 import uvicorn
@@ -23,6 +22,7 @@ from starlette.routing import Route
 from autoscaler.actuators.knative import config_from_env, knative_actuator
 from autoscaler.loop import Autoscaler
 from torpor.bus.redis import RedisBus
+from torpor.logs import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,10 +77,7 @@ def main() -> None:
     args = _parser().parse_args()
     if not args.bus:
         raise SystemExit("python -m autoscaler: --bus or TORPOR_BUS_URL is required")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging()
     asyncio.run(_run(args))
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
 from torpor.client import ControlClient, ControlError
+from torpor.logs import configure_logging
 from torpor.report import render_table
 from torpor.state import ControlAddress, StateDir, default_home
 
@@ -20,12 +20,7 @@ EXAMPLE_MANIFEST = Path(__file__).resolve().parent.parent / "manifests/examples/
 def _cmd_up(args: argparse.Namespace) -> int:
     from torpor.embedded import EmbeddedConfig, run_embedded
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Every scrape is an HTTP request; the client's own log line per request is noise.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(verbose=args.verbose)
     config = EmbeddedConfig(
         home=args.home,
         host=args.host,
