@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+from torpor.openai_errors import openai_error
+
 
 class ActivatorError(Exception):
     """Base of every error the activator answers itself. Subclasses fix status, type and code."""
@@ -92,16 +94,7 @@ class ClientGone(Exception):
 
 
 def error_body(error: ActivatorError) -> bytes:
-    return json.dumps(
-        {
-            "error": {
-                "message": error.message,
-                "type": error.type,
-                "param": None,
-                "code": error.code,
-            }
-        }
-    ).encode()
+    return json.dumps(openai_error(error.message, error.type, error.code)).encode()
 
 
 def error_response(error: ActivatorError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

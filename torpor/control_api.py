@@ -18,6 +18,7 @@ from starlette.routing import Route
 from torpor import codec
 from torpor.controlplane import ControlPlane, UnknownService
 from torpor.manifest import ManifestError
+from torpor.openai_errors import openai_error
 from torpor.report import status_document
 from torpor.status import RevisionStatus
 
@@ -25,8 +26,7 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 
 
 def error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(openai_error(message, kind, code), status_code=status)
 
 
 def build_control_app(

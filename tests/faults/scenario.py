@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +31,7 @@ import httpx
 
 from tests.e2e.conftest import TINY_CHAT, Platform, free_port, stop
 from tests.faults.loadgen import Load, Outcome, Tally, Target, call
+from torpor.child import PlatformDidNotStart, spawn_up, wait_up
 
 A, B, BROKEN = "tiny-chat", "tiny-chat-b", "tiny-chat-broken"
 
@@ -89,25 +87,14 @@ class FaultRun:
 def start_platform(home: Path, port: int = 0, control_port: int = 0) -> Platform:
     """``torpor up`` for ``home`` on the given ports (free ones if 0); waits until it listens."""
     port, control_port = port or free_port(), control_port or free_port()
-    with (home / "torpor-up.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "torpor", "--home", str(home), "up",
-             "--port", str(port), "--control-port", str(control_port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError((home / "torpor-up.log").read_text()[-3000:])
-        address = home / "control.json"
-        try:
-            if json.loads(address.read_text())["pid"] == process.pid:
-                return Platform(home, port, control_port, process)
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    raise AssertionError("torpor up did not start")
+    process = spawn_up(home, port=port, control_port=control_port)
+    try:
+        wait_up(home, process, timeout_s=90)
+    except PlatformDidNotStart as e:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(str(e)) from e
+    return Platform(home, port, control_port, process)
 
 
 class Control:
