@@ -2,7 +2,11 @@
 
 Settings come from flags or the ``torpor-defaults`` ConfigMap's environment: ``TORPOR_BUS_URL``,
 ``TORPOR_DOMAIN``, ``TORPOR_ACTIVATOR_ID`` (the pod name), ``TORPOR_SECRETS_DIR`` (mounted
-per-service API key Secrets, ``<dir>/<namespace>/<secret>``).
+per-service API key Secrets, ``<dir>/<namespace>/<secret>``), ``TORPOR_ACTIVATOR_WORKERS``.
+
+``--workers N`` (N > 1) runs N activator processes on the one port, each a whole activator with
+id ``<id>-<k>`` and its own bus connection, under a supervisor (``activator.workers``); with the
+default of 1 this process is the activator itself.
 """
 
 from __future__ import annotations
@@ -11,13 +15,17 @@ import argparse
 import asyncio
 import os
 import socket
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
+import uvloop
 
 from activator.app import ActivatorConfig, build_activator
 from activator.auth import FileKeyStore
 from activator.server import uvicorn_config
+from activator.workers import bind_listeners, exit_when_orphaned, run_workers
 from torpor.bus.redis import RedisBus
 from torpor.logs import configure_logging
 
@@ -37,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
         default=300.0,
         help="seconds SIGTERM waits for requests in flight",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(env.get("TORPOR_ACTIVATOR_WORKERS", "1")),
+        help="activator processes sharing the port (SO_REUSEPORT); 1 runs no supervisor",
+    )
+    # A worker started by the supervisor serves the listening socket it inherited.
+    p.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     return p
 
 
@@ -55,17 +71,55 @@ async def _serve(args: argparse.Namespace) -> None:
             )
         )
         async with activator.running():
-            await server.serve()
+            if args.listen_fd is None:
+                await server.serve()
+                return
+            orphaned = asyncio.create_task(exit_when_orphaned(server))
+            try:
+                await server.serve(sockets=[socket.socket(fileno=args.listen_fd)])
+            finally:
+                orphaned.cancel()
     finally:
         await bus.aclose()
+
+
+def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """argv prefix and environment of every worker; the bus URL travels in the environment."""
+    argv = [
+        sys.executable,
+        "-m",
+        "activator",
+        "--workers=1",
+        f"--domain={args.domain}",
+        f"--drain-timeout={args.drain_timeout}",
+    ]
+    if args.secrets_dir:
+        argv.append(f"--secrets-dir={args.secrets_dir}")
+    # Off the command line, where any local user could read a password in it.
+    return argv, {**os.environ, "TORPOR_BUS_URL": args.bus}
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    argv, env = _worker_command(args)
+
+    def command(k: int, fd: int) -> Sequence[str]:
+        return [*argv, f"--id={args.id}-{k}", f"--listen-fd={fd}"]
+
+    sockets = bind_listeners(args.host, args.port, args.workers)
+    return run_workers(sockets, command, env)
 
 
 def main() -> None:
     args = _parser().parse_args()
     if not args.bus:
         raise SystemExit("python -m activator: --bus or TORPOR_BUS_URL is required")
+    if args.workers < 1:
+        raise SystemExit("python -m activator: --workers must be at least 1")
     configure_logging()
-    asyncio.run(_serve(args))
+    if args.workers > 1 and args.listen_fd is None:
+        raise SystemExit(_supervise(args))
+    # uvicorn picks its loop only in Server.run; serving from here, choose it the same way.
+    uvloop.run(_serve(args))
 
 
 if __name__ == "__main__":

@@ -86,32 +86,43 @@ class _Labels:
     revision: str
 
 
+# A server may offer, in ``scope["extensions"]``, a way to be called back when the client goes
+# away: ``register(callback)`` calls ``callback()`` once, at the disconnect (at once if it already
+# happened), unless the request ended first. torpor's own protocol (``activator.http1``) does;
+# under any other ASGI server the watch falls back to a listener task on ``receive()``.
+DISCONNECT_EXTENSION = "torpor.disconnect_callback"
+
+
 class _DisconnectWatch:
     """Cancels the current task the moment the client disconnects; re-raised as ``ClientGone``.
 
-    The request's own task does the work and one listener task waits on ``receive()``: whichever
-    finishes first ends the other (the listener is cancelled on exit), which is the task-group
-    shape of Starlette's StreamingResponse at the cost of one extra task instead of two.
-
-    The listener starts ``WATCH_AFTER_S`` into the request, not at once: most proxied requests
-    finish sooner and never pay for a task (a third of the activator's own per-request cost when
-    measured), while a client that left earlier is seen the moment the listener starts, since
-    the server remembers the disconnect.
+    With the server's disconnect callback (see ``DISCONNECT_EXTENSION``) that costs nothing per
+    request. Otherwise one listener task waits on ``receive()``, and whichever of it and the
+    request's own task finishes first ends the other: the task-group shape of Starlette's
+    StreamingResponse at the cost of one extra task instead of two. That listener starts
+    ``WATCH_AFTER_S`` into the request, not at once: most proxied requests finish sooner and
+    never pay for a task, while a client that left earlier is seen the moment the listener
+    starts, since the server remembers the disconnect.
     """
 
-    __slots__ = ("_active", "_listener", "_receive", "_task", "_timer", "gone")
+    __slots__ = ("_active", "_listener", "_receive", "_register", "_task", "_timer", "gone")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, scope: Scope, receive: Receive) -> None:
         self.gone = False
         self._active = True
         self._receive = receive
+        extensions = scope.get("extensions")
+        self._register = extensions.get(DISCONNECT_EXTENSION) if extensions else None
         self._task: asyncio.Task[object] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> _DisconnectWatch:
         self._task = asyncio.current_task()
-        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start)
+        if self._register is not None:
+            self._register(self._disconnected)
+        else:
+            self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start)
         return self
 
     def _start(self) -> None:
@@ -127,7 +138,11 @@ class _DisconnectWatch:
                 return
 
     def _on_done(self, listener: asyncio.Task[None]) -> None:
-        if not self._active or listener.cancelled() or listener.exception() is not None:
+        if not listener.cancelled() and listener.exception() is None:
+            self._disconnected()
+
+    def _disconnected(self) -> None:
+        if not self._active:
             return
         self.gone = True
         if self._task is not None:
@@ -356,7 +371,7 @@ class Activator:
             pool = self._pool
             if pool is None:
                 raise UpstreamUnavailable("activator is not running")
-            async with _DisconnectWatch(receive):
+            async with _DisconnectWatch(scope, receive):
                 loop = asyncio.get_running_loop()
                 started = loop.time()
                 backend = await queue.acquire()

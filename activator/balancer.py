@@ -33,6 +33,11 @@ def pick(
 ) -> Backend | None:
     """The replica to send to, or None when no serving replica has room."""
     cc = container_concurrency
+    if len(backends) == 1:  # the common case, without building a list
+        only = backends[0]
+        if only.draining or 0 < cc <= only.in_flight or (exclude and only.replica_id in exclude):
+            return None
+        return only
     free = [
         b
         for b in backends

@@ -68,13 +68,18 @@ class Response:
         self._error: BaseException | None = None
 
     async def next_chunk(self) -> bytes | None:
-        """The next body bytes as they arrived, or None once the body is complete."""
+        """All body bytes that arrived since the last call, or None once the body is complete.
+
+        Several chunks parsed from one read (SSE events often come several to a packet) leave
+        together, so the client side pays one write for them, not one each.
+        """
         while True:
             if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                if self._buffered < _LOW_WATER:
-                    self._conn.resume()
+                chunks = self._chunks
+                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._buffered = 0
+                self._conn.resume()
                 return chunk
             if self._error is not None:
                 raise self._error

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything torpor needs on a fresh Debian machine, idempotently:
-# redis-server and nginx (tests and benchmarks), a virtualenv in .venv with torpor, the vLLM CPU
-# build and the test tools. Re-running it is cheap once done.
+# redis-server, nginx, wrk and h2load (tests and benchmarks), a virtualenv in .venv with torpor, the
+# vLLM CPU build and the test tools. Re-running it is cheap once done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)  # fixed-rate load (benchmarks)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)  # closed-loop load (benchmarks)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} from Debian" >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

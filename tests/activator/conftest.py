@@ -34,18 +34,22 @@ from torpor.spec import (
 
 
 @asynccontextmanager
-async def serve(app: ASGIApp, *, as_activator: bool = False) -> AsyncIterator[str]:
+async def serve(
+    app: ASGIApp, *, as_activator: bool = False, **overrides: Any
+) -> AsyncIterator[str]:
     """Serve ``app`` on 127.0.0.1 at a free port; yields its base URL.
 
     ``as_activator`` serves it the way the activator is served in production
-    (``activator.server.uvicorn_config``); otherwise plain uvicorn with httptools, like a replica.
+    (``activator.server.uvicorn_config``, ``overrides`` passed on); otherwise plain uvicorn with
+    httptools, like a replica.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     if as_activator:
-        config = uvicorn_config(app, "127.0.0.1", port, timeout_graceful_shutdown=2)
+        settings: dict[str, Any] = {"timeout_graceful_shutdown": 2, **overrides}
+        config = uvicorn_config(app, "127.0.0.1", port, **settings)
     else:
         config = uvicorn.Config(
             app,
