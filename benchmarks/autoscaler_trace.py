@@ -6,10 +6,13 @@ show what a low request target costs), and configured as Knative's KPA defaults 
 concurrency only, target 100 x 0.7, 60 s / 6 s windows, 30 s scale-to-zero grace), all in the same
 run. Two replica models side by side, each labelled with which inputs are measured and which are
 assumed: the tiny CPU replica exactly as measured (``results/coldstart.json``,
-``results/replica_throughput.json``), and a KV-bound GPU-like replica (same measured throughput and
-cold start, KV cache ASSUMED from ``autoscaler_trace_params.json``).
+``results/replica_throughput.json``), and a KV-bound replica: the same tiny model on the real vLLM
+CPU engine with its KV cache capped by ``--num-gpu-blocks-override`` to about a GPU-served 8B
+model's token count (``results/replica_throughput_kvcap.json``, made by
+``replica_throughput.py --kv-blocks 256``; without that file the KV cache is the labelled
+assumption in ``autoscaler_trace_params.json``). Both replay the same traces.
 
-    .venv/bin/python benchmarks/autoscaler_trace.py
+    flock /tmp/torpor-cpu.lock .venv/bin/python benchmarks/autoscaler_trace.py
 
 Writes ``results/autoscaler_trace.{json,md,png}``.
 """
@@ -135,14 +138,16 @@ def make_trace(p: dict[str, Any], seed: int) -> list[Request]:
                 break
             arrivals.append(now)
     arrivals.sort()
-    out = []
-    for i, a in enumerate(arrivals):
-        prompt = rng.randint(t["prompt_min"], t["prompt_max"])
-        output = int(
-            min(t["output_max"], max(8, rng.lognormvariate(math.log(t["output_median"]), 0.6)))
-        )
-        out.append(Request(i, a, prompt, output))
-    return out
+    return [Request(i, a, *request_lengths(t, rng)) for i, a in enumerate(arrivals)]
+
+
+def request_lengths(t: dict[str, Any], rng: random.Random) -> tuple[int, int]:
+    """One request's (prompt, output) tokens: uniform prompts, log-normal outputs."""
+    prompt = rng.randint(t["prompt_min"], t["prompt_max"])
+    output = int(
+        min(t["output_max"], max(8, rng.lognormvariate(math.log(t["output_median"]), 0.6)))
+    )
+    return prompt, output
 
 
 # -- the simulated replica ----------------------------------------------------------------------
@@ -190,8 +195,67 @@ class SimReplica:
     def work(self) -> int:
         return len(self.running) + len(self.waiting)
 
-    def kv_tokens(self) -> float:
-        return sum(r.req.prompt + r.done_tokens for r in self.running)
+    def kv_tokens(self, block: int = 1) -> float:
+        """KV-cache tokens held: vLLM allocates whole blocks of ``block`` tokens per sequence."""
+        return sum(blocks_of(r.req.prompt + r.done_tokens, block) for r in self.running)
+
+    def admit(
+        self, now: float, tput: Throughput, max_seqs: int, kv_cap: float, block: int
+    ) -> list[tuple[Request, float]]:
+        """Admit waiting requests FCFS, bounded by max_num_seqs and the KV cache.
+
+        Returns the admitted requests with their wait (arrival to first token). No preemption:
+        a running sequence keeps its cache as it grows, where vLLM would preempt the newest one.
+        """
+        admitted = []
+        kv = self.kv_tokens(block)
+        while (
+            self.waiting
+            and len(self.running) < max_seqs
+            and kv + blocks_of(self.waiting[0].prompt, block) <= kv_cap
+        ):
+            req = self.waiting.popleft()
+            self.running.append(Running(req))
+            kv += blocks_of(req.prompt, block)
+            batch = len(self.running)
+            step = batch / max(tput(batch), 1e-9)
+            admitted.append((req, now + step - req.arrival))  # first token after one engine step
+        return admitted
+
+    def decode(self, dt: float, tput: Throughput) -> None:
+        """Every running sequence gets its share of the batch's throughput for ``dt``."""
+        if self.running:
+            per_seq = tput(len(self.running)) / len(self.running) * dt
+            for x in self.running:
+                x.done_tokens += per_seq
+            self.running = [x for x in self.running if x.done_tokens < x.req.output]
+
+
+def blocks_of(tokens: float, block: int) -> float:
+    """Tokens rounded up to whole KV-cache blocks (``block`` 1: token-exact)."""
+    return float(math.ceil(tokens / block) * block) if block > 1 else tokens
+
+
+def predict_peak_running(
+    lengths: list[tuple[int, int]],
+    throughput: list[list[float]],
+    max_seqs: int,
+    kv_cap: float,
+    block: int,
+    dt: float = 0.1,
+) -> int:
+    """The most sequences one simulated replica runs at once when ``lengths`` all arrive at t=0:
+    the simulator's admission rule applied to a burst, to compare with what vLLM admits."""
+    tput = Throughput(throughput)
+    r = SimReplica("r", 0.0, 0.0)
+    r.waiting.extend(Request(i, 0.0, p, o) for i, (p, o) in enumerate(lengths))
+    peak, now = 0, 0.0
+    while r.work:
+        r.admit(now, tput, max_seqs, kv_cap, block)
+        peak = max(peak, len(r.running))
+        r.decode(dt, tput)
+        now += dt
+    return peak
 
 
 # -- one run -------------------------------------------------------------------------------------
@@ -215,6 +279,7 @@ def simulate(
     cold_start = float(p["cold_start_s"])
     max_seqs = int(p["max_num_seqs"])
     kv_cap = float(p["kv_cache_tokens"])
+    block = int(p.get("kv_block_tokens") or 1)  # 1: token-exact (no measured block size)
     tick = float(p.get("tick_s", 2.0))
     replicas: list[SimReplica] = []
     held: deque[Request] = deque()  # activator's queue while no replica is ready
@@ -251,7 +316,7 @@ def simulate(
                 r.rid,
                 running=len(r.running),
                 waiting=len(r.waiting),
-                kv_cache_usage=min(1.0, r.kv_tokens() / kv_cap),
+                kv_cache_usage=min(1.0, r.kv_tokens(block) / kv_cap),
             )
             for r in ready
         )
@@ -300,21 +365,11 @@ def simulate(
         for r in replicas:
             if not r.ready(now):
                 continue
-            kv = r.kv_tokens()
-            while r.waiting and len(r.running) < max_seqs and kv + r.waiting[0].prompt <= kv_cap:
-                req = r.waiting.popleft()
-                r.running.append(Running(req))
-                kv += req.prompt
-                batch = len(r.running)
-                step = batch / max(tput(batch), 1e-9)
-                waits.append(now + step - req.arrival)  # first token after one engine step
+            for req, wait in r.admit(now, tput, max_seqs, kv_cap, block):
+                waits.append(wait)
                 if req.rid in held_at_arrival:
-                    held_waits.append(waits[-1])
-            if r.running:
-                per_seq = tput(len(r.running)) / len(r.running) * dt
-                for x in r.running:
-                    x.done_tokens += per_seq
-                r.running = [x for x in r.running if x.done_tokens < x.req.output]
+                    held_waits.append(wait)
+            r.decode(dt, tput)
         # Drained replicas stop; the rest cost replica-seconds (starting ones too).
         replicas[:] = [r for r in replicas if not (r.draining and r.work == 0)]
         replica_seconds += len(replicas) * dt
@@ -450,6 +505,56 @@ def scenario_sources(base: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     return sources
 
 
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    about: str
+    params: dict[str, Any]
+    sources: dict[str, str]
+    kv_bound_check: dict[str, Any] | None  # what the measured engine admitted, if measured
+
+
+def resolve_scenario(base: dict[str, Any], scenario: dict[str, Any]) -> Scenario:
+    """A scenario's replica: from its ``measured`` results file when that exists, else from its
+    ``fallback`` (labelled ASSUMED); plain ``overrides`` otherwise."""
+    measured = scenario.get("measured")
+    path = RESULTS / measured if measured else None
+    if path is None or not path.exists():
+        chosen = scenario.get("fallback", scenario) if measured else scenario
+        p = {**base, **chosen["overrides"]}
+        sources = scenario_sources(base, chosen["overrides"])
+        return Scenario(chosen["name"], chosen["about"], p, sources, None)
+    data = json.loads(path.read_text())
+    kv = data["kv_cache"]
+    what = (
+        f"measured: results/{measured}: the tiny model on the vLLM CPU engine with its KV cache "
+        f"capped by --num-gpu-blocks-override {kv['num_gpu_blocks_override']} "
+        f"({kv['num_gpu_blocks']} blocks x {kv['block_size']} tokens, read back from vLLM's own "
+        "cache_config)"
+    )
+    p = {
+        **base,
+        **scenario["overrides"],
+        "throughput": [[r["batch"], r["tokens_per_s"]] for r in data["throughput"]],
+        "max_num_seqs": data["max_num_seqs"],
+        "kv_cache_tokens": data["kv_cache_tokens"],
+        "kv_block_tokens": kv["block_size"],
+    }
+    sources = scenario_sources(base, scenario["overrides"])
+    sources["throughput"] = f"measured: results/{measured} (the capped engine's own sweep)"
+    sources["max_num_seqs"] = f"measured: results/{measured} (vLLM's own config)"
+    sources["kv_cache_tokens"] = what
+    sources["kv_block_tokens"] = f"measured: results/{measured} (vLLM's block_size)"
+    fields = {k: kv[k] for k in ("num_gpu_blocks", "block_size", "kv_cache_tokens")}
+    return Scenario(
+        scenario["name"].format(**fields),
+        scenario["about"].format(**fields),
+        p,
+        sources,
+        data["kv_bound_check"]["summary"],
+    )
+
+
 def label(sources: dict[str, str]) -> str:
     assumed = [
         k
@@ -486,12 +591,11 @@ def main() -> None:
         "scenarios": {},
     }
     grid: dict[str, dict[str, RunResult]] = {}
-    for scenario in base["scenarios"]:
-        p = {**base, **scenario["overrides"]}
-        sources = scenario_sources(base, scenario["overrides"])
+    for scenario in (resolve_scenario(base, s) for s in base["scenarios"]):
+        p, sources = scenario.params, scenario.sources
         rows: dict[str, Any] = {}
         for seed in seeds:
-            trace = make_trace(p, seed)
+            trace = make_trace(base, seed)  # the same trace for every replica model
             runs = [simulate(name, spec, trace, p) for name, spec in policies]
             sums = {r.policy: summarise(r, target) for r in runs}
             rows[str(seed)] = {
@@ -499,7 +603,7 @@ def main() -> None:
                 "verdict": {n: verdict_of(sums[n], sums[KPA_NAME]) for n in ours},
             }
             if seed == args.seed:
-                grid[scenario["name"]] = {r.policy: r for r in runs if r.policy in PLOTTED}
+                grid[scenario.name] = {r.policy: r for r in runs if r.policy in PLOTTED}
                 rows[str(seed)]["timeline"] = {
                     r.policy: {k: [x[k] for x in r.timeline] for k in r.timeline[0]}
                     for r in runs
@@ -512,12 +616,15 @@ def main() -> None:
             }
             for n, _ in policies
         }
-        result["scenarios"][scenario["name"]] = {
-            "about": scenario["about"],
+        result["scenarios"][scenario.name] = {
+            "about": scenario.about,
             "inputs": label(sources),
             "sources": sources,
             "max_num_seqs": p["max_num_seqs"],
             "kv_cache_tokens": p["kv_cache_tokens"],
+            "kv_block_tokens": p.get("kv_block_tokens") or 1,
+            "throughput": p["throughput"],
+            "kv_bound_check": scenario.kv_bound_check,
             "seeds": rows,
             "all_seeds": {
                 "total": total,
@@ -542,16 +649,16 @@ GRACES = (30.0, 90.0, 180.0)
 def grace_sensitivity(base: dict[str, Any], seed: int, target: float) -> dict[str, Any]:
     """On the measured replica every over-target request is a scale-from-zero wait, so the one
     lever is how long the last replica is kept: what longer grace periods buy, and cost."""
-    scenario = base["scenarios"][0]
-    p = {**base, **scenario["overrides"]}
-    trace = make_trace(p, seed)
+    scenario = resolve_scenario(base, base["scenarios"][0])
+    p = scenario.params
+    trace = make_trace(base, seed)
     kpa = summarise(simulate(KPA_NAME, KPA, trace, p), target)
     rows = {}
     for grace in GRACES:
         spec = replace(TORPOR, scale_to_zero_grace_s=grace)
         x = summarise(simulate(OURS, spec, trace, p), target)
         rows[f"{grace:g}"] = {**x, **verdict_of(x, kpa)}
-    return {"scenario": scenario["name"], "seed": seed, "kpa": kpa, "torpor_by_grace_s": rows}
+    return {"scenario": scenario.name, "seed": seed, "kpa": kpa, "torpor_by_grace_s": rows}
 
 
 def report(
@@ -586,11 +693,31 @@ def report(
     ]
     for name in names:
         sc = scenarios[name]
+        block = sc["kv_block_tokens"]
+        peak_tput = max(t for _, t in sc["throughput"])
         lines.append(
             f"- **{name}** ({sc['inputs']}): {sc['about']} "
             f"Cold start {meta['cold_start_s']:.2f} s, max_num_seqs {sc['max_num_seqs']}, "
-            f"KV cache {sc['kv_cache_tokens']} tokens."
+            f"KV cache {sc['kv_cache_tokens']} tokens"
+            + (f" in blocks of {block}" if block > 1 else "")
+            + f", peak throughput {peak_tput:.0f} tokens/s."
         )
+        check = sc["kv_bound_check"]
+        if check:
+            lines.append(
+                f"  - Is it KV-bound? {check['requests']} trace-like requests (mean prompt "
+                f"{check['prompt_tokens_mean']:g}, output {check['output_tokens_mean']:g} "
+                f"tokens) sent at once: vLLM ran at most {check['vllm_peak_running']} "
+                f"(its own `vllm:num_requests_running`; max_num_seqs {check['max_num_seqs']}) "
+                f"with {check['vllm_peak_waiting_while_at_peak']} waiting, KV cache "
+                f"{check['vllm_peak_kv_cache_usage']:.0%} used, {check['vllm_preemptions']:g} "
+                f"preemptions. The simulator's admission rule predicts "
+                f"{check['simulator_peak_running_block_rounded']} in whole blocks "
+                f"({check['simulator_peak_running_token_exact']} token-exact). That burst ran "
+                f"at {check['tokens_per_s']:.0f} tokens/s, below the sweep's short-sequence "
+                "throughput that the simulation uses (longer contexts, and vLLM recomputes "
+                "preempted sequences, which the simulator does not model)."
+            )
     lines += [
         "",
         "## Side by side: torpor (defaults) / KPA, per seed",

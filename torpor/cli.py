@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 from pathlib import Path
+
+import uvloop
 
 from torpor.client import ControlClient, ControlError
 from torpor.logs import configure_logging
@@ -38,7 +39,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(f"  state:       {args.home}", flush=True)
         print("Deploy a model with: torpor deploy -f manifests/examples/tiny-chat.yaml", flush=True)
 
-    asyncio.run(run_embedded(config, on_ready=ready))
+    # uvloop, as on Kubernetes: socket work is a third of the activator's cost per request.
+    uvloop.run(run_embedded(config, on_ready=ready))
     print("torpor stopped; every replica it started has exited.", flush=True)
     return 0
 
