@@ -647,8 +647,8 @@ GRACES = (30.0, 90.0, 180.0)
 
 
 def grace_sensitivity(base: dict[str, Any], seed: int, target: float) -> dict[str, Any]:
-    """On the measured replica every over-target request is a scale-from-zero wait, so the one
-    lever is how long the last replica is kept: what longer grace periods buy, and cost."""
+    """On the measured replica torpor's over-target requests are scale-from-zero waits, so the one
+    lever there is how long the last replica is kept: what longer grace periods buy, and cost."""
     scenario = resolve_scenario(base, base["scenarios"][0])
     p = scenario.params
     trace = make_trace(base, seed)
@@ -786,9 +786,12 @@ def report(
     lines += [
         f"## Sensitivity: a longer scale-to-zero grace on the {g['scenario']} (seed {g['seed']})",
         "",
-        "Not a tuning run: it shows what keeping the last replica longer buys there, where every "
-        f"over-target request is a scale-from-zero wait. KPA (grace 30 s): "
-        f"{g['kpa']['over_target']} over target, {g['kpa']['replica_seconds']} replica-seconds.",
+        "Not a tuning run: it shows what keeping the last replica longer buys there, where "
+        f"{g['torpor_by_grace_s']['30']['over_target_at_zero']} of torpor's "
+        f"{g['torpor_by_grace_s']['30']['over_target']} over-target requests (grace 30 s) are "
+        f"scale-from-zero waits. KPA (grace 30 s): {g['kpa']['over_target']} over target "
+        f"({g['kpa']['over_target_at_zero']} at zero), {g['kpa']['replica_seconds']} "
+        "replica-seconds.",
         "",
         "| torpor grace s | over target | vs KPA | replica-seconds vs KPA | cold starts |",
         "|---|---|---|---|---|",

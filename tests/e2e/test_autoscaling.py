@@ -38,8 +38,9 @@ def burst_manifest(tmp_path: Path) -> Path:
 class Load:
     """Workers sending streaming completions back to back; every outcome is recorded."""
 
-    def __init__(self, url: str) -> None:
-        self.url = f"{url}/default/{SERVICE}/v1/completions"
+    def __init__(self, url: str, service: str = SERVICE, max_tokens: int = 200) -> None:
+        self.url = f"{url}/default/{service}/v1/completions"
+        self.max_tokens = max_tokens
         self.ok = 0
         self.failures: list[str] = []
         self._stop: dict[int, asyncio.Event] = {}
@@ -65,7 +66,7 @@ class Load:
         body = {
             "model": "tiny-chat",
             "prompt": f"worker {i} says",
-            "max_tokens": 200,
+            "max_tokens": self.max_tokens,
             "ignore_eos": True,
             "stream": True,
         }
@@ -91,15 +92,17 @@ class Load:
                     self.failures.append(f"{type(e).__name__}: {e}")
 
 
-async def status(platform: Platform) -> dict[str, Any]:
-    return await asyncio.to_thread(platform.revision, SERVICE)
+async def status(platform: Platform, service: str = SERVICE) -> dict[str, Any]:
+    return await asyncio.to_thread(platform.revision, service)
 
 
-async def wait_until(platform: Platform, check: Any, what: str, bound_s: float) -> dict[str, Any]:
+async def wait_until(
+    platform: Platform, check: Any, what: str, bound_s: float, service: str = SERVICE
+) -> dict[str, Any]:
     deadline = time.monotonic() + bound_s
     row: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        row = await status(platform)
+        row = await status(platform, service)
         if check(row):
             return row
         await asyncio.sleep(1.0)
@@ -134,3 +137,56 @@ async def test_burst_scales_to_two_and_scale_down_completes_in_flight_requests(
     assert load.failures == [], load.failures[:5]
     assert served_before_idle > 6
     await wait_until(platform, lambda r: r["ready_replicas"] == 0, "scale to zero", 300)
+
+
+KV_SERVICE = "kv-chat"
+KV_BLOCKS = 9  # vLLM keeps one as its null block: 8 x 128 tokens, about two 400-token streams
+KV_WORKERS = 6  # far below Knative's request target of 100 x 0.7 in flight per replica
+
+
+def kv_capped_manifest(tmp_path: Path) -> Path:
+    """tiny-chat with Knative's default request target and a KV cache capped by vLLM's own
+    --num-gpu-blocks-override, passed through the container args like any other engine flag."""
+    text = TINY_CHAT.read_text()
+    text = text.replace("name: tiny-chat", f"name: {KV_SERVICE}")
+    text = text.replace(
+        'autoscaling.knative.dev/target: "4"', 'autoscaling.knative.dev/target: "100"'
+    )
+    text = text.replace(
+        'autoscaling.knative.dev/min-scale: "0"',
+        'autoscaling.knative.dev/min-scale: "0"\n        autoscaling.knative.dev/max-scale: "2"',
+    )
+    text = text.replace(
+        "- --enforce-eager",
+        f"- --enforce-eager\n            - --num-gpu-blocks-override={KV_BLOCKS}",
+    )
+    assert 'target: "100"' in text and "max-scale" in text and "num-gpu-blocks" in text
+    path = tmp_path / "kv-chat.yaml"
+    path.write_text(text)
+    return path
+
+
+async def test_full_kv_cache_scales_out_where_request_count_would_not(
+    platform: Platform, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(platform.cli, "deploy", "-f", str(kv_capped_manifest(tmp_path)))
+    load = Load(platform.url, KV_SERVICE, max_tokens=400)
+    try:
+        # Six long streams: the capped cache runs two, the rest wait inside vLLM. Six in flight
+        # is under a request-count target of 70, so only vLLM's own signals can ask for two.
+        load.workers(KV_WORKERS)
+        row = await wait_until(
+            platform, lambda r: r["desired_replicas"] == 2, "scale to 2", 300, KV_SERVICE
+        )
+        # The autoscaler logs why it decided; the scale-out must be the KV cache's doing.
+        log = (platform.home / "torpor-up.log").read_text().splitlines()
+        scale_out = [line for line in log if f"{KV_SERVICE}-00001: 1 -> 2" in line]
+        assert scale_out and "kv-cache" in scale_out[0], scale_out or log[-20:]
+        assert row["in_flight_requests"] + row["queued_requests"] <= KV_WORKERS, row
+        await wait_until(
+            platform, lambda r: r["ready_replicas"] == 2, "second replica ready", 300, KV_SERVICE
+        )
+    finally:
+        await load.aclose()
+    assert load.failures == [], load.failures[:5]
+    assert load.ok >= KV_WORKERS
