@@ -408,6 +408,7 @@ class _RevisionLoop:
             in_flight_requests=self.obs.activator_in_flight,
             state=state,
             reason=reason,
+            decision=self.decision.reason,
             panic=self.decision.panic,
             last_cold_start=self.last_cold_start,
             replicas=tuple(r.url for r in ready if r.url),

@@ -36,6 +36,7 @@ def status_document(
                     "host": f"{service.name}.{service.namespace}.{service.domain}",
                     "state": st.state if st else "scaled-to-zero",
                     "reason": st.reason if st else None,
+                    "decision": st.decision if st else "",
                     "desired_replicas": st.desired_replicas if st else 0,
                     "ready_replicas": st.ready_replicas if st else 0,
                     "starting_replicas": st.starting_replicas if st else 0,
@@ -74,7 +75,8 @@ _COLUMNS = (
 
 
 def render_table(document: Mapping[str, Any]) -> str:
-    """The document as an aligned table; a reason line under any revision that has one."""
+    """The document as an aligned table; under it, a line for any revision that failed or is
+    scaling (the failure, or the autoscaler's reason)."""
     revisions = document.get("revisions", [])
     if not revisions:
         return "No services deployed. Deploy one with: torpor deploy -f FILE"
@@ -102,6 +104,12 @@ def render_table(document: Mapping[str, Any]) -> str:
         cells.append([values[key] for _, key in _COLUMNS])
         if row["reason"]:
             notes.append(f"  {row['name']}: {row['reason']}")
+        elif row.get("decision") and row["ready_replicas"] != row["desired_replicas"]:
+            # Scaling in progress: say why, in the autoscaler's words.
+            notes.append(
+                f"  {row['name']}: scaling {row['ready_replicas']} -> {row['desired_replicas']}: "
+                f"{row['decision']}"
+            )
     headers = [h for h, _ in _COLUMNS]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]

@@ -35,6 +35,7 @@ class RevisionStatus:
     # "ready", "scaled-to-zero", "starting", "failed"
     state: str = "scaled-to-zero"
     reason: str | None = None
+    decision: str = ""  # why the autoscaler wants ``desired_replicas`` (its last decision)
     panic: bool = False
     last_cold_start: ColdStart | None = None
     replicas: tuple[str, ...] = field(default=())  # replica urls, for people debugging

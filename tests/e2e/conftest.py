@@ -54,7 +54,8 @@ class Platform:
     def revision(self, service: str) -> dict[str, Any]:
         rows = [r for r in self.status()["revisions"] if r["service"] == service]
         assert len(rows) == 1, rows
-        return rows[0]
+        row: dict[str, Any] = rows[0]
+        return row
 
     def wait_for(self, service: str, *, desired: int, ready: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

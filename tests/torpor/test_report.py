@@ -69,3 +69,18 @@ def test_reason_is_shown_under_the_table() -> None:
     )
     table = render_table(status_document([SERVICE], [st], activator_url="http://x"))
     assert "chat-00001: exit code 1: CUDA out of memory" in table
+
+
+def test_a_revision_that_is_scaling_says_why_and_a_steady_one_does_not() -> None:
+    why = "kv-cache 95% above 80%: one more replica"
+    scaling = RevisionStatus(
+        "default/chat-00001", "default", "chat", "chat-00001", 2, 1, decision=why
+    )
+    steady = RevisionStatus(
+        "default/chat-00002", "default", "chat", "chat-00002", 1, 1, decision="load 3.0 over 60s"
+    )
+    doc = status_document([SERVICE], [scaling, steady], activator_url="http://x")
+    assert [r["decision"] for r in doc["revisions"]] == [why, "load 3.0 over 60s"]
+    table = render_table(doc)
+    assert f"chat-00001: scaling 1 -> 2: {why}" in table
+    assert "chat-00002:" not in table
