@@ -225,6 +225,7 @@ class LocalActuator:
         self._groups: dict[str, ReplicaHandle] = {}
         self._client = httpx.AsyncClient(timeout=1.0)
         self._closed = False
+        self._abandoned: set[asyncio.Task[None]] = set()  # supervisors of interrupted stops
 
     def log_path(self, revision: str, replica_id: str) -> Path:
         namespace, _, name = revision.partition("/")
@@ -348,6 +349,11 @@ class LocalActuator:
                 # longer in the table, so nothing else would ever stop it. A replica still
                 # starting ignores SIGTERM; kill it now rather than leave an orphan.
                 proc.handle.signal(signal.SIGKILL)
+                if proc.task is not None and not proc.task.done():
+                    # Its supervisor ends once the killed process is reaped; ``aclose`` waits
+                    # for that, so no process or task outlives the actuator.
+                    self._abandoned.add(proc.task)
+                    proc.task.add_done_callback(self._abandoned.discard)
                 raise
         if proc.handle is not None:
             # Whatever the leader left behind in its group (vLLM's engine core) goes too.
@@ -382,4 +388,5 @@ class LocalActuator:
         self._closed = True
         await asyncio.gather(*(self.forget(key) for key in list(self._procs)))
         self.kill_now()  # any stop that was interrupted: nothing outlives the actuator
+        await asyncio.gather(*self._abandoned, return_exceptions=True)
         await self._client.aclose()
