@@ -64,7 +64,8 @@ _STATUS_LINES = {code: _status_line(code) for code in range(100, 600)}
 
 
 def _error_bytes(status: int, message: str, code: str) -> bytes:
-    body = json.dumps(openai_error(message, "invalid_request_error", code)).encode()
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = json.dumps(openai_error(message, kind, code)).encode()
     return (
         _STATUS_LINES[status]
         + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"

@@ -347,7 +347,12 @@ async def test_requests_cut_by_the_shutdown_deadline_get_a_typed_answer() -> Non
         server.should_exit = True
         r = await held.response()
         assert r.status == 503
-        assert json.loads(r.body)["error"]["code"] == "shutting_down"
+        assert json.loads(r.body)["error"] == {
+            "message": "The activator is shutting down.",
+            "type": "server_error",
+            "param": None,
+            "code": "shutting_down",
+        }
         async with asyncio.timeout(5):
             rest = await streaming.reader.read()
         assert b'"code": "shutting_down"' in rest
