@@ -301,7 +301,12 @@ class Http1Protocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            pass  # not served: the request was answered as plain HTTP (see module doc)
+            # Not served: the request is answered as plain HTTP (see module doc), and as the
+            # parser reads nothing after an upgrade, the connection closes after that answer.
+            self._closing = True
+            for exchange in (self.current, *self.pipeline):
+                if exchange is not None:
+                    exchange.keep_alive = False
         except httptools.HttpParserError as exc:
             # An exception raised in a callback arrives wrapped, with the original as context.
             if isinstance(exc.__context__, _HeadTooLarge):

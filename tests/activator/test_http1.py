@@ -357,3 +357,12 @@ async def test_requests_cut_by_the_shutdown_deadline_get_a_typed_answer() -> Non
             rest = await streaming.reader.read()
         assert b'"code": "shutting_down"' in rest
         assert rest.endswith(b"0\r\n\r\n")
+
+
+async def test_an_upgrade_request_is_answered_as_plain_http_then_closed() -> None:
+    async with serve(echo, as_activator=True) as url, connect(url) as conn:
+        await conn.send(request(path="/ws", Connection="Upgrade", Upgrade="websocket"))
+        r = await conn.response()
+        assert json.loads(r.body)["path"] == "/ws"
+        assert r.headers[b"connection"] == b"close"
+        assert await conn.closed()
