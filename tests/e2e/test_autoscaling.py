@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import TINY_CHAT, Platform
+from tests.fixtures.sse import sse_lines
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +61,11 @@ class Load:
     async def aclose(self) -> None:
         for e in self._stop.values():
             e.set()
-        await asyncio.gather(*self._tasks)
+        # Every worker finishes before any error surfaces: none is left running.
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _work(self, i: int) -> None:
         body = {
@@ -79,7 +84,7 @@ class Load:
                             self.failures.append(f"{r.status_code}: {r.text[:300]}")
                             continue
                         done, tokens = False, 0
-                        async for line in r.aiter_lines():
+                        async for line in sse_lines(r):
                             if line == "data: [DONE]":
                                 done = True
                             elif line.startswith("data: "):

@@ -20,11 +20,13 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import httpx
+
+from tests.fixtures.sse import sse_lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +171,7 @@ async def _read_stream(
     response: httpx.Response, done: Callable[..., Outcome], on_first_chunk: asyncio.Event | None
 ) -> Outcome:
     events = 0
-    async for line in _sse_lines(response):
+    async for line in sse_lines(response):
         if not line.startswith("data:"):
             continue
         data = line[5:].strip()
@@ -188,22 +190,6 @@ async def _read_stream(
                 return done("lost", "stream error without message", data[:200])
             return done("error", "stream " + typed[0].split(" ", 1)[1], typed[1])
     return done("lost", "stream cut without an error event")
-
-
-async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
-    """Lines as SSE defines them (ended by CR, LF or CRLF), decoded after splitting.
-
-    Not ``aiter_lines``: it splits like ``str.splitlines``, also at U+2028, U+0085 and friends,
-    which a model may well generate inside a JSON string (random weights do).
-    """
-    buffer = b""
-    async for chunk in response.aiter_bytes():
-        buffer += chunk
-        *lines, buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        for line in lines:
-            yield line.decode("utf-8", "replace")
-    if buffer:
-        yield buffer.decode("utf-8", "replace")
 
 
 @dataclass
