@@ -27,8 +27,8 @@ import httptools
 
 IDLE_TIMEOUT_S = 4.0  # below uvicorn's default keep-alive timeout of 5 s
 MAX_IDLE_PER_ORIGIN = 512
-_HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the replica pauses
-_LOW_WATER = 64 * 1024
+# Response bytes buffered before reading from the replica pauses (it resumes once they are taken).
+_HIGH_WATER = 256 * 1024
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -204,6 +204,14 @@ def serve_activator_workers(workers: int, port: int, upstream_url: str) -> None:
 # ---- orchestration ----------------------------------------------------------------------------
 
 
+def medians(results: list[dict[str, float]]) -> dict[str, float]:
+    """One cell from its repeated runs: the median of every figure, and how many runs."""
+    return {
+        "repeats": len(results),
+        **{k: statistics.median(r[k] for r in results) for k in results[0]},
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -652,8 +660,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "workload": workload,
                     "concurrency": connections,
                     "target": target,
-                    "repeats": len(results),
-                    **{k: statistics.median(r[k] for r in results) for k in results[0]},
+                    **medians(results),
                 }
             )
         rate_samples: dict[tuple[str, float, str], list[dict[str, float]]] = {}
@@ -682,8 +689,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 {
                     "workload": workload,
                     "target": target,
-                    "repeats": len(results),
-                    **{k: statistics.median(r[k] for r in results) for k in results[0]},
+                    **medians(results),
                     "worst_added_p99_ms": max(r["added_p99_ms"] for r in results),
                 }
             )

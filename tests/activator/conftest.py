@@ -33,6 +33,17 @@ from torpor.spec import (
 )
 
 
+async def read_body(receive: Receive) -> bytes:
+    """An ASGI request's whole body, for the test apps."""
+    body = b""
+    while True:
+        message = await receive()
+        chunk: bytes = message.get("body", b"")
+        body += chunk
+        if not message.get("more_body"):
+            return body
+
+
 @asynccontextmanager
 async def serve(
     app: ASGIApp, *, as_activator: bool = False, **overrides: Any
@@ -108,12 +119,7 @@ class Upstream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         seen = Seen(
             scope["method"],
             scope["path"],

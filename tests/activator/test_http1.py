@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from activator.app import DISCONNECT_EXTENSION
 from activator.server import uvicorn_config
-from tests.activator.conftest import serve
+from tests.activator.conftest import read_body, serve
 
 WAIT_S = 5.0  # for any one answer; a hang fails the test instead of stalling it
 
@@ -119,12 +119,7 @@ def request(method: str = "GET", path: str = "/", body: bytes = b"", **headers: 
 
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     """Answers with the method, path, query and body it got; ``/stream`` in three parts."""
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     if scope["path"] == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         for part in (b"one,", b"two,", b"three"):

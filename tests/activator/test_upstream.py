@@ -10,7 +10,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from activator.upstream import ConnectError, Response, UpstreamClosed, UpstreamPool
-from tests.activator.conftest import free_port, serve
+from tests.activator.conftest import free_port, read_body, serve
 
 BIG = bytes(range(256)) * 4096  # 1 MiB, more than the pause threshold
 
@@ -24,12 +24,7 @@ class App:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.ports.append(scope["client"][1])
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         self.bodies.append(body)
         path = scope["path"]
         headers = [(b"x-path", path.encode())]

@@ -19,21 +19,32 @@ pytestmark = pytest.mark.e2e
 SERVICE = "burst-chat"
 
 
-def burst_manifest(tmp_path: Path) -> Path:
-    """tiny-chat under another name, with a target of 2 in flight and at most 2 replicas."""
+def tiny_chat_variant(
+    tmp_path: Path, name: str, target: int, engine_args: tuple[str, ...] = ()
+) -> Path:
+    """tiny-chat under another name, with this request target, at most 2 replicas, and extra
+    vLLM flags passed through the container args like any other engine flag."""
     text = TINY_CHAT.read_text()
-    text = text.replace("name: tiny-chat", f"name: {SERVICE}")
+    text = text.replace("name: tiny-chat", f"name: {name}")
     text = text.replace(
-        'autoscaling.knative.dev/target: "4"', 'autoscaling.knative.dev/target: "2"'
+        'autoscaling.knative.dev/target: "4"', f'autoscaling.knative.dev/target: "{target}"'
     )
     text = text.replace(
         'autoscaling.knative.dev/min-scale: "0"',
         'autoscaling.knative.dev/min-scale: "0"\n        autoscaling.knative.dev/max-scale: "2"',
     )
-    assert "max-scale" in text and 'target: "2"' in text
-    path = tmp_path / "burst-chat.yaml"
+    for arg in engine_args:
+        text = text.replace("- --enforce-eager", f"- --enforce-eager\n            - {arg}")
+    assert "max-scale" in text and f'target: "{target}"' in text
+    assert all(arg in text for arg in engine_args)
+    path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     return path
+
+
+def burst_manifest(tmp_path: Path) -> Path:
+    """A target of 2 in flight and at most 2 replicas."""
+    return tiny_chat_variant(tmp_path, SERVICE, target=2)
 
 
 class Load:
@@ -150,25 +161,11 @@ KV_WORKERS = 6  # far below Knative's request target of 100 x 0.7 in flight per 
 
 
 def kv_capped_manifest(tmp_path: Path) -> Path:
-    """tiny-chat with Knative's default request target and a KV cache capped by vLLM's own
-    --num-gpu-blocks-override, passed through the container args like any other engine flag."""
-    text = TINY_CHAT.read_text()
-    text = text.replace("name: tiny-chat", f"name: {KV_SERVICE}")
-    text = text.replace(
-        'autoscaling.knative.dev/target: "4"', 'autoscaling.knative.dev/target: "100"'
+    """Knative's default request target and a KV cache capped by vLLM's own
+    --num-gpu-blocks-override."""
+    return tiny_chat_variant(
+        tmp_path, KV_SERVICE, target=100, engine_args=(f"--num-gpu-blocks-override={KV_BLOCKS}",)
     )
-    text = text.replace(
-        'autoscaling.knative.dev/min-scale: "0"',
-        'autoscaling.knative.dev/min-scale: "0"\n        autoscaling.knative.dev/max-scale: "2"',
-    )
-    text = text.replace(
-        "- --enforce-eager",
-        f"- --enforce-eager\n            - --num-gpu-blocks-override={KV_BLOCKS}",
-    )
-    assert 'target: "100"' in text and "max-scale" in text and "num-gpu-blocks" in text
-    path = tmp_path / "kv-chat.yaml"
-    path.write_text(text)
-    return path
 
 
 async def test_full_kv_cache_scales_out_where_request_count_would_not(

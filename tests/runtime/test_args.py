@@ -7,9 +7,25 @@ from runtime.args import parse_launch_args, runtime_env, vllm_argv
 
 def test_contract_arguments_and_passthrough() -> None:
     cfg = parse_launch_args(
-        ["--host", "127.0.0.1", "--port", "18001", "--model", "file:///m/tiny",
-         "--served-model-name", "tiny", "--replica-id", "r-1", "--launched-at", "12.5",
-         "--cache-dir", "/c", "--max-model-len", "512", "--max-num-seqs=4"],
+        [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "18001",
+            "--model",
+            "file:///m/tiny",
+            "--served-model-name",
+            "tiny",
+            "--replica-id",
+            "r-1",
+            "--launched-at",
+            "12.5",
+            "--cache-dir",
+            "/c",
+            "--max-model-len",
+            "512",
+            "--max-num-seqs=4",
+        ],
         {},
     )
     assert cfg.source == "file:///m/tiny"
@@ -19,9 +35,10 @@ def test_contract_arguments_and_passthrough() -> None:
 
 
 def test_defaults_from_environment() -> None:
-    cfg = parse_launch_args(["--model", "/m/tiny"], {"TORPOR_HOME": "/home/t",
-                                                     "TORPOR_CACHE_BUDGET_BYTES": "100",
-                                                     "TORPOR_FORK_ENGINE": "0"})
+    cfg = parse_launch_args(
+        ["--model", "/m/tiny"],
+        {"TORPOR_HOME": "/home/t", "TORPOR_CACHE_BUDGET_BYTES": "100", "TORPOR_FORK_ENGINE": "0"},
+    )
     assert cfg.cache_dir == Path("/home/t/cache")
     assert cfg.cache_budget_bytes == 100
     assert cfg.served_model_name == "/m/tiny"  # the name the manifest used, not the cache path
@@ -42,11 +59,16 @@ def test_vllm_argv_adds_eager_on_cpu_only_when_not_given() -> None:
     assert argv[argv.index("--served-model-name") + 1] == "tiny"
     assert "--enforce-eager" in argv
     assert "--enforce-eager" not in vllm_argv(cfg, Path("/x"), cpu=False)
-    for given in (["--no-enforce-eager"], ["--enforce-eager"], ["-O", "3"],
-                  ["--compilation-config={}"]):
+    for given in (
+        ["--no-enforce-eager"],
+        ["--enforce-eager"],
+        ["-O", "3"],
+        ["--compilation-config={}"],
+    ):
         cfg2 = parse_launch_args(["--model", "m", *given], {})
         assert vllm_argv(cfg2, Path("/x"), cpu=True).count("--enforce-eager") == given.count(
-            "--enforce-eager")
+            "--enforce-eager"
+        )
 
 
 def test_runtime_env_never_overrides_the_caller() -> None:

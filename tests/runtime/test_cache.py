@@ -85,8 +85,17 @@ def test_copy_killed_halfway_leaves_no_usable_entry(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     halfway = tmp_path / "halfway"
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.runtime.cache_child", str(root), str(src), "hang",
-         str(halfway)], cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "tests.runtime.cache_child",
+            str(root),
+            str(src),
+            "hang",
+            str(halfway),
+        ],
+        cwd=REPO,
+    )
     try:
         deadline = time.monotonic() + 60
         while not halfway.exists():
@@ -143,8 +152,9 @@ def test_lru_eviction_under_a_budget(tmp_path: Path) -> None:
     b = make_model(tmp_path / "b", seed=2)
     c = make_model(tmp_path / "c", seed=3)
     one = sum(len(v) for v in tree(a).values())
-    cache = WeightCache(tmp_path / "cache", budget_bytes=2 * one, clock=lambda: now[0],
-                        protect_recent_s=5)
+    cache = WeightCache(
+        tmp_path / "cache", budget_bytes=2 * one, clock=lambda: now[0], protect_recent_s=5
+    )
     pa = cache.ensure(str(a))
     now[0] += 10
     pb = cache.ensure(str(b))
@@ -164,8 +174,7 @@ def test_choose_evictions_table() -> None:
     assert choose_evictions(entries, budget=40, keep={"old"}) == ["mid", "new"]
     assert choose_evictions(entries, budget=0, keep={"new"}) == ["old", "mid"]
     # Used within the protection window: left alone even over budget.
-    assert choose_evictions(entries, budget=0, keep=set(), now=3.5,
-                            protect_recent_s=2.0) == ["old"]
+    assert choose_evictions(entries, budget=0, keep=set(), now=3.5, protect_recent_s=2.0) == ["old"]
 
 
 def test_two_processes_ensuring_the_same_model_copy_once(tmp_path: Path) -> None:
@@ -174,8 +183,19 @@ def test_two_processes_ensuring_the_same_model_copy_once(tmp_path: Path) -> None
     log = tmp_path / "copies.log"
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.runtime.cache_child", str(root), str(src), "slow",
-             str(log)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "tests.runtime.cache_child",
+                str(root),
+                str(src),
+                "slow",
+                str(log),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outs = [ch.communicate(timeout=120)[0].strip() for ch in children]

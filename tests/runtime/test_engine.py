@@ -34,7 +34,8 @@ def test_fork_trick_applies_on_the_pinned_cpu_build() -> None:
     if not is_cpu_build():
         pytest.skip("GPU build: vLLM forks by itself")
     assert vllm_version() == PINNED_VLLM, "re-check runtime/engine.py against this vLLM"
-    out = subprocess.run([sys.executable, "-c", CHILD], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "fork"

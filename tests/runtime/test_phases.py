@@ -21,12 +21,20 @@ def test_startup_line_is_one_json_line_relative_to_launch() -> None:
     assert len(lines) == 1
     event = json.loads(lines[0])
     assert event == {
-        "event": "startup", "replica_id": "r-1", "launched_at": 100.0, "warm": True,
-        "phases": {"process_started": 0.5, "imports_done": 5.0, "weights_resolved": 5.25,
-                   "engine_ready": 8.0},
+        "event": "startup",
+        "replica_id": "r-1",
+        "launched_at": 100.0,
+        "warm": True,
+        "phases": {
+            "process_started": 0.5,
+            "imports_done": 5.0,
+            "weights_resolved": 5.25,
+            "engine_ready": 8.0,
+        },
     }
-    value = registry.get_sample_value("torpor_runtime_startup_phase_seconds",
-                                      {"phase": "engine_ready"})
+    value = registry.get_sample_value(
+        "torpor_runtime_startup_phase_seconds", {"phase": "engine_ready"}
+    )
     assert value == 8.0
 
 

@@ -55,11 +55,23 @@ async def ask(port: int) -> tuple[str, str, str]:
     base = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=base, timeout=60) as c:
         assert (await c.get("/health")).status_code == 200
-        comp = (await c.post("/v1/completions", json={
-            "model": "tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 0})).json()
-        chat = (await c.post("/v1/chat/completions", json={
-            "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8,
-            "temperature": 0})).json()
+        comp = (
+            await c.post(
+                "/v1/completions",
+                json={"model": "tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 0},
+            )
+        ).json()
+        chat = (
+            await c.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "tiny",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 8,
+                    "temperature": 0,
+                },
+            )
+        ).json()
         metrics = (await c.get("/metrics")).text
     assert 'torpor_runtime_startup_phase_seconds{phase="engine_ready"}' in metrics
     assert "vllm:num_requests_running" in metrics
@@ -67,29 +79,58 @@ async def ask(port: int) -> tuple[str, str, str]:
 
 
 def env_for(tmp_path: Path) -> dict[str, str]:
-    return dict(os.environ, TORPOR_HOME=str(tmp_path / "home"), VLLM_CPU_KVCACHE_SPACE="1",
-                PYTHONPATH=str(REPO))
+    return dict(
+        os.environ,
+        TORPOR_HOME=str(tmp_path / "home"),
+        VLLM_CPU_KVCACHE_SPACE="1",
+        PYTHONPATH=str(REPO),
+    )
 
 
 async def test_plain_and_warm_replicas_answer_alike(tmp_path: Path) -> None:
     model = make_tiny_llama(tmp_path / "tiny")
-    common = ["--host", "127.0.0.1", "--model", str(model), "--served-model-name", "tiny",
-              "--max-model-len", "512"]
+    common = [
+        "--host",
+        "127.0.0.1",
+        "--model",
+        str(model),
+        "--served-model-name",
+        "tiny",
+        "--max-model-len",
+        "512",
+    ]
 
     port = free_port()
     plain_log = tmp_path / "plain.log"
     with plain_log.open("wb") as f:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runtime", "serve", *common, "--port", str(port),
-            "--replica-id", "plain-1", stdout=f, stderr=asyncio.subprocess.STDOUT,
-            env=env_for(tmp_path), start_new_session=True, cwd=REPO)
+            sys.executable,
+            "-m",
+            "runtime",
+            "serve",
+            *common,
+            "--port",
+            str(port),
+            "--replica-id",
+            "plain-1",
+            stdout=f,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env_for(tmp_path),
+            start_new_session=True,
+            cwd=REPO,
+        )
     try:
         event = await wait_startup(plain_log, proc)
         assert event["replica_id"] == "plain-1" and event["warm"] is False
         phases = event["phases"]
         assert isinstance(phases, dict)
-        assert list(phases) == ["process_started", "imports_done", "weights_resolved",
-                                "engine_built", "engine_ready"]
+        assert list(phases) == [
+            "process_started",
+            "imports_done",
+            "weights_resolved",
+            "engine_built",
+            "engine_ready",
+        ]
         assert list(phases.values()) == sorted(phases.values())
         plain = await ask(port)
     finally:
@@ -98,8 +139,9 @@ async def test_plain_and_warm_replicas_answer_alike(tmp_path: Path) -> None:
         code = await asyncio.wait_for(proc.wait(), 30)  # graceful: vLLM's own shutdown
     assert code == 0
 
-    pool = WarmPool(1, tmp_path / "home", sys.executable, env=env_for(tmp_path),
-                    refill_delay_s=3600)
+    pool = WarmPool(
+        1, tmp_path / "home", sys.executable, env=env_for(tmp_path), refill_delay_s=3600
+    )
     try:
         await asyncio.wait_for(pool.wait_ready(), 300)
         sb = await pool.take()
@@ -110,8 +152,9 @@ async def test_plain_and_warm_replicas_answer_alike(tmp_path: Path) -> None:
     warm_log = tmp_path / "warm.log"
     try:
         with warm_log.open("ab") as f:
-            await sb.assign([*common, "--port", str(port), "--replica-id", "warm-1"], {},
-                            f.fileno(), f.fileno())
+            await sb.assign(
+                [*common, "--port", str(port), "--replica-id", "warm-1"], {}, f.fileno(), f.fileno()
+            )
         event = await wait_startup(warm_log, sb)
         assert event["replica_id"] == "warm-1" and event["warm"] is True
         warm = await ask(port)

@@ -10,8 +10,13 @@ from runtime.tinymodel import SHAPES, make_tiny_llama
 def test_tiny_model_files_and_config(tmp_path: Path) -> None:
     out = make_tiny_llama(tmp_path / "tiny")
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-            "tokenizer_config.json"} <= names
+    assert {
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= names
     config = json.loads((out / "config.json").read_text())
     assert config["hidden_size"] // config["num_attention_heads"] == 64  # CPU kernels need 64
     assert config["head_dim"] == 64
@@ -27,7 +32,7 @@ def test_weights_are_real_bf16_safetensors(tmp_path: Path) -> None:
         keys = set(f.keys())
         assert keys == {name for name, _ in shape.tensor_shapes()}
     header_len = int.from_bytes((out / "model.safetensors").read_bytes()[:8], "little")
-    header = json.loads((out / "model.safetensors").read_bytes()[8:8 + header_len])
+    header = json.loads((out / "model.safetensors").read_bytes()[8 : 8 + header_len])
     assert header["lm_head.weight"]["dtype"] == "BF16"
     assert header["lm_head.weight"]["shape"] == [512, 128]
     assert (out / "model.safetensors").stat().st_size == 8 + header_len + shape.weight_bytes()
