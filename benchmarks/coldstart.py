@@ -33,7 +33,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from torpor.warmpool import WarmPool  # noqa: E402
+from autoscaler.actuators.warmpool import WarmPool  # noqa: E402
 
 SEGMENTS = ("launched", "process_started", "imports_done", "weights_resolved", "engine_built",
             "engine_ready", "replica_ready", "first_token")
@@ -212,11 +212,11 @@ async def _wait_until(pred: Callable[[], Awaitable[bool]], limit_s: float, what:
 
 async def _torpor(ctx: Context, variant: str, run: int, warm_pool: int) -> RunResult:
     assert ctx.home is not None
-    from torpor.state import StateDir
+    from embedded.state import StateDir
 
     port, control_port = free_port(), free_port()
     log = ctx.work / f"{variant}-{run}.log"
-    argv = [ctx.python, "-m", "torpor", "--home", str(ctx.home), "up", "--port", str(port),
+    argv = [ctx.python, "-m", "embedded", "--home", str(ctx.home), "up", "--port", str(port),
             "--control-port", str(control_port), "--warm-pool", str(warm_pool)]
     with log.open("wb") as f:
         proc = await asyncio.create_subprocess_exec(

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from torpor.child import spawn_up, stop_up, wait_up
+from embedded.child import spawn_up, stop_up, wait_up
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CHAT = REPO / "manifests/examples/tiny-chat.yaml"
@@ -40,7 +40,7 @@ class Platform:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "torpor", "--home", str(self.home), *args],
+            [sys.executable, "-m", "embedded", "--home", str(self.home), *args],
             capture_output=True,
             text=True,
             check=check,

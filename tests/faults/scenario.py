@@ -29,9 +29,9 @@ from typing import Any
 
 import httpx
 
+from embedded.child import PlatformDidNotStart, spawn_up, wait_up
 from tests.e2e.conftest import TINY_CHAT, Platform, free_port, stop
 from tests.faults.loadgen import Load, Outcome, Tally, Target, call
-from torpor.child import PlatformDidNotStart, spawn_up, wait_up
 
 A, B, BROKEN = "tiny-chat", "tiny-chat-b", "tiny-chat-broken"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from autoscaler.actuators.warmpool import WarmPool
 from runtime.tinymodel import make_tiny_llama
-from torpor.warmpool import WarmPool
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]

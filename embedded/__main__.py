@@ -1,5 +1,5 @@
 import sys
 
-from torpor.cli import main
+from embedded.cli import main
 
 sys.exit(main())

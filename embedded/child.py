@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from torpor.state import StateDir
+from embedded.state import StateDir
 
 
 class PlatformDidNotStart(RuntimeError):
@@ -27,7 +27,7 @@ def spawn_up(
             [
                 sys.executable,
                 "-m",
-                "torpor",
+                "embedded",
                 "--home",
                 str(home),
                 "up",

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-log = logging.getLogger("torpor.warmpool")
+log = logging.getLogger("autoscaler.actuators.warmpool")
 
 
 class StandbyError(RuntimeError):

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from embedded.state import StateDir
 from torpor.bus import Bus
 from torpor.manifest import apply_manifest, parse_service
 from torpor.spec import ServiceSpec
-from torpor.state import StateDir
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from torpor.state import StateDir
+from embedded.state import StateDir
 
 
 class ControlError(Exception):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from torpor.warmpool import ReplicaHandleLike, WarmPool, WarmPoolLauncher
+from autoscaler.actuators.warmpool import ReplicaHandleLike, WarmPool, WarmPoolLauncher
 
 REPO = Path(__file__).resolve().parents[2]
-FAKE = (sys.executable, "-m", "tests.torpor.fake_standby")
+FAKE = (sys.executable, "-m", "tests.autoscaler.actuators.fake_standby")
 
 
 def pool(tmp_path: Path, size: int = 1, **kw: float) -> WarmPool:

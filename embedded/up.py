@@ -25,15 +25,15 @@ from activator.app import ActivatorConfig, build_activator
 from activator.auth import FileKeyStore
 from activator.server import uvicorn_config
 from autoscaler.actuators.local import LocalActuator, SubprocessLauncher
+from autoscaler.actuators.warmpool import WarmPool, WarmPoolLauncher
 from autoscaler.loop import Autoscaler
+from embedded.control_api import build_control_app
+from embedded.controlplane import ControlPlane
+from embedded.state import ControlAddress, StateDir
 from torpor.bus import MemoryBus
-from torpor.control_api import build_control_app
-from torpor.controlplane import ControlPlane
-from torpor.state import ControlAddress, StateDir
 from torpor.status import RevisionStatus
-from torpor.warmpool import WarmPool, WarmPoolLauncher
 
-log = logging.getLogger("torpor.embedded")
+log = logging.getLogger("embedded.up")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from torpor.report import render_table, status_document
+from embedded.report import render_table, status_document
 from torpor.spec import RevisionRef, RevisionSpec, RuntimeSpec, ServiceSpec, TrafficTarget
 from torpor.status import ColdStart, RevisionStatus
 

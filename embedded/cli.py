@@ -10,16 +10,16 @@ from pathlib import Path
 
 import uvloop
 
-from torpor.client import ControlClient, ControlError
+from embedded.client import ControlClient, ControlError
+from embedded.report import render_table
+from embedded.state import ControlAddress, StateDir, default_home
 from torpor.logs import configure_logging
-from torpor.report import render_table
-from torpor.state import ControlAddress, StateDir, default_home
 
 EXAMPLE_MANIFEST = Path(__file__).resolve().parent.parent / "manifests/examples/tiny-chat.yaml"
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from torpor.embedded import EmbeddedConfig, run_embedded
+    from embedded.up import EmbeddedConfig, run_embedded
 
     configure_logging(verbose=args.verbose)
     config = EmbeddedConfig(
@@ -93,7 +93,7 @@ def _cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from torpor.demo import run_demo
+    from embedded.demo import run_demo
 
     return run_demo(
         home=args.home, manifest=args.file, port=args.port, control_port=args.control_port

@@ -7,10 +7,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from embedded.control_api import build_control_app
+from embedded.controlplane import ControlPlane
+from embedded.state import StateDir
 from torpor.bus import MemoryBus
-from torpor.control_api import build_control_app
-from torpor.controlplane import ControlPlane
-from torpor.state import StateDir
 from torpor.status import RevisionStatus
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from embedded.controlplane import ControlPlane, UnknownService
+from embedded.report import status_document
 from torpor import codec
-from torpor.controlplane import ControlPlane, UnknownService
 from torpor.manifest import ManifestError
 from torpor.openai_errors import openai_error
-from torpor.report import status_document
 from torpor.status import RevisionStatus
 
 MAX_MANIFEST_BYTES = 1024 * 1024

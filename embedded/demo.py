@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
-from torpor.child import spawn_up, stop_up, wait_up
-from torpor.client import ControlClient
-from torpor.report import render_table
-from torpor.state import StateDir
+from embedded.child import spawn_up, stop_up, wait_up
+from embedded.client import ControlClient
+from embedded.report import render_table
+from embedded.state import StateDir
 
 _PROMPT = "Say hello to torpor."
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+from embedded.state import ControlAddress, StateDir
 from torpor.spec import RevisionRef, RevisionSpec, RuntimeSpec, ServiceSpec, TrafficTarget
-from torpor.state import ControlAddress, StateDir
 
 
 def _service() -> ServiceSpec:
