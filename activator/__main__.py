@@ -5,8 +5,8 @@ Settings come from flags or the ``torpor-defaults`` ConfigMap's environment: ``T
 per-service API key Secrets, ``<dir>/<namespace>/<secret>``), ``TORPOR_ACTIVATOR_WORKERS``.
 
 ``--workers N`` (N > 1) runs N activator processes on the one port, each a whole activator with
-id ``<id>-<k>`` and its own bus connection, under a supervisor (``activator.workers``); with the
-default of 1 this process is the activator itself.
+id ``<id>-<k>`` and its own bus connection, under a supervisor (``activator.http.workers``);
+with the default of 1 this process is the activator itself.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import uvloop
 
 from activator.app import ActivatorConfig, build_activator
 from activator.auth import FileKeyStore
-from activator.server import uvicorn_config
-from activator.workers import bind_listeners, exit_when_orphaned, run_workers
+from activator.http.server import uvicorn_config
+from activator.http.workers import bind_listeners, exit_when_orphaned, run_workers
 from torpor.bus.redis import RedisBus
 from torpor.logs import configure_logging
 

@@ -31,15 +31,18 @@ from activator.errors import (
     ActivatorError,
     BodyTooLarge,
     ClientGone,
+    ConnectFailed,
     NotFound,
+    UpstreamClosed,
     UpstreamUnavailable,
     error_response,
 )
+from activator.http.extensions import DISCONNECT_EXTENSION
+from activator.http.upstream import UpstreamPool
 from activator.metrics import CONTENT_TYPE, ActivatorMetrics, RevisionGauges
-from activator.proxy import ConnectFailed, forward, upstream_headers
+from activator.proxy import forward, upstream_headers
 from activator.queue import QueueLimits, RevisionQueue
 from activator.routing import Local, Route, RouteTable, build_route_table, resolve
-from activator.upstream import UpstreamClosed, UpstreamPool
 from torpor.bus.base import (
     ActivatorStats,
     Bus,
@@ -84,13 +87,6 @@ class _Labels:
     namespace: str
     service: str
     revision: str
-
-
-# A server may offer, in ``scope["extensions"]``, a way to be called back when the client goes
-# away: ``register(callback)`` calls ``callback()`` once, at the disconnect (at once if it already
-# happened), unless the request ended first. torpor's own protocol (``activator.http1``) does;
-# under any other ASGI server the watch falls back to a listener task on ``receive()``.
-DISCONNECT_EXTENSION = "torpor.disconnect_callback"
 
 
 class _DisconnectWatch:

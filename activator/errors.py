@@ -1,13 +1,20 @@
-"""Every way a request can fail inside the activator, and the one place each maps to a status.
+"""Every way a request can fail inside the activator, and the one place each maps to an answer.
 
-Errors are raised as typed exceptions wherever they are found (routing, the wait queue, the
-proxy) and turned into an HTTP answer here, in the OpenAI error shape that every OpenAI client
-already knows how to surface:
-``{"error": {"message": ..., "type": ..., "param": null, "code": ...}}``.
+Errors are raised as typed exceptions wherever they are found (the HTTP transport, routing, the
+wait queue, the proxy, the replica client) and turned into an answer here, in the OpenAI error
+shape (``torpor.openai_errors``) that every OpenAI client already knows how to surface:
+``{"error": {"message": ..., "type": ..., "param": null, "code": ...}}``. Each class fixes its
+status, ``type`` and ``code``; the serializers below are the only code that writes an error, as
+an ASGI answer (``error_response``), as raw HTTP bytes from the transport (``error_http``) or
+as an SSE event inside a stream that has already started (``error_event``).
+
+This module imports nothing of the activator, so the transport (``activator.http``) and the
+application can both use it without depending on each other.
 """
 
 from __future__ import annotations
 
+import http
 import json
 
 from torpor.openai_errors import openai_error
@@ -26,6 +33,57 @@ class ActivatorError(Exception):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return []
+
+
+# -- found by the HTTP transport (``activator.http.http1``) ---------------------------------------
+
+
+class MalformedRequest(ActivatorError):
+    """The bytes are not an HTTP/1.x request this server accepts (parser error, Host rules)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "bad_request"
+
+
+class HeadersTooLarge(ActivatorError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
+
+
+class RequestTimeout(ActivatorError):
+    """The client took too long to send its request head or body (slowloris)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class TooManyConnections(ActivatorError):
+    """This activator holds its connection cap; the client should come back later."""
+
+    status = 503
+    type = "server_error"
+    code = "too_many_connections"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", b"1")]
+
+
+class ShuttingDown(ActivatorError):
+    """The server cancelled the request at its graceful-shutdown deadline."""
+
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
+
+
+class InternalError(ActivatorError):
+    """A bug: the application raised, or ended without an answer."""
+
+
+# -- found by the application (routing, auth, the wait queue, the proxy) ---------------------------
 
 
 class NotFound(ActivatorError):
@@ -66,7 +124,7 @@ class QueueFull(ActivatorError):
 
 
 class WaitTimeout(ActivatorError):
-    """Held past the revision's ``timeoutSeconds`` without a replica with room."""
+    """Past the revision's ``timeoutSeconds`` (waiting for a replica, or waiting on one)."""
 
     status = 504
     type = "server_error"
@@ -89,8 +147,32 @@ class UpstreamUnavailable(ActivatorError):
     code = "upstream_unavailable"
 
 
+class ConnectFailed(UpstreamUnavailable):
+    """The replica refused the connection before any request byte was sent (safe to retry)."""
+
+
+class UpstreamCut(UpstreamUnavailable):
+    """The replica failed after its answer had started (sent as an event inside the stream)."""
+
+    code = "upstream_closed"
+
+
+# -- not answered ---------------------------------------------------------------------------------
+
+
 class ClientGone(Exception):
     """The client disconnected; nothing is answered (there is no one to answer)."""
+
+
+class ConnectError(OSError):
+    """Raised by the replica client: nothing was sent, so a retry elsewhere is safe."""
+
+
+class UpstreamClosed(ConnectionError):
+    """Raised by the replica client: the replica closed before the response was complete."""
+
+
+# -- serialization: the only code that writes an error ------------------------------------------
 
 
 def error_body(error: ActivatorError) -> bytes:
@@ -106,3 +188,28 @@ def error_response(error: ActivatorError) -> tuple[int, list[tuple[bytes, bytes]
         *error.headers(),
     ]
     return error.status, headers, body
+
+
+def status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+def error_http(error: ActivatorError) -> bytes:
+    """The whole HTTP/1.1 answer, written by the transport; the connection closes after it."""
+    status, headers, body = error_response(error)
+    head = b"".join(b"%s: %s\r\n" % header for header in headers)
+    return status_line(status) + head + b"connection: close\r\n\r\n" + body
+
+
+def error_event(error: ActivatorError, tail: bytes = b"") -> bytes:
+    """An SSE event that ends a started token stream with ``error``, which OpenAI clients raise.
+
+    ``tail`` is the last body bytes already sent: a half-sent event is closed first, so the
+    error arrives as an event of its own.
+    """
+    sep = b"" if not tail or tail.endswith((b"\n\n", b"\r\n\r\n")) else b"\n\n"
+    return sep + b"data: " + error_body(error) + b"\n\n"

@@ -3,7 +3,8 @@
 Response bytes go to the client chunk by chunk as the replica's socket yields them, so SSE token
 streams are not held back. Bodies pass through untouched (no decompression, chunked framing
 redone by the server), and hop-by-hop headers are dropped in both directions (RFC 9110 section
-7.6.1). The client is ``activator.upstream.UpstreamPool`` (why not aiohttp or httpx: see there).
+7.6.1). The client is ``activator.http.upstream.UpstreamPool`` (why not aiohttp or httpx: see
+there).
 """
 
 from __future__ import annotations
@@ -12,8 +13,15 @@ import contextlib
 
 from starlette.types import Send
 
-from activator.errors import UpstreamUnavailable, error_body
-from activator.upstream import ConnectError, Headers, UpstreamClosed, UpstreamPool
+from activator.errors import (
+    ConnectError,
+    ConnectFailed,
+    UpstreamClosed,
+    UpstreamCut,
+    UpstreamUnavailable,
+    error_event,
+)
+from activator.http.upstream import Headers, UpstreamPool
 
 HOP_BY_HOP = frozenset(
     {
@@ -41,10 +49,6 @@ _DROP_REQUEST = frozenset(h.encode() for h in HOP_BY_HOP) | {
     b"x-forwarded-proto",
 }
 _DROP_RESPONSE = frozenset(h.encode() for h in HOP_BY_HOP)
-
-
-class ConnectFailed(UpstreamUnavailable):
-    """The replica refused the connection before any request byte was sent."""
 
 
 def upstream_headers(raw: Headers, client: tuple[str, int] | None, scheme: str) -> Headers:
@@ -130,12 +134,6 @@ async def forward(
         response.close()
 
 
-class UpstreamCut(UpstreamUnavailable):
-    """The replica failed after its answer had started (sent as an event inside the stream)."""
-
-    code = "upstream_closed"
-
-
 def _is_event_stream(headers: Headers) -> bool:
     return any(
         n.lower() == b"content-type" and v.lower().startswith(b"text/event-stream")
@@ -145,6 +143,4 @@ def _is_event_stream(headers: Headers) -> bool:
 
 def _error_event(base_url: str, exc: BaseException, tail: bytes) -> bytes:
     error = UpstreamCut(f"replica at {base_url} failed in the middle of the response: {exc}")
-    # Close a half-sent event first, so the error arrives as an event of its own.
-    sep = b"" if not tail or tail.endswith((b"\n\n", b"\r\n\r\n")) else b"\n\n"
-    return sep + b"data: " + error_body(error) + b"\n\n"
+    return error_event(error, tail)

@@ -154,7 +154,7 @@ def serve_activator(
     import uvloop
 
     from activator.app import ActivatorConfig, build_activator
-    from activator.server import uvicorn_config
+    from activator.http.server import uvicorn_config
     from torpor.bus.base import Endpoint, RevisionEndpoints
     from torpor.bus.memory import MemoryBus
 
@@ -186,7 +186,7 @@ def serve_activator(
 
 def serve_activator_workers(workers: int, port: int, upstream_url: str) -> None:
     """``workers`` activators on one port under ``activator.workers``' supervisor."""
-    from activator.workers import bind_listeners, run_workers
+    from activator.http.workers import bind_listeners, run_workers
 
     me = str(Path(__file__).resolve())
 

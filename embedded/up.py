@@ -23,7 +23,7 @@ import uvicorn
 
 from activator.app import ActivatorConfig, build_activator
 from activator.auth import FileKeyStore
-from activator.server import uvicorn_config
+from activator.http.server import uvicorn_config
 from autoscaler.actuators.local import LocalActuator, SubprocessLauncher
 from autoscaler.actuators.warmpool import WarmPool, WarmPoolLauncher
 from autoscaler.loop import Autoscaler

@@ -21,7 +21,8 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from activator.app import Activator, ActivatorConfig, build_activator
-from activator.server import uvicorn_config
+from activator.http.server import uvicorn_config
+from harness.ports import free_port as free_port  # one for every test (re-exported)
 from torpor.bus.base import Endpoint, RevisionEndpoints
 from torpor.bus.memory import MemoryBus
 from torpor.spec import (
@@ -51,8 +52,8 @@ async def serve(
     """Serve ``app`` on 127.0.0.1 at a free port; yields its base URL.
 
     ``as_activator`` serves it the way the activator is served in production
-    (``activator.server.uvicorn_config``, ``overrides`` passed on); otherwise plain uvicorn with
-    httptools, like a replica.
+    (``activator.http.server.uvicorn_config``, ``overrides`` passed on); otherwise plain uvicorn
+    with httptools, like a replica.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -83,14 +84,6 @@ async def serve(
         server.should_exit = True
         await task
         sock.close()
-
-
-def free_port() -> int:
-    """A port nobody listens on (bound, then released): connections to it are refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -8,11 +8,21 @@ from activator.errors import (
     ActivatorError,
     BadRequest,
     BodyTooLarge,
+    ConnectFailed,
+    HeadersTooLarge,
+    InternalError,
+    MalformedRequest,
     NotFound,
     QueueFull,
+    RequestTimeout,
     RevisionFailed,
+    ShuttingDown,
+    TooManyConnections,
+    UpstreamCut,
     UpstreamUnavailable,
     WaitTimeout,
+    error_event,
+    error_http,
     error_response,
 )
 
@@ -27,6 +37,14 @@ from activator.errors import (
         (WaitTimeout("x"), 504),
         (RevisionFailed("x"), 503),
         (UpstreamUnavailable("x"), 502),
+        (ConnectFailed("x"), 502),
+        (UpstreamCut("x"), 502),
+        (MalformedRequest("x"), 400),
+        (HeadersTooLarge("x"), 431),
+        (RequestTimeout("x"), 408),
+        (TooManyConnections("x"), 503),
+        (ShuttingDown("x"), 503),
+        (InternalError("x"), 500),
     ],
 )
 def test_each_error_has_one_status_and_the_openai_shape(error: ActivatorError, status: int) -> None:
@@ -44,3 +62,26 @@ def test_each_error_has_one_status_and_the_openai_shape(error: ActivatorError, s
 def test_queue_full_says_when_to_retry() -> None:
     _, headers, _ = error_response(QueueFull("full", retry_after_s=3))
     assert dict(headers)[b"retry-after"] == b"3"
+
+
+def test_client_errors_are_invalid_request_errors_and_server_errors_server_errors() -> None:
+    for error in (MalformedRequest("x"), HeadersTooLarge("x"), RequestTimeout("x")):
+        assert error.type == "invalid_request_error"
+    for error in (TooManyConnections("x"), ShuttingDown("x"), InternalError("x")):
+        assert error.type == "server_error"
+
+
+def test_the_transport_answer_is_the_same_error_and_closes() -> None:
+    raw = error_http(RequestTimeout("too slow"))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 408 Request Timeout"
+    assert b"connection: close" in lines
+    assert b"content-length: %d" % len(body) in lines
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
+def test_an_error_event_closes_a_half_sent_event_first() -> None:
+    assert error_event(InternalError("x"), tail=b"data: {").startswith(b"\n\ndata: ")
+    assert error_event(InternalError("x"), tail=b"data: {}\n\n").startswith(b"data: ")
+    assert error_event(InternalError("x")).endswith(b"\n\n")

@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 
-from activator.errors import UpstreamUnavailable
-from activator.proxy import ConnectFailed, forward, upstream_headers
-from activator.upstream import UpstreamPool
+from activator.errors import ConnectFailed, UpstreamUnavailable
+from activator.http.upstream import UpstreamPool
+from activator.proxy import forward, upstream_headers
 from tests.activator.conftest import Upstream, free_port, serve
 
 

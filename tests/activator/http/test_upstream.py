@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from activator.upstream import ConnectError, Response, UpstreamClosed, UpstreamPool
+from activator.errors import ConnectError, UpstreamClosed
+from activator.http.upstream import Response, UpstreamPool
 from tests.activator.conftest import free_port, read_body, serve
 
 BIG = bytes(range(256)) * 4096  # 1 MiB, more than the pause threshold

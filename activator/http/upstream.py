@@ -25,20 +25,14 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from activator.errors import ConnectError, UpstreamClosed
+
 IDLE_TIMEOUT_S = 4.0  # below uvicorn's default keep-alive timeout of 5 s
 MAX_IDLE_PER_ORIGIN = 512
 # Response bytes buffered before reading from the replica pauses (it resumes once they are taken).
 _HIGH_WATER = 256 * 1024
 
 Headers = list[tuple[bytes, bytes]]
-
-
-class ConnectError(OSError):
-    """The replica could not be reached: nothing was sent, so a retry elsewhere is safe."""
-
-
-class UpstreamClosed(ConnectionError):
-    """The replica closed the connection before the response was complete."""
 
 
 class Response:

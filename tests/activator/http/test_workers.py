@@ -21,13 +21,14 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from activator.workers import (
+from activator.http.workers import (
     FIRST_RESTART_DELAY_S,
     MAX_RESTART_DELAY_S,
     STABLE_AFTER_S,
     bind_listeners,
     restart_delay,
 )
+from harness.ports import free_port
 from tests.activator.conftest import endpoints, serve, service
 from tests.fixtures.redis_server import RedisServer
 from torpor.bus.redis import RedisBus
@@ -63,13 +64,6 @@ def test_listeners_share_one_port_chosen_by_the_kernel() -> None:
 
 
 # ---- the real entry point -----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _children(pid: int) -> set[int]:
@@ -117,7 +111,7 @@ class Activators:
 
 
 def _start(redis_url: str, workers: int, tmp_path: Path) -> Activators:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "activator.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -1,8 +1,9 @@
 """The activator's HTTP/1.1 protocol, spoken to over real sockets byte by byte.
 
 Each test serves a tiny ASGI app the way the activator is served (``serve(..., as_activator=True)``
-uses ``activator.server.uvicorn_config``, hence ``activator.http1.Http1Protocol``) and checks what
-goes over the wire: framing, keep-alive, pipelining, errors, disconnects and the shutdown deadline.
+uses ``activator.http.server.uvicorn_config``, hence ``activator.http.http1.Http1Protocol``) and
+checks what goes over the wire: framing, keep-alive, pipelining, errors, disconnects and the
+shutdown deadline.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import httpx
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from activator.app import DISCONNECT_EXTENSION
-from activator.server import uvicorn_config
+from activator.http.extensions import DISCONNECT_EXTENSION
+from activator.http.server import uvicorn_config
 from tests.activator.conftest import read_body, serve
 
 WAIT_S = 5.0  # for any one answer; a hang fails the test instead of stalling it

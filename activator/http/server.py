@@ -1,7 +1,7 @@
 """How the activator is served: uvicorn's server with uvloop and torpor's own HTTP/1.1 protocol.
 
 uvicorn's ``Server`` owns the listening sockets, signals and the graceful shutdown; each
-connection is an ``activator.http1.Http1Protocol`` (why not uvicorn's protocol: see there).
+connection is an ``activator.http.http1.Http1Protocol`` (why not uvicorn's protocol: see there).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
-from activator.http1 import Http1Protocol
+from activator.http.http1 import Http1Protocol
 
 
 def uvicorn_config(app: ASGIApp, host: str, port: int, **overrides: Any) -> uvicorn.Config:

@@ -14,8 +14,8 @@ never needs. What this protocol does differently:
 - ``receive`` creates a future only when it really has to wait, and the keep-alive timer is one
   per connection, re-armed lazily, instead of one timer per request;
 - a client's disconnect is reported through a callback the app registers
-  (``activator.app.DISCONNECT_EXTENSION``), so the activator needs no task per request to
-  watch ``receive()`` for it;
+  (``activator.http.extensions.DISCONNECT_EXTENSION``), so the activator needs no task per
+  request to watch ``receive()`` for it;
 - a malformed request gets a JSON error in the OpenAI shape, like every other torpor error.
 
 What it keeps from uvicorn: ASGI 3 semantics for ``http`` scopes, keep-alive and pipelining (one
@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import http
-import json
 import logging
 from collections.abc import Callable
 from typing import Any, cast
@@ -41,8 +39,17 @@ from starlette.types import ASGIApp, Message
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from activator.app import DISCONNECT_EXTENSION
-from torpor.openai_errors import openai_error
+from activator.errors import (
+    ActivatorError,
+    HeadersTooLarge,
+    InternalError,
+    MalformedRequest,
+    ShuttingDown,
+    error_event,
+    error_http,
+    status_line,
+)
+from activator.http.extensions import DISCONNECT_EXTENSION
 
 log = logging.getLogger("torpor.activator")
 
@@ -52,26 +59,7 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
-def _status_line(code: int) -> bytes:
-    try:
-        phrase = http.HTTPStatus(code).phrase.encode()
-    except ValueError:
-        phrase = b""
-    return b"HTTP/1.1 %d %s\r\n" % (code, phrase)
-
-
-_STATUS_LINES = {code: _status_line(code) for code in range(100, 600)}
-
-
-def _error_bytes(status: int, message: str, code: str) -> bytes:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = json.dumps(openai_error(message, kind, code)).encode()
-    return (
-        _STATUS_LINES[status]
-        + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-        % len(body)
-        + body
-    )
+_STATUS_LINES = {code: status_line(code) for code in range(100, 600)}
 
 
 class _Exchange:
@@ -211,7 +199,7 @@ class _Exchange:
     def _head(self, message: Message) -> bytes:
         """Status line and the app's headers, less framing and ``connection`` (ours to set)."""
         status: int = message["status"]
-        parts = [_STATUS_LINES.get(status) or _status_line(status)]
+        parts = [_STATUS_LINES.get(status) or status_line(status)]
         # A HEAD answer is framed as its GET would be (RFC 9110 9.3.2), without the body.
         self.framing = status >= 200 and status not in _NO_BODY_STATUS
         self.bodyless = self.is_head or not self.framing
@@ -310,9 +298,9 @@ class Http1Protocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             # An exception raised in a callback arrives wrapped, with the original as context.
             if isinstance(exc.__context__, _HeadTooLarge):
-                self._refuse(431, "Request headers are too large.", "headers_too_large")
+                self._refuse(HeadersTooLarge("Request headers are too large."))
             else:
-                self._refuse(400, f"Invalid HTTP request: {exc}", "bad_request")
+                self._refuse(MalformedRequest(f"Invalid HTTP request: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
@@ -423,24 +411,24 @@ class Http1Protocol(asyncio.Protocol):
         except asyncio.CancelledError:
             # Only the server cancels a request (uvicorn, at its graceful-shutdown deadline; the
             # activator handles its own client disconnects): say so in the answer.
-            self._last_words(exchange, 503, "The activator is shutting down.", "shutting_down")
+            self._last_words(exchange, ShuttingDown("The activator is shutting down."))
             raise
         except Exception:
             log.exception("activator request failed")
-            self._last_words(exchange, 500, "Internal error in the activator.", "internal_error")
+            self._last_words(exchange, InternalError("Internal error in the activator."))
             return
         if not exchange.response_complete:
-            self._last_words(exchange, 500, "The activator sent no answer.", "internal_error")
+            self._last_words(exchange, InternalError("The activator sent no answer."))
 
-    def _last_words(self, exchange: _Exchange, status: int, message: str, code: str) -> None:
+    def _last_words(self, exchange: _Exchange, error: ActivatorError) -> None:
         """End an exchange its app could not finish: a typed error, then close."""
         if not exchange.disconnected and not exchange.response_complete:
             if not exchange.started or exchange.head is not None:
-                self.write(_error_bytes(status, message, code))
+                self.write(error_http(error))
             elif exchange.event_stream and exchange.chunked:
                 # A token stream must not look finished: an error event, as for a dying replica.
-                event = b"data: " + json.dumps(openai_error(message, "server_error", code)).encode()
-                self.write(exchange._framed(b"\n\n" + event + b"\n\n", more=False))
+                event = error_event(error, tail=b"\n")  # (a lone newline: close any open event)
+                self.write(exchange._framed(event, more=False))
         self._close()
 
     def response_done(self, exchange: _Exchange) -> None:
@@ -513,9 +501,9 @@ class Http1Protocol(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
 
-    def _refuse(self, status: int, message: str, code: str) -> None:
+    def _refuse(self, error: ActivatorError) -> None:
         if self.current is None or not self.current.started:
-            self.write(_error_bytes(status, message, code))
+            self.write(error_http(error))
         self._close()
 
     def _close(self) -> None:
