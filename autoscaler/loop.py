@@ -69,6 +69,11 @@ def _targets(services: Sequence[ServiceSpec]) -> dict[str, _Target]:
     return out
 
 
+def always_leader() -> bool:
+    """The embedded platform's leadership: one autoscaler, always in charge."""
+    return True
+
+
 class _RevisionLoop:
     def __init__(self, owner: Autoscaler, target: _Target) -> None:
         self._o = owner
@@ -88,6 +93,8 @@ class _RevisionLoop:
         self.published: RevisionEndpoints | None = None
         self.last_cold_start: ColdStart | None = None
         self._seen_ready: set[str] = set()
+        # As of the last tick (None before the first); a standby observes but never writes.
+        self.leading: bool | None = None
 
     @property
     def spec(self) -> RevisionSpec:
@@ -139,8 +146,16 @@ class _RevisionLoop:
     async def tick(self) -> None:
         o = self._o
         spec = self.spec
+        was_leading, self.leading = self.leading, o.leader()
+        if was_leading and not self.leading:
+            # The new leader decides about them: a standby's drain would never stop them.
+            await self.aclose()
         replicas = list(o.actuator.replicas(self.key))
-        await self._handle_failures(replicas)
+        if self.leading:
+            await self._handle_failures(replicas)
+        if self.leading and was_leading is False:
+            # Taking over: what the previous leader published may be stale; ours replaces it.
+            await self._publish([r for r in replicas if r.phase is not Phase.FAILED], force=True)
         replicas = [r for r in replicas if r.phase is not Phase.FAILED]
         for r in replicas:
             if r.phase is Phase.READY and r.replica_id not in self._seen_ready:
@@ -173,6 +188,11 @@ class _RevisionLoop:
         d = self.decision
         current = self.obs.current
 
+        if not self.leading:
+            o.metrics.record(
+                self.key, d, ready=len(ready), starting=len(starting), draining=len(self.draining)
+            )
+            return
         if poked and self.failed_reason is not None:
             # Waiters held at zero get the reason at once instead of their timeout.
             await self._publish(replicas, force=True)
@@ -217,7 +237,8 @@ class _RevisionLoop:
         log.info(
             "revision %s: %d -> %d, starting %d (%s)", self.key, current, d.desired, need, d.reason
         )
-        await self._o.actuator.start(spec, need)
+        if self._o.leader():
+            await self._o.actuator.start(spec, need)
 
     async def _scale_down(
         self,
@@ -233,6 +254,8 @@ class _RevisionLoop:
         )
         # Replicas still starting hold no requests: they go first, newest first.
         for r in sorted(starting, key=lambda r: r.launched_at, reverse=True)[:excess]:
+            if not self._o.leader():
+                return
             await self._o.actuator.stop(spec, r.replica_id)
             excess -= 1
         work = {x.replica_id: x.work for x in loads}
@@ -272,6 +295,10 @@ class _RevisionLoop:
             if self.draining.get(replica.replica_id) is asyncio.current_task():
                 del self.draining[replica.replica_id]
             raise
+        if not o.leader():
+            # Leadership was lost while draining: the replica lives on for the new leader.
+            self.draining.pop(replica.replica_id, None)
+            return
         # Past this point the replica goes whatever happens: it can no longer be taken back.
         self.draining.pop(replica.replica_id, None)
         self.stopping.add(replica.replica_id)
@@ -325,7 +352,8 @@ class _RevisionLoop:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await self._o.actuator.stop(self.target.spec, r.replica_id)
+            if self._o.leader():
+                await self._o.actuator.stop(self.target.spec, r.replica_id)
             if was_ready:
                 # A crash after serving is not a start-up failure: it must not be published as
                 # the revision's failure (that answers every waiter at once with an error); the
@@ -378,6 +406,8 @@ class _RevisionLoop:
         ):
             return
         if last is None and not endpoints and failure is None and not force:
+            return
+        if not self._o.leader():
             return
         self.published = message
         await self._o.bus.publish_endpoints(message)
@@ -435,8 +465,15 @@ class Autoscaler:
         tick_s: float = 2.0,
         scrape: Scraper | None = None,
         config: LoopConfig | None = None,
+        leader: Callable[[], bool] = always_leader,
     ) -> None:
+        """``leader`` says whether this replica of the autoscaler may write right now: every
+        endpoint publication and every start, stop or drain is gated on it. A standby keeps
+        observing and deciding, so it can take over at once, and republishes every revision's
+        endpoints on its first tick as leader. The embedded platform runs one autoscaler: always
+        leader. On Kubernetes a Lease decides."""
         self.bus = bus
+        self.leader = leader
         self.actuator = actuator
         self.clock = clock
         self.config = replace(config or LoopConfig(), tick_s=tick_s)
@@ -532,8 +569,10 @@ class Autoscaler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await loop.aclose()
-            await self.actuator.forget(key)
             self.metrics.forget(key)
+            if not self.leader():
+                continue  # the leader stops its replicas and withdraws its endpoints
+            await self.actuator.forget(key)
             await self.bus.publish_endpoints(RevisionEndpoints(key, ()))
             log.info("revision %s removed: replicas stopped", key)
         for key, target in targets.items():

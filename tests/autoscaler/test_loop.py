@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import pytest
@@ -60,9 +60,14 @@ def scaler(
     scraper: FakeScraper,
     clock: FakeClock | None = None,
     tick_s: float = 0.01,
+    leader: Callable[[], bool] | None = None,
     **config: float,
 ) -> Autoscaler:
-    kwargs = {} if clock is None else {"clock": clock}
+    kwargs: dict[str, Callable[[], object]] = {}
+    if clock is not None:
+        kwargs["clock"] = clock
+    if leader is not None:
+        kwargs["leader"] = leader
     return Autoscaler(
         bus,
         actuator,
