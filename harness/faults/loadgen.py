@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from tests.fixtures.sse import sse_lines
+from harness.sse import sse_lines
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,6 @@ sets the sizes. The faults, in order:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,9 +26,16 @@ from typing import Any
 
 import httpx
 
-from embedded.child import PlatformDidNotStart, spawn_up, wait_up
-from tests.e2e.conftest import TINY_CHAT, Platform, free_port, stop
-from tests.faults.loadgen import Load, Outcome, Tally, Target, call
+from harness.faults.loadgen import Load, Outcome, Tally, Target, call
+from harness.faults.processes import (
+    describe,
+    kill_groups,
+    oldest_replica_group,
+    replica_groups,
+    survivors,
+)
+from harness.manifests import TINY_CHAT, renamed_tiny_chat
+from harness.platform import Control, Platform
 
 A, B, BROKEN = "tiny-chat", "tiny-chat-b", "tiny-chat-broken"
 
@@ -81,146 +85,6 @@ class FaultRun:
         }
 
 
-# ---- the platform ---------------------------------------------------------------------------
-
-
-def start_platform(home: Path, port: int = 0, control_port: int = 0) -> Platform:
-    """``torpor up`` for ``home`` on the given ports (free ones if 0); waits until it listens."""
-    port, control_port = port or free_port(), control_port or free_port()
-    process = spawn_up(home, port=port, control_port=control_port)
-    try:
-        wait_up(home, process, timeout_s=90)
-    except PlatformDidNotStart as e:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        raise AssertionError(str(e)) from e
-    return Platform(home, port, control_port, process)
-
-
-class Control:
-    """The control API over HTTP (the CLI costs a Python start per call; races need less)."""
-
-    def __init__(self, platform: Platform) -> None:
-        token = (platform.home / "control.token").read_text().strip()
-        self._client = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{platform.control_port}",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=30,
-        )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    async def deploy(self, manifest: Path) -> dict[str, Any]:
-        text = await asyncio.to_thread(manifest.read_bytes)
-        r = await self._client.post("/v1/services", content=text)
-        assert r.status_code in (200, 201), r.text
-        doc: dict[str, Any] = r.json()
-        return doc
-
-    async def revisions(self, service: str) -> list[dict[str, Any]]:
-        r = await self._client.get("/v1/status")
-        r.raise_for_status()
-        return [row for row in r.json()["revisions"] if row["service"] == service]
-
-
-def manifest(tmp: Path, name: str, *, model: str = "tiny-llama") -> Path:
-    """tiny-chat.yaml under another service name (and model directory)."""
-    text = TINY_CHAT.read_text()
-    text = text.replace("name: tiny-chat", f"name: {name}")
-    text = text.replace("--served-model-name=tiny-chat", f"--served-model-name={name}")
-    text = text.replace("/models/tiny-llama", f"/models/{model}")
-    path = tmp / f"{name}.yaml"
-    path.write_text(text)
-    return path
-
-
-# ---- processes ------------------------------------------------------------------------------
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ")
-    except OSError:
-        return b""
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # Fields after the ")" that closes the command name (which may hold spaces): state, ppid, pgrp.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return None if fields[0] == b"Z" else int(fields[2])
-
-
-def replica_pids(home: Path, revision: str | None = None) -> list[int]:
-    """Runtime processes started for ``home`` (optionally of one revision, by replica id)."""
-    needle = str(home).encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        cmd = _cmdline(int(entry))
-        if b" -m runtime " not in cmd or needle not in cmd:
-            continue
-        if revision is not None and f"--replica-id {revision}-".encode() not in cmd:
-            continue
-        pids.append(int(entry))
-    return pids
-
-
-def replica_groups(home: Path, revision: str | None = None) -> set[int]:
-    """Process groups of the replicas: each runtime process leads its own (vLLM's child too)."""
-    return {g for pid in replica_pids(home, revision) if (g := _pgid(pid)) is not None}
-
-
-def _started(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return 0
-    return int(stat[stat.rindex(b")") + 2 :].split()[19])  # field 22: start time, in ticks
-
-
-def oldest_replica_group(home: Path, revision: str) -> set[int]:
-    """The process group of the revision's longest-running replica: the one serving."""
-    pids = sorted(replica_pids(home, revision), key=_started)
-    group = _pgid(pids[0]) if pids else None
-    return {group} if group is not None else set()
-
-
-def group_members(groups: set[int]) -> list[int]:
-    """Live processes in any of ``groups``."""
-    return [int(e) for e in os.listdir("/proc") if e.isdigit() and _pgid(int(e)) in groups]
-
-
-async def survivors(groups: set[int], grace_s: float = 5.0) -> list[int]:
-    """Members of ``groups`` still alive ``grace_s`` after their platform exited.
-
-    A process SIGKILLed a moment ago may still be tearing down its memory (or waiting to be
-    reaped by init, having lost its parent): only one that outlasts the grace is an orphan.
-    """
-    deadline = time.monotonic() + grace_s
-    while (alive := group_members(groups)) and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.1)
-    return alive
-
-
-def describe(pids: list[int]) -> list[str]:
-    return [f"{pid}: {_cmdline(pid)[:160].decode(errors='replace')}" for pid in pids]
-
-
-def kill_groups(groups: set[int]) -> None:
-    for g in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(g, signal.SIGKILL)
-
-
 # ---- the run --------------------------------------------------------------------------------
 
 
@@ -266,11 +130,15 @@ async def _await_scale_down(control: Control, service: str, timeout_s: float) ->
 
 async def run_faults(home: Path, tmp: Path, plan: Plan) -> FaultRun:
     run = FaultRun()
-    platform = await asyncio.to_thread(start_platform, home)
+    platform = await asyncio.to_thread(Platform.start, home)
     control = Control(platform)
     client = httpx.AsyncClient(timeout=plan.timeout_s)
     try:
-        for m in (TINY_CHAT, manifest(tmp, B), manifest(tmp, BROKEN, model="no-such-model")):
+        for m in (
+            TINY_CHAT,
+            renamed_tiny_chat(tmp, B),
+            renamed_tiny_chat(tmp, BROKEN, model="no-such-model"),
+        ):
             await control.deploy(m)
         base = f"http://127.0.0.1:{platform.port}/default"
         ta, tb, tbroken = (Target(n, f"{base}/{n}/v1", n) for n in (A, B, BROKEN))
@@ -343,13 +211,11 @@ async def run_faults(home: Path, tmp: Path, plan: Plan) -> FaultRun:
             await _first_chunk(stream, first, plan.timeout_s)
             groups = replica_groups(home)
             await control.aclose()
-            run.exit_codes.append(await asyncio.to_thread(stop, platform))
+            run.exit_codes.append(await asyncio.to_thread(platform.stop))
             run.fault("platform restarted", "SIGTERM to torpor up with requests in flight")
             run.orphans += describe(await survivors(groups))
             run.tally.add(await stream)
-            platform = await asyncio.to_thread(
-                start_platform, home, platform.port, platform.control_port
-            )
+            platform = await asyncio.to_thread(platform.restart)
             control = Control(platform)
             restored = {
                 r["service"] for r in (await control.revisions(A)) + (await control.revisions(B))
@@ -368,7 +234,7 @@ async def run_faults(home: Path, tmp: Path, plan: Plan) -> FaultRun:
         await client.aclose()
         await control.aclose()
         groups = replica_groups(home)
-        run.exit_codes.append(await asyncio.to_thread(stop, platform))
+        run.exit_codes.append(await asyncio.to_thread(platform.stop))
         run.orphans += describe(await survivors(groups))
         kill_groups(groups | replica_groups(home))
     return run

@@ -1,0 +1,1 @@
+"""The fault run shared by tests/faults (short) and benchmarks/faults.py (long)."""
