@@ -18,7 +18,10 @@ class ActivatorStats:
     queued: int  # requests held waiting for a replica with room
     in_flight: int  # requests forwarded and not yet finished
     at: float  # wall-clock seconds (time.time()) when measured
-    requests_total: int = 0  # monotonically increasing count of requests accepted
+    # Monotonically increasing count of requests accepted. No program decides on it; it is how
+    # tests (tests/activator/test_app.py, tests/integration/test_several_activators.py) count
+    # from the outside which activator served what.
+    requests_total: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,13 @@ class Bus(Protocol):
     async def poke(self, revision: str) -> None: ...
 
     async def snapshot(self) -> BusSnapshot: ...
+
+    async def revision_stats(self, revision: str) -> tuple[ActivatorStats, ...]:
+        """The live stats of one revision, one per activator that reports on it.
+
+        The autoscaler's per-tick read: it costs what that revision's activators sent, not the
+        whole bus (every spec, endpoint set and stat), which ``snapshot()`` decodes."""
+        ...
 
     def events(self) -> AsyncIterator[BusEvent]: ...
 

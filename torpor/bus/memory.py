@@ -66,6 +66,12 @@ class MemoryBus:
             self._services, dict(self._endpoints), tuple(s for s, _ in self._stats.values())
         )
 
+    async def revision_stats(self, revision: str) -> tuple[ActivatorStats, ...]:
+        now = self._clock()
+        return tuple(
+            s for (_, rev), (s, expires) in self._stats.items() if rev == revision and expires > now
+        )
+
     def events(self) -> Subscription:
         """Events published after this call; the stream ends when the bus closes."""
         return self._fanout.subscribe()

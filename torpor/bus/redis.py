@@ -8,6 +8,8 @@ Layout under ``prefix`` (all values are ``torpor.codec`` JSON):
 - ``<prefix>:stats:<id>``         one key per (activator, revision), expiring after
                                   ``stats_ttl_s`` so a dead activator's load stops counting;
 - ``<prefix>:stats-index``        sorted set of those keys by expiry, so reads never SCAN;
+- ``<prefix>:revision-stats:<r>`` the same for one revision's keys (``<r>`` its JSON string),
+                                  expiring with its newest entry: the autoscaler's per-tick read;
 - ``<prefix>:events``             one pub/sub channel for services, endpoints and pokes, so a
                                   subscriber sees them in the order they were published.
 
@@ -84,16 +86,36 @@ return v
 """
 
 _PUBLISH_STATS = """
--- KEYS[1] index; ARGV[1] ttl ms, then key, value pairs
+-- KEYS[1] index; ARGV[1] ttl ms, then (key, value, revision index) triples
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now))
-for i = 2, #ARGV, 2 do
+local expired = '(' .. string.format('%d', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', expired)
+for i = 2, #ARGV, 3 do
   redis.call('SET', ARGV[i], ARGV[i + 1], 'PX', ttl)
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+  redis.call('ZADD', ARGV[i + 2], now + ttl, ARGV[i])
+  redis.call('ZREMRANGEBYSCORE', ARGV[i + 2], '-inf', expired)
+  -- Every entry expires by now + ttl: a revision nobody reports on leaves no index behind.
+  redis.call('PEXPIRE', ARGV[i + 2], ttl)
 end
 return #ARGV
+"""
+
+_REVISION_STATS = """
+-- KEYS[1] one revision's stats index. Returns the live stats values.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], string.format('%d', now), '+inf')
+local stats = {}
+for i = 1, #live, 500 do
+  local values = redis.call('MGET', unpack(live, i, math.min(i + 499, #live)))
+  for _, value in ipairs(values) do
+    if value then stats[#stats + 1] = value end
+  end
+end
+return stats
 """
 
 _SNAPSHOT = """
@@ -162,6 +184,7 @@ class RedisBus:
         self._publish_endpoints_script = self._redis.register_script(_PUBLISH_ENDPOINTS)
         self._publish_stats_script = self._redis.register_script(_PUBLISH_STATS)
         self._snapshot_script = self._redis.register_script(_SNAPSHOT)
+        self._revision_stats_script = self._redis.register_script(_REVISION_STATS)
         self._fanout = Fanout(subscriber_bound)
         # What this instance published, to put back after the server lost it.
         self._own_services: tuple[ServiceSpec, ...] | None = None
@@ -244,7 +267,7 @@ class RedisBus:
             return
         args: list[str | int] = [self._stats_ttl_ms]
         for s in stats:
-            args += [self._stats_key(s), codec.dumps(s)]
+            args += [self._stats_key(s), codec.dumps(s), self._revision_stats_key(s.revision)]
 
         async def write() -> object:
             return await self._publish_stats_script(keys=[self._stats_index_key], args=args)
@@ -278,6 +301,15 @@ class RedisBus:
             stats=tuple(codec.loads(ActivatorStats, raw) for raw in raw_stats),
         )
 
+    async def revision_stats(self, revision: str) -> tuple[ActivatorStats, ...]:
+        key = self._revision_stats_key(revision)
+
+        async def read() -> Any:
+            return await self._revision_stats_script(keys=[key])
+
+        raw_stats = await self._retrying("revision_stats", read)
+        return tuple(codec.loads(ActivatorStats, raw) for raw in raw_stats)
+
     def events(self) -> Subscription:
         """Events published after this call (after ``start()``); ends at ``aclose()``."""
         if not self._closed:
@@ -305,6 +337,9 @@ class RedisBus:
     def _stats_key(self, s: ActivatorStats) -> str:
         # JSON keeps any activator id and revision key apart without an escaping scheme.
         return f"{self._prefix}:stats:" + json.dumps([s.activator_id, s.revision])
+
+    def _revision_stats_key(self, revision: str) -> str:
+        return f"{self._prefix}:revision-stats:" + json.dumps(revision)
 
     def _note_version(self, revision: str, version: int) -> None:
         if version > self._versions.get(revision, 0):

@@ -136,6 +136,52 @@ async def test_stats_expire_when_an_activator_stops_reporting(backend: Backend) 
     await eventually(only_a2_left, "a1's stats expired while a2's stayed")
 
 
+async def test_revision_stats_reads_one_revision_from_every_activator(backend: Backend) -> None:
+    a1, a2, autoscaler = await backend.bus(), await backend.bus(), await backend.bus()
+    other = "default/code-00001"
+    await a1.publish_stats([stats("a1", queued=3, in_flight=1), stats("a1", other, queued=9)])
+    await a2.publish_stats([stats("a2", queued=2, in_flight=4)])
+    # A later report from the same activator replaces its earlier one.
+    await a1.publish_stats([stats("a1", queued=5, in_flight=1)])
+    mine = {s.activator_id: s for s in await autoscaler.revision_stats(REV)}
+    assert set(mine) == {"a1", "a2"}
+    assert (mine["a1"].queued, mine["a1"].in_flight) == (5, 1)
+    assert (mine["a2"].queued, mine["a2"].in_flight) == (2, 4)
+    assert [(s.activator_id, s.queued) for s in await autoscaler.revision_stats(other)] == [
+        ("a1", 9)
+    ]
+    # The narrow read agrees with the whole snapshot.
+    snapshot = (await autoscaler.snapshot()).stats
+    assert sorted(mine.values(), key=lambda s: s.activator_id) == sorted(
+        (s for s in snapshot if s.revision == REV), key=lambda s: s.activator_id
+    )
+
+
+async def test_revision_stats_of_an_unreported_revision_is_empty(backend: Backend) -> None:
+    bus = await backend.bus()
+    assert await bus.revision_stats("default/nobody-00001") == ()
+    await bus.publish_stats([stats("a1", queued=1)])
+    assert await bus.revision_stats("default/nobody-00001") == ()
+
+
+async def test_revision_stats_expire_when_an_activator_stops_reporting(backend: Backend) -> None:
+    a1, a2 = await backend.bus(stats_ttl_s=0.3), await backend.bus(stats_ttl_s=0.3)
+    await a1.publish_stats([stats("a1", queued=1)])
+    await a2.publish_stats([stats("a2", queued=1)])
+    assert len(await a1.revision_stats(REV)) == 2
+
+    async def only_a2_left() -> bool:
+        await a2.publish_stats([stats("a2", queued=1)])  # a2 is alive, a1 went silent
+        return [s.activator_id for s in await a2.revision_stats(REV)] == ["a2"]
+
+    await eventually(only_a2_left, "a1's stats expired while a2's stayed")
+
+    async def all_gone() -> bool:
+        return await a2.revision_stats(REV) == ()
+
+    await eventually(all_gone, "every report expired once nobody sent one")
+
+
 async def test_a_poke_reaches_a_subscriber(backend: Backend) -> None:
     activator, autoscaler = await backend.bus(), await backend.bus()
     events = autoscaler.events()
