@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def _cache_main(argv: list[str]) -> int:
-    from runtime.args import torpor_home
+    from runtime.args import cache_dir_from
     from runtime.cache import WeightCache, prefetch
 
     p = argparse.ArgumentParser(prog="python -m runtime cache")
@@ -24,7 +24,7 @@ def _cache_main(argv: list[str]) -> int:
     p.add_argument("--budget-bytes", type=int, default=None)
     p.add_argument("--verify", action="store_true", help="full sha256 check of the entry")
     ns = p.parse_args(argv)
-    cache = WeightCache(ns.cache_dir or torpor_home(os.environ) / "cache", ns.budget_bytes)
+    cache = WeightCache(ns.cache_dir or cache_dir_from(os.environ), ns.budget_bytes)
     if ns.action == "list":
         for e in cache.entries():
             print(json.dumps({"digest": e.digest, "bytes": e.size, "last_used": e.last_used}))

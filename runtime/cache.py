@@ -176,9 +176,6 @@ class WeightCache:
             out.append(EntryInfo(entry.name, sum(f.size for f in files), last))
         return out
 
-    def path_for(self, digest: str) -> Path:
-        return self._model_dir(digest)
-
     # ---- internals --------------------------------------------------------------------------
 
     def _model_dir(self, digest: str) -> Path:

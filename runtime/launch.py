@@ -13,13 +13,13 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from runtime.args import LaunchConfig, runtime_env, vllm_argv
 from runtime.cache import WeightCache
+from runtime.contract import ContractError
 from runtime.phases import PhaseRecorder, make_phase_gauge
 
 log = logging.getLogger("torpor.runtime.launch")
@@ -192,10 +192,7 @@ def run(cfg: LaunchConfig, recorder: PhaseRecorder) -> int:
     import uvloop
 
     try:
-        recorder._gauge = make_phase_gauge()
-        # Phases recorded before the registry existed show up on /metrics too.
-        for phase, value in list(recorder.phases.items()):
-            recorder._gauge.labels(phase=phase).set(value)
+        recorder.set_gauge(make_phase_gauge(tuple(recorder.labels)))
         uvloop.run(serve(cfg, recorder))
     except KeyboardInterrupt:
         return 0
@@ -212,7 +209,11 @@ def serve_main(argv: list[str], *, started: float | None = None) -> int:
     from runtime.phases import process_start_time
 
     started = process_start_time() if started is None else started
-    cfg = parse_launch_args(argv, os.environ)
+    try:
+        cfg = parse_launch_args(argv, os.environ)
+    except ContractError as e:
+        print(f"torpor runtime: {e}", file=sys.stderr, flush=True)
+        return 2
     from runtime.sources import SourceError, open_source
 
     try:
@@ -222,7 +223,8 @@ def serve_main(argv: list[str], *, started: float | None = None) -> int:
         return 2
     prepare_environment(os.environ)
     recorder = PhaseRecorder(replica_id=cfg.replica_id,
-                             launched_at=cfg.launched_at or started, warm=False)
+                             launched_at=cfg.launched_at or started, warm=False,
+                             labels=cfg.identity.labels())
     recorder.mark("process_started", at=started)
     _configure_logging()
     from runtime.engine import import_engine
@@ -236,7 +238,3 @@ def _configure_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def now() -> float:
-    return time.time()

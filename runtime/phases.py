@@ -1,21 +1,19 @@
 """Startup phases: when each step of a cold start finished, as metrics and one JSON line.
 
 Values are seconds since `launched_at` (the actuator's wall clock at spawn, or the process's
-own start when run by hand), so the actuator can line them up with what it saw.
+own start when run by hand), so the actuator can line them up with what it saw. The line is a
+`runtime.contract.PhaseReport`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import IO, Any
 
-# engine_built: vLLM's engine core, worker, weights in memory, KV cache; engine_ready: the
-# OpenAI app on top answers /health.
-PHASES = ("process_started", "imports_done", "weights_resolved", "engine_built",
-          "engine_ready", "first_token_served")
+from runtime.contract import PHASES, PhaseReport
 
 
 def process_start_time() -> float:
@@ -34,48 +32,65 @@ def process_start_time() -> float:
 
 
 class PhaseRecorder:
+    """Marks phases; reports them as `PhaseReport` lines and on the phase gauge.
+
+    `labels` (Knative's identity, when there is one) go on the report and on every gauge sample.
+    """
+
     def __init__(self, *, replica_id: str, launched_at: float, warm: bool,
-                 out: IO[str] | None = None, gauge: Any = None) -> None:
+                 out: IO[str] | None = None, gauge: Any = None,
+                 labels: Mapping[str, str] | None = None) -> None:
         self.replica_id = replica_id
         self.launched_at = launched_at
         self.warm = warm
+        self.labels = dict(labels or {})
         self.phases: dict[str, float] = {}
         self._out = out
         self._gauge = gauge
 
+    def set_gauge(self, gauge: Any) -> None:
+        """Attach the gauge; phases recorded before it existed show up on it too."""
+        self._gauge = gauge
+        for phase, value in self.phases.items():
+            self._set(phase, value)
+
     def mark(self, phase: str, at: float | None = None) -> float:
         value = round((time.time() if at is None else at) - self.launched_at, 4)
         self.phases[phase] = value
-        if self._gauge is not None:
-            self._gauge.labels(phase=phase).set(value)
+        self._set(phase, value)
         return value
 
+    def _set(self, phase: str, value: float) -> None:
+        if self._gauge is not None:
+            self._gauge.labels(phase=phase, **self.labels).set(value)
+
+    def report(self, event: str = "startup") -> PhaseReport:
+        return PhaseReport(
+            event=event,
+            replica_id=self.replica_id,
+            launched_at=self.launched_at,
+            warm=self.warm,
+            phases=tuple((p, self.phases[p]) for p in PHASES if p in self.phases),
+            service=self.labels.get("service"),
+            configuration=self.labels.get("configuration"),
+            revision=self.labels.get("revision"),
+        )
+
     def startup_line(self) -> str:
-        return json.dumps({
-            "event": "startup",
-            "replica_id": self.replica_id,
-            "launched_at": self.launched_at,
-            "warm": self.warm,
-            "phases": {p: self.phases[p] for p in PHASES if p in self.phases},
-        })
+        return self.report("startup").encode()
 
     def emit(self, event: str = "startup") -> None:
         out = self._out or sys.stdout
-        if event == "startup":
-            line = self.startup_line()
-        else:
-            line = json.dumps({"event": event, "replica_id": self.replica_id,
-                               "phases": self.phases})
-        out.write(line + "\n")
+        out.write(self.report(event).encode() + "\n")
         out.flush()
 
 
-def make_phase_gauge() -> Any:
+def make_phase_gauge(label_names: tuple[str, ...] = ()) -> Any:
     """A gauge on prometheus_client's global registry: vLLM's /metrics serves that registry."""
     from prometheus_client import Gauge
 
     return Gauge(
         "torpor_runtime_startup_phase_seconds",
         "Seconds from launch to the end of each startup phase of this replica",
-        ["phase"],
+        ["phase", *label_names],
     )

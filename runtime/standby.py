@@ -1,20 +1,15 @@
 """`python -m runtime standby --socket PATH`: a runtime that has paid for its imports and waits.
 
-Protocol (one connection, then the socket is gone):
-  1. The standby imports vLLM/torch, applies the fork trick, then binds PATH (bound under a
-     temporary name and renamed, so PATH existing means "ready to take an assignment").
-  2. The pool sends one JSON line: {"argv": [...serve args...], "env": {...}} and, as
-     SCM_RIGHTS ancillary data, 0 or 2 file descriptors that become stdout and stderr (the
-     replica's log, owned by whoever launched the replica).
-  3. The standby answers {"accepted": true, "pid": PID} and proceeds exactly as `serve`,
-     with "warm": true in its startup line. EOF instead of an assignment: exit 0.
+The socket protocol is part 4 of the runtime process contract (`runtime.contract`): the standby
+imports vLLM/torch and applies the fork trick, binds PATH (under a temporary name, then renamed),
+takes one `StandbyAssignment` with 0 or 2 log fds, answers a `StandbyReply`, and from then on is
+that replica, exactly as `serve` with "warm": true in its reports.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import socket
 import sys
@@ -22,11 +17,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_MAX_MESSAGE = 1 << 20
+from runtime.contract import (
+    MAX_STANDBY_MESSAGE,
+    STANDBY_FD_COUNTS,
+    ContractError,
+    StandbyAssignment,
+    StandbyReady,
+    StandbyReply,
+)
 
 
 @dataclass(frozen=True)
 class Assignment:
+    """A `StandbyAssignment` as received: with its file descriptors and when it came."""
+
     argv: tuple[str, ...]
     env: dict[str, str]
     fds: tuple[int, ...]
@@ -34,17 +38,11 @@ class Assignment:
 
 
 def parse_assignment(raw: bytes, fds: list[int], received_at: float) -> Assignment:
-    msg = json.loads(raw.decode())
-    argv = msg.get("argv")
-    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
-        raise ValueError("assignment needs 'argv': a list of strings")
-    env = msg.get("env") or {}
-    if not isinstance(env, dict):
-        raise ValueError("assignment 'env' must be an object")
-    if len(fds) not in (0, 2):
-        raise ValueError("assignment carries 0 or 2 file descriptors (stdout, stderr)")
-    return Assignment(tuple(argv), {str(k): str(v) for k, v in env.items()}, tuple(fds),
-                      received_at)
+    """`ContractError` for a message or a number of fds the contract does not allow."""
+    msg = StandbyAssignment.parse(raw)
+    if len(fds) not in STANDBY_FD_COUNTS:
+        raise ContractError("assignment carries 0 or 2 file descriptors (stdout, stderr)")
+    return Assignment(msg.argv, dict(msg.env), tuple(fds), received_at)
 
 
 def listen(path: Path) -> socket.socket:
@@ -68,7 +66,7 @@ def wait_for_assignment(sock: socket.socket, path: Path) -> tuple[socket.socket,
     buf = b""
     fds: list[int] = []
     while b"\n" not in buf:
-        data, more_fds, _flags, _addr = socket.recv_fds(conn, _MAX_MESSAGE, 2)
+        data, more_fds, _flags, _addr = socket.recv_fds(conn, MAX_STANDBY_MESSAGE, 2)
         fds.extend(more_fds)
         if not data:
             conn.close()
@@ -114,8 +112,7 @@ def standby_main(argv: list[str]) -> int:
     if os.getppid() == 1:
         return 0  # the pool went before the death signal was armed
     sock = listen(ns.socket)
-    print(json.dumps({"event": "standby_ready", "pid": os.getpid(),
-                      "seconds": round(time.time() - started, 3)}), flush=True)
+    print(StandbyReady(os.getpid(), round(time.time() - started, 3)).encode(), flush=True)
     got = wait_for_assignment(sock, ns.socket)
     if got is None:
         return 0
@@ -134,15 +131,17 @@ def standby_main(argv: list[str]) -> int:
 
     try:
         cfg = parse_launch_args(list(assignment.argv), os.environ)
-    except SystemExit as e:
-        conn.sendall(json.dumps({"accepted": False, "error": "bad arguments"}).encode() + b"\n")
+    except ContractError as e:
+        conn.sendall(StandbyReply(accepted=False, error=str(e)).encode())
         conn.close()
-        return int(e.code or 2)
-    conn.sendall(json.dumps({"accepted": True, "pid": os.getpid()}).encode() + b"\n")
+        print(f"torpor runtime: {e}", file=sys.stderr, flush=True)
+        return 2
+    conn.sendall(StandbyReply(accepted=True, pid=os.getpid()).encode())
     conn.close()
     prepare_environment(os.environ)  # the assignment's env may have brought its own settings
     recorder = PhaseRecorder(replica_id=cfg.replica_id,
-                             launched_at=cfg.launched_at or assignment.received_at, warm=True)
+                             launched_at=cfg.launched_at or assignment.received_at, warm=True,
+                             labels=cfg.identity.labels())
     # For this replica the process "starts" when assigned; its imports were already done.
     recorder.mark("process_started", at=assignment.received_at)
     recorder.mark("imports_done", at=assignment.received_at)

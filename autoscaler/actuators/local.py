@@ -1,9 +1,10 @@
 """The embedded platform's actuator: each replica is a local runtime process on a loopback port.
 
-A replica is started through a ``Launcher`` (by default ``python -m runtime serve ...``, see the
-runtime process contract), in its own process group so that stopping it also stops vLLM's
-engine-core child. Its stdout and stderr go to ``home/logs/<namespace>/<revision>/<id>.log``,
-kept after it exits. It is READY once ``GET /health`` answers 200; if the process exits first
+A replica is started through a ``Launcher`` (by default ``python -m runtime serve ...``; its
+arguments and startup report are the runtime process contract, ``runtime.contract``), in its own
+process group so that stopping it also stops vLLM's engine-core child. Its stdout and stderr go
+to ``home/logs/<namespace>/<revision>/<id>.log``, kept after it exits. It is READY once
+``GET /health`` answers 200; if the process exits first
 (or at any time later) it is FAILED with its exit code and last log lines.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import re
@@ -28,6 +28,7 @@ from typing import Protocol
 import httpx
 
 from autoscaler.actuator import Phase, Replica
+from runtime.contract import ENV_HOME, ServeArgs, find_startup_report
 from torpor.spec import RevisionSpec
 from torpor.status import ColdStart
 
@@ -36,6 +37,9 @@ log = logging.getLogger("torpor.autoscaler.local")
 _LOG_TAIL_LINES = 20
 _HEALTH_POLL_S = 0.25
 _STARTUP_LINE_WAIT_S = 3.0
+_DRAIN_MARGIN_S = 3.0  # the runtime's drain ends this much before ``stop`` kills it
+# Where the shared manifests mount the models volume (the cache warmer's layout).
+MODELS_MOUNT = "/models"
 _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -53,13 +57,27 @@ def expand_vars(text: str, env: Mapping[str, str]) -> str:
 
 def replica_env(revision: RevisionSpec, home: Path, base: Mapping[str, str]) -> dict[str, str]:
     env = dict(base)
-    env["TORPOR_HOME"] = str(home)
+    env[ENV_HOME] = str(home)
     # The startup line must reach the log file when printed, not when the buffer fills.
     env.setdefault("PYTHONUNBUFFERED", "1")
     for name, value in revision.runtime.env:
         # As in Kubernetes, a value may refer to variables defined before it.
         env[name] = expand_vars(value, env)
     return env
+
+
+def local_model_path(model: str, home: Path) -> str:
+    """Where this machine keeps a model that a pod finds on its models volume.
+
+    The shared manifests mount the models volume at ``/models`` (``MODELS_MOUNT``, as the cache
+    warmer does) and name ``--model=/models/<name>`` or ``file:///models/<name>``; the embedded
+    platform keeps models in ``<home>/models``, so that prefix is mapped there. Anything else is
+    served as written.
+    """
+    for prefix in (MODELS_MOUNT, "file://" + MODELS_MOUNT):
+        if model == prefix or model.startswith(prefix + "/"):
+            return str(home / "models") + model[len(prefix):]
+    return model
 
 
 def runtime_args(
@@ -70,15 +88,22 @@ def runtime_args(
     port: int,
     replica_id: str,
     launched_at: float,
+    drain_timeout_s: float | None = None,
 ) -> list[str]:
-    """The arguments after ``-m runtime serve``, per the runtime process contract."""
+    """The arguments after ``-m runtime serve`` (``runtime.contract.ServeArgs``)."""
     rt = revision.runtime
-    args = ["--host", host, "--port", str(port), "--model", expand_vars(rt.model, env)]
-    if rt.served_model_name:
-        args += ["--served-model-name", rt.served_model_name]
-    args += ["--replica-id", replica_id, "--launched-at", f"{launched_at:.6f}"]
-    args += [expand_vars(a, env) for a in rt.engine_args]
-    return args
+    model = expand_vars(rt.model, env)
+    home = env.get(ENV_HOME)
+    return ServeArgs(
+        model=local_model_path(model, Path(home)) if home else model,
+        host=host,
+        port=port,
+        served_model_name=rt.served_model_name or None,
+        replica_id=replica_id,
+        launched_at=launched_at,
+        drain_timeout_s=drain_timeout_s,
+        engine_args=tuple(expand_vars(a, env) for a in rt.engine_args),
+    ).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,25 +193,11 @@ def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
 
 
 def parse_startup_line(text: str, fallback: ColdStart) -> ColdStart | None:
-    """The runtime's one-line startup report, as a ``ColdStart``; ``None`` if not printed yet."""
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if not line.startswith("{") or '"startup"' not in line:
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(event, dict) or event.get("event") != "startup":
-            continue
-        raw = event.get("phases") or {}
-        phases = (
-            tuple((str(k), float(v)) for k, v in raw.items() if isinstance(v, int | float))
-            if isinstance(raw, dict)
-            else ()
-        )
-        return replace(fallback, phases=phases, warm=bool(event.get("warm", False)))
-    return None
+    """The runtime's startup report in its log, as a ``ColdStart``; ``None`` if not printed yet."""
+    report = find_startup_report(text)
+    if report is None:
+        return None
+    return replace(fallback, phases=report.phases, warm=report.warm)
 
 
 @dataclass(slots=True)
@@ -248,6 +259,8 @@ class LocalActuator:
             port=port,
             replica_id=replica_id,
             launched_at=launched_at,
+            # Drained before the SIGKILL that follows ``stop_timeout_s`` after SIGTERM.
+            drain_timeout_s=max(0.0, self._stop_timeout_s - _DRAIN_MARGIN_S),
         )
         path = self.log_path(key, replica_id)
         url = f"http://{self._host}:{port}"

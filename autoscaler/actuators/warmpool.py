@@ -2,8 +2,9 @@
 
 A standby (`python -m runtime standby --socket PATH`) has imported vLLM and torch but holds no
 model; assigning it the `serve` arguments turns it into a replica that only resolves weights and
-builds its engine. This module only spawns processes and speaks the standby's socket protocol
-(see runtime/standby.py); it never imports `runtime`, so the control plane stays engine-free.
+builds its engine. This module only spawns processes and speaks the standby's socket protocol,
+part 4 of the runtime process contract; of the runtime it imports only `runtime.contract`
+(standard library only), so the control plane stays engine-free.
 
 Wiring (embedded platform): ``LocalActuator(launcher=WarmPoolLauncher(pool, fallback))`` where
 ``fallback`` is the actuator's own ``SubprocessLauncher``; with ``size=0`` every launch falls
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -23,7 +23,9 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+
+from autoscaler.actuators.local import Launcher, LaunchRequest, ReplicaHandle
+from runtime.contract import ContractError, StandbyAssignment, StandbyReply
 
 log = logging.getLogger("autoscaler.actuators.warmpool")
 
@@ -79,7 +81,7 @@ class StandbyProcess:
             if stdout_fd is None
             else [stdout_fd, stderr_fd if stderr_fd is not None else stdout_fd]
         )
-        payload = json.dumps({"argv": list(argv), "env": dict(env)}).encode() + b"\n"
+        payload = StandbyAssignment(tuple(argv), dict(env)).encode()
         return await asyncio.wait_for(
             asyncio.to_thread(_send_assignment, self.socket_path, payload, fds), deadline_s
         )
@@ -98,10 +100,13 @@ def _send_assignment(path: Path, payload: bytes, fds: list[int]) -> int:
             if not chunk:
                 raise StandbyError("standby closed the connection without an answer")
             reply += chunk
-    answer = json.loads(reply.split(b"\n", 1)[0])
-    if not answer.get("accepted"):
-        raise StandbyError(f"standby refused the assignment: {answer.get('error')}")
-    return int(answer["pid"])
+    try:
+        answer = StandbyReply.parse(reply.split(b"\n", 1)[0])
+    except ContractError as e:
+        raise StandbyError(str(e)) from None
+    if not answer.accepted or answer.pid is None:
+        raise StandbyError(f"standby refused the assignment: {answer.error}")
+    return answer.pid
 
 
 class WarmPool:
@@ -271,48 +276,14 @@ async def _stop(sb: StandbyProcess, grace_s: float = 5.0) -> None:
         sb.socket_path.unlink()
 
 
-class LaunchRequestLike(Protocol):
-    """What the launcher reads from autoscaler.actuators.local.LaunchRequest."""
+class WarmPoolLauncher:
+    """A ``Launcher``: starts a replica from a standby when one is ready, else via `fallback`."""
 
-    @property
-    def args(self) -> tuple[str, ...]: ...
-
-    @property
-    def env(self) -> Mapping[str, str]: ...
-
-    @property
-    def log_path(self) -> Path: ...
-
-
-class ReplicaHandleLike(Protocol):
-    @property
-    def returncode(self) -> int | None: ...
-
-    async def wait(self) -> int: ...
-
-    def signal(self, sig: int) -> None: ...
-
-
-R_contra = TypeVar("R_contra", bound=LaunchRequestLike, contravariant=True)
-R = TypeVar("R", bound=LaunchRequestLike)
-
-
-class FallbackLauncher(Protocol[R_contra]):
-    async def launch(self, request: R_contra) -> ReplicaHandleLike: ...
-
-
-class WarmPoolLauncher(Generic[R]):
-    """Starts a replica from a standby when one is ready, else through `fallback`.
-
-    Generic in the request type so that ``WarmPoolLauncher(pool, SubprocessLauncher(...))``
-    is itself an ``autoscaler.actuators.local.Launcher`` without this module importing it.
-    """
-
-    def __init__(self, pool: WarmPool, fallback: FallbackLauncher[R]) -> None:
+    def __init__(self, pool: WarmPool, fallback: Launcher) -> None:
         self.pool = pool
         self.fallback = fallback
 
-    async def launch(self, request: R) -> ReplicaHandleLike:
+    async def launch(self, request: LaunchRequest) -> ReplicaHandle:
         sb = await self.pool.take()
         if sb is None:
             return await self.fallback.launch(request)

@@ -42,3 +42,25 @@ def test_process_start_time_is_in_the_past() -> None:
     started = process_start_time()
     assert started <= time.time()
     assert time.time() - started < 3600
+
+
+def test_knative_identity_labels_the_report_and_the_gauge() -> None:
+    out = io.StringIO()
+    registry = CollectorRegistry()
+    labels = {"service": "tiny-chat", "revision": "tiny-chat-00001"}
+    gauge = Gauge(
+        "torpor_runtime_startup_phase_seconds", "x", ["phase", *labels], registry=registry
+    )
+    rec = PhaseRecorder(replica_id="pod-1", launched_at=10.0, warm=False, out=out, labels=labels)
+    rec.mark("process_started", at=10.5)
+    rec.set_gauge(gauge)  # a phase marked before the gauge existed still reaches it
+    rec.mark("engine_ready", at=12.0)
+    rec.emit("startup")
+    event = json.loads(out.getvalue())
+    assert (event["service"], event["revision"]) == ("tiny-chat", "tiny-chat-00001")
+    assert "configuration" not in event
+    for phase, want in (("process_started", 0.5), ("engine_ready", 2.0)):
+        sample = registry.get_sample_value(
+            "torpor_runtime_startup_phase_seconds", {"phase": phase, **labels}
+        )
+        assert sample == want

@@ -15,11 +15,13 @@ from autoscaler.actuator import Phase, Replica
 from autoscaler.actuators.local import (
     LocalActuator,
     expand_vars,
+    local_model_path,
     parse_startup_line,
     replica_env,
     runtime_args,
 )
 from autoscaler.scrape import HttpScraper
+from runtime.contract import ServeArgs
 from tests.autoscaler.fakes import eventually, revision
 from torpor.spec import RevisionSpec, RuntimeSpec
 from torpor.status import ColdStart
@@ -103,23 +105,38 @@ def test_runtime_args_follow_the_contract() -> None:
         port=4000,
         replica_id="r1",
         launched_at=12.5,
+        drain_timeout_s=9.0,
     )
-    assert args == [
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "4000",
-        "--model",
-        "/h/models/tiny",
-        "--served-model-name",
-        "tiny",
-        "--replica-id",
-        "r1",
-        "--launched-at",
-        "12.500000",
-        "--max-model-len",
-        "512",
-    ]
+    assert ServeArgs.parse(args) == ServeArgs(
+        model="/h/models/tiny",
+        host="127.0.0.1",
+        port=4000,
+        served_model_name="tiny",
+        replica_id="r1",
+        launched_at=12.5,
+        drain_timeout_s=9.0,
+        engine_args=("--max-model-len", "512"),
+    )
+    assert args[-2:] == ["--max-model-len", "512"]  # vLLM's, last and in order
+
+
+@pytest.mark.parametrize(
+    ("model", "want"),
+    [
+        ("/models/tiny-llama", "/h/models/tiny-llama"),
+        ("file:///models/tiny-llama", "/h/models/tiny-llama"),
+        ("/models", "/h/models"),
+        ("/modelsx/tiny", "/modelsx/tiny"),
+        ("/srv/tiny", "/srv/tiny"),
+        ("file:///srv/tiny", "file:///srv/tiny"),
+    ],
+)
+def test_the_pod_models_mount_is_the_homes_models_dir(model: str, want: str) -> None:
+    assert local_model_path(model, Path("/h")) == want
+    args = runtime_args(
+        with_model(model), {"TORPOR_HOME": "/h"}, host="h", port=1, replica_id="r", launched_at=1.0
+    )
+    assert ServeArgs.parse(args).model == want
 
 
 def test_startup_line_becomes_cold_start_phases() -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.actuators.warmpool import ReplicaHandleLike, WarmPool, WarmPoolLauncher
+from autoscaler.actuators.local import LaunchRequest, ReplicaHandle
+from autoscaler.actuators.warmpool import WarmPool, WarmPoolLauncher
+from tests.autoscaler.fakes import revision
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE = (sys.executable, "-m", "tests.autoscaler.actuators.fake_standby")
@@ -21,18 +23,15 @@ def pool(tmp_path: Path, size: int = 1, **kw: float) -> WarmPool:
     return WarmPool(size, tmp_path, command=FAKE, env=env, **kw)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class Request:
-    args: tuple[str, ...]
-    env: Mapping[str, str]
-    log_path: Path
+def launch_request(args: tuple[str, ...], env: Mapping[str, str], log_path: Path) -> LaunchRequest:
+    return LaunchRequest(revision(), "r", "127.0.0.1", 9, 0.0, args, env, log_path)
 
 
 @dataclass
 class FallbackFake:
-    requests: list[Request] = field(default_factory=list)
+    requests: list[LaunchRequest] = field(default_factory=list)
 
-    async def launch(self, request: Request) -> ReplicaHandleLike:
+    async def launch(self, request: LaunchRequest) -> ReplicaHandle:
         self.requests.append(request)
         raise RuntimeError("fallback used")
 
@@ -95,13 +94,13 @@ async def test_launcher_uses_a_standby_then_falls_back(tmp_path: Path) -> None:
     try:
         await asyncio.wait_for(p.wait_ready(), 60)
         log = tmp_path / "logs" / "r1.log"
-        handle = await launcher.launch(Request(("--port", "9"), {"X": "2"}, log))
+        handle = await launcher.launch(launch_request(("--port", "9"), {"X": "2"}, log))
         assert await read_json_line(log) == {"argv": ["--port", "9"], "x": "2"}
         assert handle.returncode is None
         handle.signal(signal.SIGKILL)
         await asyncio.wait_for(handle.wait(), 10)
         with pytest.raises(RuntimeError, match="fallback used"):
-            await launcher.launch(Request(("--port", "10"), {}, tmp_path / "r2.log"))
+            await launcher.launch(launch_request(("--port", "10"), {}, tmp_path / "r2.log"))
         assert [r.args for r in fallback.requests] == [("--port", "10")]
     finally:
         await p.aclose()
