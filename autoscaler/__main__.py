@@ -1,9 +1,13 @@
 """``python -m autoscaler``: the autoscaler and PodAutoscaler controller on Kubernetes.
 
-Several replicas may run; a ``coordination.k8s.io`` Lease makes one the leader, which alone
-actuates. ``/healthz`` and ``/metrics`` are served on ``--metrics-port``. Settings come from the
-``torpor-defaults`` ConfigMap's environment (``TORPOR_BUS_URL``, ``TORPOR_IDENTITY``,
-``TORPOR_LEASE_*``).
+Three parts, wired here: the ``KnativeController`` (caches, Lease, PodAutoscaler status, specs
+published on the bus), the ``KnativeActuator`` over its caches (Deployment scales), and the
+``Autoscaler`` loop deciding through that actuator. Several replicas may run; the
+``coordination.k8s.io`` Lease makes one the leader, and the one Lease check gates everything that
+acts: the controller's writes, the loop's publications and decisions, the actuator's scales (which
+refuse with ``NotLeader`` on a standby). ``/healthz`` and ``/metrics`` are served on
+``--metrics-port`` once the caches have synced. Settings come from the ``torpor-defaults``
+ConfigMap's environment (``TORPOR_BUS_URL``, ``TORPOR_IDENTITY``, ``TORPOR_LEASE_*``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from autoscaler.actuators.knative import config_from_env, knative_actuator
+from autoscaler.actuators.knative import KnativeActuator
+from autoscaler.actuators.knative_config import KnativeConfig, config_from_env
+from autoscaler.actuators.knative_controller import KnativeController
+from autoscaler.actuators.knative_kube import Kube
 from autoscaler.loop import Autoscaler
 from torpor.bus.redis import RedisBus
 from torpor.logs import configure_logging
@@ -53,9 +60,25 @@ def _metrics_app(scaler: Autoscaler) -> Starlette:
 
 async def _run(args: argparse.Namespace) -> None:
     config = config_from_env(os.environ)
+    kube = Kube.from_kubeconfig(args.kubeconfig) if args.kubeconfig else Kube.in_cluster()
+    try:
+        await _serve(args, config, kube)
+    finally:
+        await kube.aclose()
+
+
+async def _serve(args: argparse.Namespace, config: KnativeConfig, kube: Kube) -> None:
     bus = await RedisBus.connect(args.bus)
     try:
-        async with knative_actuator(bus, config, kubeconfig=args.kubeconfig) as actuator:
+        async with KnativeController(kube, bus, config) as controller:
+            await controller.synced()
+            actuator = KnativeActuator(
+                kube,
+                controller,
+                leader=controller.leader,
+                identity=config.identity,
+                max_conflict_retries=config.max_conflict_retries,
+            )
             scaler = Autoscaler(bus, actuator, tick_s=args.tick)
             server = uvicorn.Server(
                 uvicorn.Config(

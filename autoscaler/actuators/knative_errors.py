@@ -20,3 +20,8 @@ class KubeError(Exception):
 
 class WatchExpired(Exception):
     """The watch's resourceVersion is too old (410 Gone): relist, then watch again."""
+
+
+class NotLeader(Exception):
+    """This autoscaler replica does not hold the Lease, so it must not write: the standby refuses
+    to act rather than acting silently or silently doing nothing."""

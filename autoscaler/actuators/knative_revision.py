@@ -25,6 +25,7 @@ from torpor.spec import (
 )
 
 Json = dict[str, Any]
+Obj = Mapping[str, Any]  # a cached object, read-only to whoever reads it
 
 CLASS_ANNOTATION = "autoscaling.knative.dev/class"
 SERVICE_LABEL = "serving.knative.dev/service"
@@ -177,7 +178,7 @@ def _time(text: str | None) -> float | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def pod_failure(pod: Json) -> str | None:
+def pod_failure(pod: Obj) -> str | None:
     """The user container's own error, when the pod cannot serve without outside help."""
     status: Json = pod.get("status") or {}
     if status.get("phase") == "Failed":
@@ -199,7 +200,7 @@ def pod_failure(pod: Json) -> str | None:
     return None
 
 
-def ready_addresses(slices: Iterable[Json]) -> dict[str, str]:
+def ready_addresses(slices: Iterable[Obj]) -> dict[str, str]:
     """Pod name -> ``http://IP:PORT`` for every ready endpoint of a revision's private service."""
     out: dict[str, str] = {}
     for s in slices:
@@ -223,8 +224,8 @@ def ready_addresses(slices: Iterable[Json]) -> dict[str, str]:
 
 def replicas_of(
     revision: str,
-    pods: Iterable[Json],
-    slices: Iterable[Json],
+    pods: Iterable[Obj],
+    slices: Iterable[Obj],
     *,
     desired: int,
     stopped: frozenset[str] = frozenset(),

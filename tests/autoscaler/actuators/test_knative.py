@@ -1,4 +1,4 @@
-"""The Knative actuator against an API server emulator speaking the real wire format.
+"""The Knative controller and actuator against an API server emulator speaking the real wire format.
 
 The official ``kubernetes`` client talks HTTP to ``KubeEmulator`` (tests/autoscaler/actuators/
 kube_emulator.py); nothing in the controller is patched. The emulator plays Knative's and
@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 
 from autoscaler.actuator import Phase
-from autoscaler.actuators.knative import DELETION_COST, FIRST_TO_GO, KnativeActuator, KnativeConfig
+from autoscaler.actuators.knative import DELETION_COST, FIRST_TO_GO, KnativeActuator
+from autoscaler.actuators.knative_config import KnativeConfig
+from autoscaler.actuators.knative_controller import KnativeController
+from autoscaler.actuators.knative_errors import NotLeader
 from autoscaler.actuators.knative_kube import Kube
 from autoscaler.actuators.knative_lease import LeaseConfig, micro_time
 from autoscaler.actuators.knative_status import condition
@@ -233,16 +236,28 @@ async def bus() -> AsyncIterator[MemoryBus]:
 
 
 @pytest.fixture
-async def actuator(emulator: KubeEmulator, bus: MemoryBus) -> AsyncIterator[KnativeActuator]:
+async def controller(emulator: KubeEmulator, bus: MemoryBus) -> AsyncIterator[KnativeController]:
     kube = Kube.for_host(emulator.url)
-    act = KnativeActuator(kube, bus, config())
-    await act.start_controller()
+    ctl = KnativeController(kube, bus, config())
+    await ctl.start()
     try:
-        await asyncio.wait_for(act.synced(), 10)
-        await eventually(lambda: act.is_leader)
-        yield act
+        await asyncio.wait_for(ctl.synced(), 10)
+        await eventually(lambda: ctl.is_leader)
+        yield ctl
     finally:
-        await act.aclose()
+        await ctl.aclose()
+        await kube.aclose()
+
+
+@pytest.fixture
+async def actuator(
+    emulator: KubeEmulator, controller: KnativeController
+) -> AsyncIterator[KnativeActuator]:
+    """Wired as autoscaler/__main__.py wires it: the controller's caches, its Lease check."""
+    kube = Kube.for_host(emulator.url)
+    try:
+        yield KnativeActuator(kube, controller, leader=controller.leader, identity="autoscaler-0")
+    finally:
         await kube.aclose()
 
 
@@ -398,13 +413,13 @@ async def test_pod_in_crash_loop_is_a_failed_replica_with_its_message(
 
 
 async def test_pa_of_another_class_is_left_alone(
-    emulator: KubeEmulator, bus: MemoryBus, actuator: KnativeActuator
+    emulator: KubeEmulator, bus: MemoryBus, controller: KnativeController
 ) -> None:
     seed_revision(emulator, "other", "other-00001", autoscaler_class="kpa.autoscaling.knative.dev")
     seed_revision(emulator, "chat", "chat-00001")
     await eventually(published(bus))
     await eventually(lambda: cond(emulator, "chat-00001", "Active") is not None)
-    await asyncio.wait_for(actuator.reconcile(), 10)
+    await asyncio.wait_for(controller.reconcile(), 10)
 
     assert [s.name for s in bus._services] == ["chat"]
     assert emulator.get(SKS, "serverlessservices", NS, "other-00001") is None
@@ -413,11 +428,11 @@ async def test_pa_of_another_class_is_left_alone(
 
 
 async def test_watch_410_gone_relists_and_catches_up(
-    emulator: KubeEmulator, bus: MemoryBus, actuator: KnativeActuator
+    emulator: KubeEmulator, bus: MemoryBus, controller: KnativeController
 ) -> None:
     seed_revision(emulator, "chat", "chat-00001")
     await eventually(published(bus))
-    lists_before = actuator._pas.relists
+    lists_before = controller._pas.relists
 
     # History is compacted and every stream drops: resuming from the old version gets 410.
     emulator.compact()
@@ -425,7 +440,7 @@ async def test_watch_410_gone_relists_and_catches_up(
     emulator.compact()
     emulator.break_watches()
 
-    await eventually(lambda: actuator._pas.relists > lists_before)
+    await eventually(lambda: controller._pas.relists > lists_before)
     services = await eventually(lambda: [s for s in bus._services if len(s.revisions) == 2] or None)
     assert [r.ref.name for r in services[0].revisions] == ["chat-00001", "chat-00002"]
     # The stale resume was answered 410 before the relist.
@@ -433,16 +448,16 @@ async def test_watch_410_gone_relists_and_catches_up(
 
 
 async def test_watch_resumes_from_last_resource_version_without_relisting(
-    emulator: KubeEmulator, bus: MemoryBus, actuator: KnativeActuator
+    emulator: KubeEmulator, bus: MemoryBus, controller: KnativeController
 ) -> None:
     seed_revision(emulator, "chat", "chat-00001")
     await eventually(published(bus))
-    lists_before = actuator._pas.relists
-    seen_rv = actuator._pas.resource_version
+    lists_before = controller._pas.relists
+    seen_rv = controller._pas.resource_version
     emulator.break_watches()
     seed_revision(emulator, "chat", "chat-00002")
     await eventually(lambda: [s for s in bus._services if len(s.revisions) == 2] or None)
-    assert actuator._pas.relists == lists_before
+    assert controller._pas.relists == lists_before
     assert ("podautoscalers", seen_rv) in emulator.watch_starts
 
 
@@ -492,7 +507,7 @@ async def test_conflict_on_scale_adds_to_the_new_number(
 
 
 async def test_losing_the_lease_stops_actuation_at_once(
-    emulator: KubeEmulator, bus: MemoryBus, actuator: KnativeActuator
+    emulator: KubeEmulator, bus: MemoryBus, controller: KnativeController, actuator: KnativeActuator
 ) -> None:
     seed_revision(emulator, "chat", "chat-00001")
     await eventually(published(bus))
@@ -506,14 +521,17 @@ async def test_losing_the_lease_stops_actuation_at_once(
     taken["spec"]["holderIdentity"] = "autoscaler-1"
     taken["spec"]["renewTime"] = micro_time(1e9)
     emulator.put(COORD, "leases", taken)
-    await eventually(lambda: not actuator.is_leader)
+    await eventually(lambda: not controller.is_leader)
     writes_before = len(emulator.writes(""))
 
-    await actuator.start(rev, 2)
+    # The standby refuses to act, with a typed error rather than silently.
+    with pytest.raises(NotLeader, match="autoscaler-0"):
+        await actuator.start(rev, 2)
     seed_pod(emulator, "chat-00001", "chat-00001-deployment-a", "10.0.0.1", ready=True)
     await eventually(lambda: actuator.replicas("default/chat-00001"))
-    await actuator.stop(rev, "chat-00001-deployment-a")
-    await asyncio.wait_for(actuator.reconcile(), 10)
+    with pytest.raises(NotLeader):
+        await actuator.stop(rev, "chat-00001-deployment-a")
+    await asyncio.wait_for(controller.reconcile(), 10)
 
     deployment = emulator.get(APPS, "deployments", NS, "chat-00001-deployment")
     assert deployment is not None and deployment["spec"]["replicas"] == 0
@@ -524,18 +542,18 @@ async def test_losing_the_lease_stops_actuation_at_once(
 
 
 async def test_a_second_replica_waits_while_the_lease_is_held(
-    emulator: KubeEmulator, bus: MemoryBus, actuator: KnativeActuator
+    emulator: KubeEmulator, bus: MemoryBus, controller: KnativeController
 ) -> None:
     kube = Kube.for_host(emulator.url)
-    follower = KnativeActuator(kube, bus, config("autoscaler-1"))
-    await follower.start_controller()
+    follower = KnativeController(kube, bus, config("autoscaler-1"))
+    await follower.start()
     try:
         await asyncio.wait_for(follower.synced(), 10)
         lease_reads = len([r for r in emulator.requests if "/leases/" in r[1]])
         await eventually(
             lambda: len([r for r in emulator.requests if "/leases/" in r[1]]) > lease_reads + 4
         )
-        assert actuator.is_leader
+        assert controller.is_leader
         assert not follower.is_leader
     finally:
         await follower.aclose()
@@ -578,8 +596,8 @@ async def test_api_errors_back_off_and_recover(emulator: KubeEmulator, bus: Memo
     emulator.fail_next("/leases/", 503, times=2)
     seed_revision(emulator, "chat", "chat-00001")
     kube = Kube.for_host(emulator.url)
-    act = KnativeActuator(kube, bus, config())
-    await act.start_controller()
+    act = KnativeController(kube, bus, config())
+    await act.start()
     try:
         await asyncio.wait_for(act.synced(), 10)
         await eventually(published(bus))

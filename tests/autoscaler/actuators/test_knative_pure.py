@@ -1,4 +1,4 @@
-"""The Knative actuator's pure parts: lease rule, PA conditions, replica mapping, config."""
+"""The Knative controller's and actuator's pure parts: lease rule, PA status, replicas, config."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from autoscaler.actuator import Phase
-from autoscaler.actuators.knative import config_from_env
+from autoscaler.actuators.knative_config import config_from_env
 from autoscaler.actuators.knative_lease import Action, Observed, decide, observe
 from autoscaler.actuators.knative_revision import pod_failure, replicas_of
 from autoscaler.actuators.knative_status import ScaleObservation, condition, pa_status, sks_mode

@@ -1,0 +1,351 @@
+"""The controller of torpor's PodAutoscaler class on Knative: caches, Lease, reconcile, status.
+
+Knative Serving hands every revision whose ``autoscaling.knative.dev/class`` is not its own to
+whichever controller claims the class. This one claims classes ending in ``.torpor.dev``:
+
+- it lists and watches PodAutoscalers (all namespaces), their Revisions and Routes, Deployments,
+  pods and EndpointSlices into read-only caches (``knative_watch.Reflector``);
+- it turns the torpor-class PAs into ``ServiceSpec``s and publishes them on the bus, so the same
+  autoscaler loop that drives local processes decides here too (it never sees a Kubernetes type);
+- it creates each PA's ServerlessService and writes the PodAutoscaler status as Knative's KPA
+  would (see ``knative_status``), from what the caches show;
+- only the holder of the ``coordination.k8s.io`` Lease writes anything; losing it stops writes at
+  once (every write checks leadership first).
+
+Scaling is not here: ``knative.KnativeActuator`` is the loop's actuator, reading these caches
+(``ClusterView``) and writing only Deployment scales and pods. ``autoscaler/__main__.py`` wires the
+two. Writes with a stale resourceVersion get 409 Conflict; they are re-read and retried a bounded
+number of times. ``aclose()`` stops watching but changes nothing: on Kubernetes, replicas outlive
+the autoscaler process and the next leader takes them over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from autoscaler.actuator import Phase
+from autoscaler.actuators import knative_resources as res
+from autoscaler.actuators.knative_config import KnativeConfig
+from autoscaler.actuators.knative_errors import (
+    ALREADY_EXISTS,
+    CONFLICT,
+    KubeError,
+    NotLeader,
+)
+from autoscaler.actuators.knative_lease import LeaderElector, LeaseApi
+from autoscaler.actuators.knative_revision import (
+    REVISION_LABEL,
+    SLICE_SERVICE_LABEL,
+    Obj,
+    group_services,
+    is_torpor_class,
+    pa_class,
+    replicas_of,
+    revision_spec,
+)
+from autoscaler.actuators.knative_status import (
+    ScaleObservation,
+    pa_status,
+    sks_body,
+    sks_mode,
+    sks_needs_update,
+)
+from autoscaler.actuators.knative_watch import ObjectKey, Reflector, WatchApi
+from torpor.bus.base import Bus
+from torpor.spec import RevisionRef, RevisionSpec, ServiceSpec
+
+log = logging.getLogger(__name__)
+Json = dict[str, Any]
+
+
+class ControllerApi(WatchApi, LeaseApi, Protocol):
+    """What the controller calls; ``knative_kube.Kube`` implements it."""
+
+    async def get_custom(self, resource: Any, namespace: str, name: str) -> Json: ...
+
+    async def create_custom(self, resource: Any, namespace: str, body: Json) -> Json: ...
+
+    async def replace_custom(
+        self, resource: Any, namespace: str, name: str, body: Json
+    ) -> Json: ...
+
+    async def replace_custom_status(
+        self, resource: Any, namespace: str, name: str, body: Json
+    ) -> Json: ...
+
+
+def _labelled(
+    objects: Mapping[ObjectKey, Json], namespace: str, label: str, value: str
+) -> list[Obj]:
+    return [
+        o
+        for (ns, _), o in objects.items()
+        if ns == namespace and (o["metadata"].get("labels") or {}).get(label) == value
+    ]
+
+
+class KnativeController:
+    """Use as ``async with KnativeController(kube, bus, config):`` or ``start()`` / ``aclose()``.
+
+    The caches are read through ``pa``, ``deployment``, ``pods`` and ``endpoint_slices``
+    (``knative.ClusterView``); ``leader`` is the Lease check the actuator and the loop take.
+    """
+
+    def __init__(
+        self,
+        kube: ControllerApi,
+        bus: Bus,
+        config: KnativeConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._kube = kube
+        self._bus = bus
+        self._config = config
+        self._clock = clock
+        self._dirty = asyncio.Event()
+        mk = self._reflector
+        self._pas = mk(res.PODAUTOSCALERS)
+        self._revisions = mk(res.REVISIONS)
+        self._routes = mk(res.ROUTES)
+        self._sks = mk(res.SERVERLESSSERVICES)
+        self._deployments = mk(res.DEPLOYMENTS, REVISION_LABEL)
+        self._pods = mk(res.PODS, REVISION_LABEL)
+        self._slices = mk(res.ENDPOINTSLICES, REVISION_LABEL)
+        self._elector = LeaderElector(
+            kube, config.identity, config.lease, clock=monotonic, on_change=self._leadership
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._published: tuple[ServiceSpec, ...] | None = None
+        self.failures: dict[str, str] = {}  # revision key -> why its spec could not be built
+
+    def _reflector(self, resource: Any, selector: str | None = None) -> Reflector:
+        return Reflector(
+            self._kube,
+            resource,
+            on_change=self._dirty.set,
+            label_selector=selector,
+            backoff=self._config.backoff,
+        )
+
+    @property
+    def reflectors(self) -> tuple[Reflector, ...]:
+        return (
+            self._pas,
+            self._revisions,
+            self._routes,
+            self._sks,
+            self._deployments,
+            self._pods,
+            self._slices,
+        )
+
+    @property
+    def identity(self) -> str:
+        return self._config.identity
+
+    @property
+    def is_leader(self) -> bool:
+        return self._elector.is_leader
+
+    def leader(self) -> bool:
+        """Whether this replica holds the Lease right now (``Autoscaler(leader=...)``)."""
+        return self._elector.is_leader
+
+    # -- the read-only cluster view (knative.ClusterView) ----------------------------------------
+
+    def pa(self, namespace: str, name: str) -> Obj | None:
+        return self._pas.objects.get((namespace, name))
+
+    def deployment(self, namespace: str, name: str) -> Obj | None:
+        return self._deployments.objects.get((namespace, name))
+
+    def pods(self, ref: RevisionRef) -> list[Obj]:
+        """The revision's pods, terminating ones included (they are still listed)."""
+        return _labelled(self._pods.objects, ref.namespace, REVISION_LABEL, ref.name)
+
+    def endpoint_slices(self, ref: RevisionRef) -> list[Obj]:
+        """The EndpointSlices of the revision's private service (queue-proxy's addresses)."""
+        private = f"{ref.name}-private"
+        return _labelled(self._slices.objects, ref.namespace, SLICE_SERVICE_LABEL, private)
+
+    def changed(self) -> None:
+        """Reconcile soon (the actuator wrote a scale; the watch will say so too)."""
+        self._dirty.set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> KnativeController:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        for r in self.reflectors:
+            self._tasks.append(asyncio.create_task(r.run(), name=f"reflect {r.resource}"))
+        self._tasks.append(asyncio.create_task(self._elector.run(), name="leader election"))
+        self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
+
+    async def synced(self) -> None:
+        """Wait until every cache has listed once."""
+        await asyncio.gather(*(r.synced.wait() for r in self.reflectors))
+
+    async def aclose(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _leadership(self, leader: bool) -> None:
+        if leader:
+            self._published = None  # a new leader republishes what it sees
+        self._dirty.set()
+
+    def _require_leader(self) -> None:
+        """Called before every write: a replica that lost the Lease stops right there."""
+        if not self._elector.is_leader:
+            raise NotLeader(f"{self._config.identity} does not hold the lease")
+
+    # -- reconciling ----------------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        failures = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._config.resync_s):
+                    await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                await self.reconcile()
+                failures = 0
+            except NotLeader:
+                continue
+            except Exception:
+                failures += 1
+                log.exception("reconcile failed (%d in a row)", failures)
+                await asyncio.sleep(self._config.backoff.delay(failures))
+                self._dirty.set()
+
+    def _ours(self) -> list[Json]:
+        return [
+            pa
+            for pa in self._pas.objects.values()
+            if is_torpor_class(pa_class(pa), self._config.class_suffix)
+            and not pa["metadata"].get("deletionTimestamp")
+        ]
+
+    async def reconcile(self) -> None:
+        """One pass: publish the services, then bring every PA's SKS and status up to date."""
+        if not self.is_leader or not all(r.synced.is_set() for r in self.reflectors):
+            return
+        # A PA whose Revision this cache has not seen yet (separate watch streams) waits for the
+        # next event rather than being judged on half the picture.
+        ours = [
+            pa
+            for pa in self._ours()
+            if (pa["metadata"]["namespace"], pa["metadata"]["name"]) in self._revisions.objects
+        ]
+        specs: list[RevisionSpec] = []
+        failures: dict[str, str] = {}
+        for pa in ours:
+            meta = pa["metadata"]
+            revision = self._revisions.objects[(meta["namespace"], meta["name"])]
+            try:
+                specs.append(revision_spec(pa, revision))
+            except ValueError as exc:
+                failures[f"{meta['namespace']}/{meta['name']}"] = str(exc)
+        self.failures = failures
+        services = group_services(specs, self._routes.objects)
+        if services != self._published:
+            self._require_leader()
+            await self._bus.publish_services(services)
+            self._published = services
+        for pa in ours:
+            await self._reconcile_pa(pa)
+
+    def _desired(self, pa: Json) -> int:
+        name = str(pa["spec"]["scaleTargetRef"]["name"])
+        deployment = self._deployments.objects.get((pa["metadata"]["namespace"], name)) or {}
+        return int((deployment.get("spec") or {}).get("replicas") or 0)
+
+    async def _reconcile_pa(self, pa: Json) -> None:
+        meta = pa["metadata"]
+        ref = RevisionRef(meta["namespace"], meta["name"])
+        desired = self._desired(pa)
+        replicas = replicas_of(
+            ref.key, self.pods(ref), self.endpoint_slices(ref), desired=desired, now=self._clock()
+        )
+        ready = sum(1 for r in replicas if r.phase is Phase.READY)
+        failure = self.failures.get(ref.key) or next(
+            (r.error for r in replicas if r.phase is Phase.FAILED and r.error), None
+        )
+        sks = await self._reconcile_sks(pa, sks_mode(ready))
+        obs = ScaleObservation(
+            desired=desired, ready=ready, sks=sks, failure=None if ready else failure
+        )
+        await self._write_status(pa, obs)
+
+    async def _reconcile_sks(self, pa: Json, mode: str) -> Json | None:
+        meta = pa["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        wanted = sks_body(pa, mode)
+        current = self._sks.objects.get((namespace, name))
+        for _ in range(self._config.max_conflict_retries):
+            self._require_leader()
+            try:
+                if current is None:
+                    created = await self._kube.create_custom(
+                        res.SERVERLESSSERVICES, namespace, wanted
+                    )
+                    self._sks.put_local(created)
+                    return created
+                if not sks_needs_update(current, wanted):
+                    return current
+                body = copy.deepcopy(current)
+                body["spec"] = wanted["spec"]
+                body["metadata"]["labels"] = wanted["metadata"]["labels"]
+                updated = await self._kube.replace_custom(
+                    res.SERVERLESSSERVICES, namespace, name, body
+                )
+                self._sks.put_local(updated)
+                return updated
+            except KubeError as exc:
+                if exc.status not in (CONFLICT, ALREADY_EXISTS):
+                    raise
+                current = await self._kube.get_custom(res.SERVERLESSSERVICES, namespace, name)
+        raise KubeError(CONFLICT, "Conflict", f"updating ServerlessService {name}: gave up")
+
+    async def _write_status(self, pa: Json, obs: ScaleObservation) -> None:
+        meta = pa["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        for _ in range(self._config.max_conflict_retries):
+            status = pa_status(pa, obs, self._clock())
+            if status == pa.get("status"):
+                return
+            body = copy.deepcopy(pa)
+            body["status"] = status
+            self._require_leader()
+            try:
+                written = await self._kube.replace_custom_status(
+                    res.PODAUTOSCALERS, namespace, name, body
+                )
+            except KubeError as exc:
+                if exc.status != CONFLICT:
+                    raise
+                log.info("PodAutoscaler %s/%s changed under us; re-reading", namespace, name)
+                pa = await self._kube.get_custom(res.PODAUTOSCALERS, namespace, name)
+                continue
+            self._pas.put_local(written)
+            return
+        raise KubeError(CONFLICT, "Conflict", f"updating PodAutoscaler {name} status: gave up")
