@@ -2,9 +2,10 @@
 
 Not run yet (no GPU machine so far). Needs the GPU build (`pip install -e '.[gpu,dev]'`).
 Makes a random-weight model with Llama-3-8B's layers (no download; ~15 GiB), fills the
-node-local cache, then runs the same variants as benchmarks/coldstart.py with GPU settings:
-no --enforce-eager (torch.compile and CUDA graphs stay on, as in a real deployment) for all
-three, so the comparison is like for like. Results: benchmarks/results/gpu/coldstart_gpu.*
+node-local cache, then runs the same variants as benchmarks/coldstart.py (harness.coldstart)
+with GPU settings: no --enforce-eager (torch.compile and CUDA graphs stay on, as in a real
+deployment) for all three, so the comparison is like for like.
+Results: benchmarks/results/gpu/coldstart_gpu.*
 """
 
 from __future__ import annotations
@@ -15,13 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from coldstart import Context, run_variants, write_results  # noqa: E402
-
-from runtime.tinymodel import make_tiny_llama  # noqa: E402
+from harness.coldstart.report import write_results
+from harness.coldstart.variants import Context, run_variants
+from harness.manifests import REPO as ROOT
+from runtime.tinymodel import make_tiny_llama
 
 
 def main() -> None:
