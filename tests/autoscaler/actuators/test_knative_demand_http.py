@@ -1,0 +1,108 @@
+"""The Knative demand poller over real HTTP against a harness imitating Knative's activator.
+
+A request reaches the harness and is held there, as Knative's activator holds one for a revision
+at zero; the poller, scraping the harness's ``/metrics`` with its real HTTP fetcher, calls back
+for torpor's revision within one interval plus one scrape, never for another class's revision,
+and reports the end once the request is let go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Collection, Sequence
+from typing import Literal
+
+import httpx
+import pytest
+
+from autoscaler.actuators.knative_demand import DemandPoller, HeldDemand, HttpMetricsFetcher
+from tests.autoscaler.actuators.fake_knative_activator import FakeKnativeActivator
+from tests.autoscaler.fakes import eventually
+
+OURS = "default/chat-00001"
+OTHER = "default/hello-00001"  # a KPA-class revision: Knative's own autoscaler wakes it
+INTERVAL_S = 0.25
+SCRAPE_TIMEOUT_S = 0.5
+# Scheduling on 2 shared cores, generous: the bound under test is interval + scrape.
+SLACK_S = 0.75
+
+
+class StaticDirectory:
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.urls = list(urls)
+
+    async def metrics_urls(self) -> Sequence[str]:
+        return self.urls
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, HeldDemand, float]] = []
+
+    async def __call__(self, key: str, demand: HeldDemand) -> None:
+        self.calls.append((key, demand, time.monotonic()))
+
+    def first(self, key: str) -> tuple[HeldDemand, float] | None:
+        return next(((d, t) for k, d, t in self.calls if k == key and d.total > 0), None)
+
+
+async def _ours() -> Collection[str]:
+    return {OURS}
+
+
+@pytest.fixture(params=["1.22", "1.19"])
+async def activator(request: pytest.FixtureRequest) -> AsyncIterator[FakeKnativeActivator]:
+    shape: Literal["1.22", "1.19"] = request.param
+    harness = FakeKnativeActivator(shape).start()
+    try:
+        yield harness
+    finally:
+        await asyncio.to_thread(harness.stop)
+
+
+async def _call(client: httpx.AsyncClient, url: str, key: str) -> int:
+    namespace, name = key.split("/")
+    headers = {"Knative-Serving-Namespace": namespace, "Knative-Serving-Revision": name}
+    response = await client.post(f"{url}/v1/chat/completions", json={}, headers=headers)
+    return response.status_code
+
+
+async def test_a_request_held_by_knatives_activator_wakes_torpors_revision(
+    activator: FakeKnativeActivator,
+) -> None:
+    calls = Calls()
+    fetcher = HttpMetricsFetcher(timeout_s=SCRAPE_TIMEOUT_S)
+    poller = DemandPoller(
+        StaticDirectory([activator.metrics_url]),
+        fetcher,
+        _ours,
+        calls,
+        interval_s=INTERVAL_S,
+    )
+    polling = asyncio.create_task(poller.run())
+    async with httpx.AsyncClient(timeout=30.0) as client:
+        try:
+            await asyncio.sleep(2 * INTERVAL_S)  # idle rounds first: nothing held, no calls
+            assert calls.calls == []
+            requests = [
+                asyncio.create_task(_call(client, activator.url, OURS)),
+                asyncio.create_task(_call(client, activator.url, OTHER)),
+            ]
+            await eventually(lambda: calls.first(OURS) is not None)
+            first = calls.first(OURS)
+            assert first is not None
+            demand, called_at = first
+            arrived_at = min(t for k, t in activator.arrivals if k == OURS)
+            assert demand.queued == 1
+            assert called_at - arrived_at <= INTERVAL_S + SCRAPE_TIMEOUT_S + SLACK_S
+            assert all(k == OURS for k, _, _ in calls.calls)  # the other class is not ours
+
+            activator.release.set()
+            assert await asyncio.gather(*requests) == [200, 200]
+            await eventually(lambda: calls.calls[-1][:2] == (OURS, HeldDemand()))
+            assert all(k == OURS for k, _, _ in calls.calls)
+        finally:
+            polling.cancel()
+            await asyncio.gather(polling, return_exceptions=True)
+            await fetcher.aclose()
