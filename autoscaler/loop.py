@@ -3,7 +3,9 @@
 Each revision has its own asyncio task, so a slow scrape or a failing replica of one never
 delays another. A tick runs every ``tick_s``, and at once when an activator pokes the revision.
 A tick reads the actuator's replicas, scrapes the ready ones, sums fresh activator stats from the
-bus, calls the pure ``decide`` and then starts replicas, or drains one and only then stops it.
+bus, asks the pure ``decide`` how many replicas and the pure ``plan`` which, and executes that:
+starts replicas, or drains one and only then stops it. Every decision reads one injected clock,
+once per tick. Only the leader writes (see ``Autoscaler``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,23 @@ from dataclasses import dataclass, replace
 from autoscaler.actuator import Actuator, Phase, Replica
 from autoscaler.decide import Decision, Observation, ReplicaLoad, ScalerState, decide
 from autoscaler.metrics import AutoscalerMetrics
+from autoscaler.plan import (
+    Failure,
+    Plan,
+    StartPolicy,
+    StartRecord,
+    announcement,
+    plan,
+    publish_needed,
+    reckon,
+    revision_state,
+    serving,
+    spec_changed,
+)
 from autoscaler.scrape import HttpScraper, Scraper
 from torpor.bus import (
+    ActivatorStats,
     Bus,
-    Endpoint,
     EndpointsChanged,
     Poked,
     RevisionEndpoints,
@@ -36,6 +51,8 @@ log = logging.getLogger("torpor.autoscaler")
 
 @dataclass(frozen=True, slots=True)
 class LoopConfig:
+    """The loop's timings and start-up policy: the one place ``tick_s`` is set."""
+
     tick_s: float = 2.0
     stats_fresh_s: float = 5.0  # activator stats older than this are ignored
     drain_poll_s: float = 0.5
@@ -43,6 +60,39 @@ class LoopConfig:
     max_failures: int = 5  # consecutive start-up failures before the revision is marked failed
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("tick_s", "stats_fresh_s", "drain_poll_s", "ready_poll_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"LoopConfig.{name} must be positive, not {getattr(self, name)}")
+        self.start_policy()  # validates the rest
+
+    def start_policy(self) -> StartPolicy:
+        return StartPolicy(self.max_failures, self.backoff_base_s, self.backoff_cap_s)
+
+
+def always_leader() -> bool:
+    """The embedded platform's leadership: one autoscaler, always in charge."""
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class LoopDeps:
+    """Everything a revision's loop reads and writes, handed to it explicitly."""
+
+    bus: Bus
+    actuator: Actuator
+    scraper: Scraper
+    config: LoopConfig
+    clock: Callable[[], float]  # wall-clock seconds: activator stats are stamped with time.time()
+    metrics: AutoscalerMetrics
+    leader: Callable[[], bool]  # whether this autoscaler may publish and actuate right now
+
+
+def activator_load(stats: Sequence[ActivatorStats], now: float, fresh_s: float) -> tuple[int, int]:
+    """Queued and in-flight requests summed over the activators whose stats are fresh."""
+    fresh = [s for s in stats if s.at >= now - fresh_s]
+    return sum(s.queued for s in fresh), sum(s.in_flight for s in fresh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +119,15 @@ def _targets(services: Sequence[ServiceSpec]) -> dict[str, _Target]:
     return out
 
 
-def always_leader() -> bool:
-    """The embedded platform's leadership: one autoscaler, always in charge."""
-    return True
-
-
 class _RevisionLoop:
-    def __init__(self, owner: Autoscaler, target: _Target) -> None:
-        self._o = owner
+    """Observes one revision, asks ``decide`` how many and ``plan`` which, and executes the plan.
+
+    Only the leader writes (publishes endpoints, starts, stops, drains); a standby runs the same
+    ticks, so it has a current view and decision the moment it takes over.
+    """
+
+    def __init__(self, target: _Target, deps: LoopDeps) -> None:
+        self._deps = deps
         self.target = target
         self.key = target.spec.ref.key
         self.wake = asyncio.Event()
@@ -84,15 +135,11 @@ class _RevisionLoop:
         self.state = ScalerState()
         self.decision = Decision(desired=0, reason="not yet decided")
         self.obs = Observation()
-        self.failures = 0
-        self.failed_reason: str | None = None
-        self.last_error: str | None = None
-        self.backoff_until = 0.0
-        self.draining: dict[str, asyncio.Task[None]] = {}
+        self.record = StartRecord()
+        self.draining: dict[str, asyncio.Task[None]] = {}  # in the order their drains began
         self.stopping: set[str] = set()  # drained, being stopped
         self.published: RevisionEndpoints | None = None
         self.last_cold_start: ColdStart | None = None
-        self._seen_ready: set[str] = set()
         # As of the last tick (None before the first); a standby observes but never writes.
         self.leading: bool | None = None
 
@@ -102,8 +149,7 @@ class _RevisionLoop:
 
     def update(self, target: _Target) -> None:
         if target.spec != self.target.spec:
-            # A changed spec gets a fresh chance after being marked failed.
-            self.failures, self.failed_reason, self.backoff_until = 0, None, 0.0
+            self.record = spec_changed(self.record)
         self.target = target
 
     def poke(self) -> None:
@@ -122,18 +168,20 @@ class _RevisionLoop:
             self.wake.clear()
 
     async def _sleep(self) -> None:
-        """Until the next tick or a poke; while replicas start, publish each one the moment it
-        is ready, since requests held at zero wait on exactly that."""
+        """Until the next tick or a poke; while replicas start, tick the moment one is ready
+        (and so publish it), since requests held at zero wait on exactly that. A wait, not a
+        decision: it runs on the event loop's timer, whatever clock the decisions read."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._o.config.tick_s
+        config = self._deps.config
+        deadline = loop.time() + config.tick_s
 
         def starting() -> set[str]:
-            replicas = self._o.actuator.replicas(self.key)
+            replicas = self._deps.actuator.replicas(self.key)
             return {r.replica_id for r in replicas if r.phase is Phase.STARTING}
 
         while (remaining := deadline - loop.time()) > 0:
             before = starting()
-            timeout = min(remaining, self._o.config.ready_poll_s) if before else remaining
+            timeout = min(remaining, config.ready_poll_s) if before else remaining
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
             # races with the event being set, and then the loop never stops.
             with contextlib.suppress(TimeoutError):
@@ -144,35 +192,37 @@ class _RevisionLoop:
                 return  # one became ready (or failed, or went): tick now
 
     async def tick(self) -> None:
-        o = self._o
+        deps = self._deps
+        now = deps.clock()
         spec = self.spec
-        was_leading, self.leading = self.leading, o.leader()
+        was_leading, self.leading = self.leading, deps.leader()
         if was_leading and not self.leading:
             # The new leader decides about them: a standby's drain would never stop them.
+            log.info("revision %s: no longer leader; observing only", self.key)
             await self.aclose()
-        replicas = list(o.actuator.replicas(self.key))
-        if self.leading:
-            await self._handle_failures(replicas)
-        if self.leading and was_leading is False:
-            # Taking over: what the previous leader published may be stale; ours replaces it.
-            await self._publish([r for r in replicas if r.phase is not Phase.FAILED], force=True)
-        replicas = [r for r in replicas if r.phase is not Phase.FAILED]
-        for r in replicas:
-            if r.phase is Phase.READY and r.replica_id not in self._seen_ready:
-                self._seen_ready.add(r.replica_id)
-                self.failures = 0
-                self.last_error = None
+        replicas = list(deps.actuator.replicas(self.key))
+        live = [r for r in replicas if r.phase is not Phase.FAILED]
+        # A standby leaves failed replicas to the leader, and does not count them either.
+        self.record, failures = reckon(
+            self.record, replicas if self.leading else live, now, deps.config.start_policy()
+        )
+        for failure in failures:
+            await self._stop_failed(failure)
+        for r in live:
             cold = r.cold_start
             if cold is not None and (
                 self.last_cold_start is None or cold.started_at >= self.last_cold_start.started_at
             ):
                 self.last_cold_start = cold
-        ready = self._serving(replicas)
-        starting = [r for r in replicas if r.phase is Phase.STARTING]
-        await self._publish(replicas)
+        # A new start-up failure is published at once; so is everything when taking over, since
+        # what the previous leader published may be stale.
+        force = any(not f.crashed for f in failures) or (self.leading and was_leading is False)
+        await self._publish(live, force=force)
 
+        ready = self._serving(live)
+        starting = [r for r in live if r.phase is Phase.STARTING]
         loads = await self._scrape(ready)
-        queued, in_flight = await o.activator_load(self.key)
+        queued, in_flight = await self._activator_load(now)
         poked, self.poked = self.poked, False
         self.obs = Observation(
             ready=tuple(loads),
@@ -182,249 +232,184 @@ class _RevisionLoop:
             activator_in_flight=in_flight,
             poked=poked,
         )
-        now = o.clock()
         before = self.decision.desired
         self.decision, self.state = decide(spec.autoscaling, self.obs, self.state, now)
-        d = self.decision
-        current = self.obs.current
-
-        if not self.leading:
-            o.metrics.record(
-                self.key, d, ready=len(ready), starting=len(starting), draining=len(self.draining)
-            )
-            return
-        if poked and self.failed_reason is not None:
-            # Waiters held at zero get the reason at once instead of their timeout.
-            await self._publish(replicas, force=True)
-        if d.desired > current:
-            await self._scale_up(spec, d, current, now)
-        elif d.desired < current:
-            await self._scale_down(spec, d, starting, ready, loads)
-        elif d.desired != before:
-            log.info("revision %s: desired %d (%s)", self.key, d.desired, d.reason)
-        o.metrics.record(
-            self.key, d, ready=len(ready), starting=len(starting), draining=len(self.draining)
+        if self.leading:
+            steps = plan(self.decision, self.obs, live, tuple(self.draining), self.record, now)
+            await self._execute(steps, spec, before)
+        deps.metrics.record(
+            self.key,
+            self.decision,
+            ready=len(ready),
+            starting=len(starting),
+            draining=len(self.draining),
         )
 
-    async def _scale_up(self, spec: RevisionSpec, d: Decision, current: int, now: float) -> None:
-        need = d.desired - current
-        # A replica still draining has a loaded model: take it back instead of a cold start.
-        undrained = list(self.draining)[:need]
-        for replica_id in undrained:
+    async def _execute(self, steps: Plan, spec: RevisionSpec, before: int) -> None:
+        d, current = self.decision, self.obs.current
+        if steps.republish:
+            await self._publish(self._live(), force=True)
+        for replica_id in steps.take_back:
             task = self.draining.pop(replica_id)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            need -= 1
             log.info(
                 "revision %s: keeping draining replica %s (%s)", self.key, replica_id, d.reason
             )
-        if undrained:
-            await self._publish(list(self._o.actuator.replicas(self.key)))
-        if need <= 0:
-            return
-        if self.failed_reason is not None:
-            return
-        if now < self.backoff_until:
+        if steps.take_back:
+            await self._publish(self._live())
+        if steps.held_back is not None:
+            log.info("revision %s: %s", self.key, steps.held_back)
+        if steps.start:
             log.info(
-                "revision %s: want %d more, backing off %.1fs after %d failures",
+                "revision %s: %d -> %d, starting %d (%s)",
                 self.key,
-                need,
-                self.backoff_until - now,
-                self.failures,
+                current,
+                d.desired,
+                steps.start,
+                d.reason,
             )
-            return
-        log.info(
-            "revision %s: %d -> %d, starting %d (%s)", self.key, current, d.desired, need, d.reason
-        )
-        if self._o.leader():
-            await self._o.actuator.start(spec, need)
+            if self._deps.leader():
+                await self._deps.actuator.start(spec, steps.start)
+        if d.desired < current:
+            log.info("revision %s: %d -> %d (%s)", self.key, current, d.desired, d.reason)
+            for replica_id in steps.stop:
+                if not self._deps.leader():
+                    return
+                await self._deps.actuator.stop(spec, replica_id)
+            for replica_id in steps.drain:
+                self.draining[replica_id] = asyncio.create_task(
+                    self._drain(replica_id), name=f"drain:{replica_id}"
+                )
+            await self._publish(self._live())
+        elif d.desired == current and d.desired != before:
+            log.info("revision %s: desired %d (%s)", self.key, d.desired, d.reason)
 
-    async def _scale_down(
-        self,
-        spec: RevisionSpec,
-        d: Decision,
-        starting: list[Replica],
-        ready: list[Replica],
-        loads: list[ReplicaLoad],
-    ) -> None:
-        excess = len(starting) + len(ready) - d.desired
-        log.info(
-            "revision %s: %d -> %d (%s)", self.key, len(starting) + len(ready), d.desired, d.reason
-        )
-        # Replicas still starting hold no requests: they go first, newest first.
-        for r in sorted(starting, key=lambda r: r.launched_at, reverse=True)[:excess]:
-            if not self._o.leader():
-                return
-            await self._o.actuator.stop(spec, r.replica_id)
-            excess -= 1
-        work = {x.replica_id: x.work for x in loads}
-        # Least work first; an unknown replica is assumed busy.
-        order = sorted(
-            ready, key=lambda r: (work.get(r.replica_id) is None, work.get(r.replica_id) or 0.0)
-        )
-        for r in order[: max(0, excess)]:
-            self.draining[r.replica_id] = asyncio.create_task(
-                self._drain(r), name=f"drain:{r.replica_id}"
-            )
-        await self._publish(list(self._o.actuator.replicas(self.key)))
-
-    async def _drain(self, replica: Replica) -> None:
+    async def _drain(self, replica_id: str) -> None:
         """Wait until the replica holds no request (bounded by the revision's timeout), stop it."""
-        o = self._o
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.target.spec.timeout_s
+        deps = self._deps
+        deadline = deps.clock() + self.target.spec.timeout_s
         try:
-            while loop.time() < deadline:
+            while deps.clock() < deadline:
                 try:
-                    if await self._drained(replica):
+                    if await self._drained(replica_id):
                         break
                 except Exception:
                     # A bus or scrape hiccup must not strand the replica half-drained.
-                    log.exception("revision %s: checking drain of %s", self.key, replica.replica_id)
-                await asyncio.sleep(o.config.drain_poll_s)
+                    log.exception("revision %s: checking drain of %s", self.key, replica_id)
+                await asyncio.sleep(deps.config.drain_poll_s)
             else:
                 log.warning(
                     "revision %s: replica %s still busy after %gs; stopping it",
                     self.key,
-                    replica.replica_id,
+                    replica_id,
                     self.target.spec.timeout_s,
                 )
         except asyncio.CancelledError:
             # Taken back by a scale-up (or the autoscaler is stopping): the replica lives on.
-            if self.draining.get(replica.replica_id) is asyncio.current_task():
-                del self.draining[replica.replica_id]
+            if self.draining.get(replica_id) is asyncio.current_task():
+                del self.draining[replica_id]
             raise
-        if not o.leader():
+        if not deps.leader():
             # Leadership was lost while draining: the replica lives on for the new leader.
-            self.draining.pop(replica.replica_id, None)
+            self.draining.pop(replica_id, None)
             return
         # Past this point the replica goes whatever happens: it can no longer be taken back.
-        self.draining.pop(replica.replica_id, None)
-        self.stopping.add(replica.replica_id)
+        self.draining.pop(replica_id, None)
+        self.stopping.add(replica_id)
         try:
-            await o.actuator.stop(self.target.spec, replica.replica_id)
+            await deps.actuator.stop(self.target.spec, replica_id)
         except Exception:
-            log.exception("revision %s: stopping %s", self.key, replica.replica_id)
+            log.exception("revision %s: stopping %s", self.key, replica_id)
         finally:
-            self.stopping.discard(replica.replica_id)
+            self.stopping.discard(replica_id)
         with contextlib.suppress(Exception):
-            await self._publish(list(o.actuator.replicas(self.key)))
+            await self._publish(self._live())
         self.wake.set()
 
-    async def _drained(self, replica: Replica) -> bool:
-        o = self._o
-        current = {r.replica_id: r for r in o.actuator.replicas(self.key)}
-        now = current.get(replica.replica_id)
-        if now is None or now.phase is Phase.FAILED:
+    async def _drained(self, replica_id: str) -> bool:
+        deps = self._deps
+        current = {r.replica_id: r for r in deps.actuator.replicas(self.key)}
+        replica = current.get(replica_id)
+        if replica is None or replica.phase is Phase.FAILED:
             return True
-        assert replica.url is not None
-        load = await o.scrape.scrape(replica.replica_id, replica.url)
+        if replica.url is None:
+            return False
+        load = await deps.scraper.scrape(replica_id, replica.url)
         if load is None or load.work is None or load.work > 0:
             return False
         # vLLM may have finished while the activator still streams the last bytes: the
         # activators' in-flight must be covered by the replicas that keep serving.
-        _, in_flight = await o.activator_load(self.key)
+        _, in_flight = await self._activator_load(deps.clock())
         if in_flight == 0:
             return True
         others = [r for r in self._serving(list(current.values())) if r.url]
-        loads = await asyncio.gather(*(o.scrape.scrape(r.replica_id, r.url or "") for r in others))
+        loads = await asyncio.gather(
+            *(deps.scraper.scrape(r.replica_id, r.url or "") for r in others)
+        )
         if any(x is None or x.work is None for x in loads):
             return False
         return in_flight <= sum(x.work or 0.0 for x in loads if x is not None)
 
     async def _scrape(self, ready: list[Replica]) -> list[ReplicaLoad]:
         async def one(r: Replica) -> ReplicaLoad:
-            load = await self._o.scrape.scrape(r.replica_id, r.url or "")
+            load = await self._deps.scraper.scrape(r.replica_id, r.url or "")
             return load or ReplicaLoad(r.replica_id)
 
         return list(await asyncio.gather(*(one(r) for r in ready if r.url)))
 
-    async def _handle_failures(self, replicas: list[Replica]) -> None:
-        for r in replicas:
-            if r.phase is not Phase.FAILED:
-                continue
-            was_ready = r.replica_id in self._seen_ready
-            self._seen_ready.discard(r.replica_id)
-            error = r.error or "replica failed"
-            task = self.draining.pop(r.replica_id, None)
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if self._o.leader():
-                await self._o.actuator.stop(self.target.spec, r.replica_id)
-            if was_ready:
-                # A crash after serving is not a start-up failure: it must not be published as
-                # the revision's failure (that answers every waiter at once with an error); the
-                # waiters wait for the replacement instead.
-                log.warning(
-                    "revision %s: replica %s died: %s",
-                    self.key,
-                    r.replica_id,
-                    error.splitlines()[0],
-                )
-                continue
-            self.last_error = error
-            self.failures += 1
-            delay = min(
-                self._o.config.backoff_cap_s,
-                self._o.config.backoff_base_s * 2 ** (self.failures - 1),
-            )
-            self.backoff_until = self._o.clock() + delay
+    async def _activator_load(self, now: float) -> tuple[int, int]:
+        stats = await self._deps.bus.revision_stats(self.key)
+        return activator_load(stats, now, self._deps.config.stats_fresh_s)
+
+    async def _stop_failed(self, failure: Failure) -> None:
+        task = self.draining.pop(failure.replica_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._deps.leader():
+            await self._deps.actuator.stop(self.target.spec, failure.replica_id)
+        first_line = failure.error.splitlines()[0] if failure.error else ""
+        if failure.crashed:
+            # The waiters wait for the replacement instead of getting an error.
             log.warning(
-                "revision %s: replica %s failed to start (%d in a row, next try in %.1fs): %s",
-                self.key,
-                r.replica_id,
-                self.failures,
-                delay,
-                error.splitlines()[0],
+                "revision %s: replica %s died: %s", self.key, failure.replica_id, first_line
             )
-            if self.failures >= self._o.config.max_failures and self.failed_reason is None:
-                self.failed_reason = f"{self.failures} start-up failures in a row; last: {error}"
-                log.error("revision %s: marked failed until its spec changes", self.key)
-            await self._publish(replicas, force=True)
+            return
+        log.warning(
+            "revision %s: replica %s failed to start (%d in a row, next try in %.1fs): %s",
+            self.key,
+            failure.replica_id,
+            failure.in_a_row,
+            failure.retry_in_s,
+            first_line,
+        )
+        if failure.marked_failed:
+            log.error("revision %s: marked failed until its spec changes", self.key)
+
+    def _live(self) -> list[Replica]:
+        return [r for r in self._deps.actuator.replicas(self.key) if r.phase is not Phase.FAILED]
 
     def _serving(self, replicas: list[Replica]) -> list[Replica]:
-        gone = self.draining.keys() | self.stopping
-        return [r for r in replicas if r.phase is Phase.READY and r.replica_id not in gone]
+        return serving(replicas, self.draining.keys() | self.stopping)
 
     async def _publish(self, replicas: list[Replica], force: bool = False) -> None:
-        endpoints = tuple(
-            Endpoint(r.replica_id, r.url, draining=r.replica_id in self.draining)
-            for r in sorted(replicas, key=lambda r: r.replica_id)
-            if r.phase is Phase.READY and r.url and r.replica_id not in self.stopping
-        )
-        serving = any(not e.draining for e in endpoints)
-        failure = None if serving else (self.failed_reason or self.last_error)
-        message = RevisionEndpoints(self.key, endpoints, failure)
-        last = self.published
-        if (
-            not force
-            and last is not None
-            and (last.endpoints, last.failure) == (endpoints, failure)
-        ):
+        message = announcement(self.key, replicas, self.draining, self.stopping, self.record)
+        if not publish_needed(self.published, message, force=force):
             return
-        if last is None and not endpoints and failure is None and not force:
-            return
-        if not self._o.leader():
+        if not self._deps.leader():
             return
         self.published = message
-        await self._o.bus.publish_endpoints(message)
+        await self._deps.bus.publish_endpoints(message)
 
     def status(self) -> RevisionStatus:
-        replicas = list(self._o.actuator.replicas(self.key))
+        replicas = list(self._deps.actuator.replicas(self.key))
         ready = self._serving(replicas)
         starting = [r for r in replicas if r.phase is Phase.STARTING]
         spec = self.target.spec
-        if self.failed_reason is not None:
-            state, reason = "failed", self.failed_reason
-        elif ready:
-            state, reason = "ready", None
-        elif starting:
-            state, reason = "starting", self.last_error
-        else:
-            state, reason = "scaled-to-zero", self.last_error
+        state, reason = revision_state(self.record, len(ready), len(starting))
         return RevisionStatus(
             revision=self.key,
             namespace=spec.ref.namespace,
@@ -462,25 +447,43 @@ class Autoscaler:
         actuator: Actuator,
         *,
         clock: Callable[[], float] = time.time,
-        tick_s: float = 2.0,
+        tick_s: float | None = None,
         scrape: Scraper | None = None,
         config: LoopConfig | None = None,
         leader: Callable[[], bool] = always_leader,
     ) -> None:
-        """``leader`` says whether this replica of the autoscaler may write right now: every
+        """``tick_s`` is a shorthand for ``config=LoopConfig(tick_s=...)``; given both, they
+        must agree (a ``tick_s`` default used to override the config's silently).
+
+        ``leader`` says whether this replica of the autoscaler may write right now: every
         endpoint publication and every start, stop or drain is gated on it. A standby keeps
         observing and deciding, so it can take over at once, and republishes every revision's
         endpoints on its first tick as leader. The embedded platform runs one autoscaler: always
         leader. On Kubernetes a Lease decides."""
+        if config is None:
+            config = LoopConfig() if tick_s is None else LoopConfig(tick_s=tick_s)
+        elif tick_s is not None and tick_s != config.tick_s:
+            raise ValueError(
+                f"tick_s={tick_s:g} disagrees with config.tick_s={config.tick_s:g}; give one"
+            )
         self.bus = bus
-        self.leader = leader
         self.actuator = actuator
         self.clock = clock
-        self.config = replace(config or LoopConfig(), tick_s=tick_s)
+        self.leader = leader
+        self.config = config
         self._own_scraper = scrape is None
         self.scrape: Scraper = scrape or HttpScraper()
         self.metrics = AutoscalerMetrics()
         self.registry = self.metrics.registry
+        self._deps = LoopDeps(
+            bus=bus,
+            actuator=actuator,
+            scraper=self.scrape,
+            config=config,
+            clock=clock,
+            metrics=self.metrics,
+            leader=leader,
+        )
         self._loops: dict[str, _RevisionLoop] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -579,20 +582,9 @@ class Autoscaler:
             if key in self._loops:
                 self._loops[key].update(target)
                 continue
-            loop = _RevisionLoop(self, target)
+            loop = _RevisionLoop(target, self._deps)
             self._loops[key] = loop
             self._tasks[key] = asyncio.create_task(loop.run(), name=f"autoscaler:{key}")
-
-    async def activator_load(self, key: str) -> tuple[int, int]:
-        """Queued and in-flight requests for a revision, summed over activators with fresh stats."""
-        snapshot = await self.bus.snapshot()
-        horizon = self.clock() - self.config.stats_fresh_s
-        queued = in_flight = 0
-        for s in snapshot.stats:
-            if s.revision == key and s.at >= horizon:
-                queued += s.queued
-                in_flight += s.in_flight
-        return queued, in_flight
 
     def statuses(self) -> list[RevisionStatus]:
         return [self._loops[k].status() for k in sorted(self._loops)]

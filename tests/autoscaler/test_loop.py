@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from autoscaler.loop import Autoscaler, LoopConfig
+from autoscaler.loop import Autoscaler, LoopConfig, activator_load
 from tests.autoscaler.fakes import FakeActuator, FakeScraper, eventually, revision, service
 from torpor.bus import ActivatorStats, BusEvent, MemoryBus, RevisionEndpoints
 
@@ -72,8 +72,7 @@ def scaler(
         bus,
         actuator,
         scrape=scraper,
-        tick_s=tick_s,
-        config=LoopConfig(**config),
+        config=LoopConfig(tick_s=tick_s, **config),
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -349,3 +348,35 @@ async def test_a_broken_event_stream_is_resubscribed(
             await eventually(lambda: len(a.statuses()) == 1)
     finally:
         await bus.aclose()
+
+
+async def test_tick_s_has_one_source_of_truth(actuator: FakeActuator) -> None:
+    bus = MemoryBus()
+    try:
+        # LoopConfig(tick_s=5) used to tick every 2 s: Autoscaler's own tick_s default won.
+        assert Autoscaler(bus, actuator, config=LoopConfig(tick_s=5)).config.tick_s == 5
+        assert Autoscaler(bus, actuator, tick_s=5).config.tick_s == 5
+        assert Autoscaler(bus, actuator, tick_s=5, config=LoopConfig(tick_s=5)).config.tick_s == 5
+        assert Autoscaler(bus, actuator).config.tick_s == LoopConfig().tick_s
+        with pytest.raises(ValueError, match="disagrees"):
+            Autoscaler(bus, actuator, tick_s=1, config=LoopConfig(tick_s=5))
+    finally:
+        await bus.aclose()
+
+
+@pytest.mark.parametrize(
+    "bad", [{"tick_s": 0.0}, {"stats_fresh_s": -1.0}, {"max_failures": 0}, {"backoff_cap_s": -1.0}]
+)
+def test_a_bad_loop_config_is_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        LoopConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_activator_load_sums_fresh_stats_only() -> None:
+    stats = [
+        ActivatorStats("a1", KEY, queued=2, in_flight=3, at=100.0),
+        ActivatorStats("a2", KEY, queued=1, in_flight=1, at=96.0),
+        ActivatorStats("a3", KEY, queued=50, in_flight=50, at=94.9),  # a stale report
+    ]
+    assert activator_load(stats, now=100.0, fresh_s=5.0) == (3, 4)
+    assert activator_load([], now=100.0, fresh_s=5.0) == (0, 0)

@@ -1,0 +1,220 @@
+"""What the loop does about a decision: which replicas, whether to start at all, what to publish.
+
+``decide`` says *how many* replicas a revision should have. Everything else the autoscaler
+decides lives here, as pure functions of what it saw, with ``now`` passed in: which replica goes
+first, taking back a draining replica instead of a cold start, start-up backoff and "failed until
+the spec changes" (``StartRecord`` and ``reckon``), when endpoints are published and what they
+say, and the status a revision shows. The loop in ``autoscaler.loop`` only executes these, and
+``benchmarks/autoscaler_trace.py`` replays traces through the same ``plan``, so the benchmark
+that justifies the defaults runs the product's policy, not a copy of it.
+
+No I/O, no clock, no logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
+
+from autoscaler.actuator import Phase, Replica
+from autoscaler.decide import Decision, Observation
+from torpor.bus import Endpoint, RevisionEndpoints
+
+
+@dataclass(frozen=True, slots=True)
+class StartPolicy:
+    """How the autoscaler answers replicas that fail to start."""
+
+    max_failures: int = 5  # consecutive start-up failures before the revision is marked failed
+    backoff_base_s: float = 1.0  # wait after the first failure, doubling with each next one
+    backoff_cap_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_failures < 1:
+            raise ValueError(f"max_failures must be at least 1, not {self.max_failures}")
+        if self.backoff_base_s < 0 or self.backoff_cap_s < 0:
+            raise ValueError("backoff_base_s and backoff_cap_s must not be negative")
+
+    def backoff_s(self, failures: int) -> float:
+        return min(self.backoff_cap_s, self.backoff_base_s * 2.0 ** max(0, failures - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class StartRecord:
+    """A revision's start-up history, as far as the autoscaler needs it."""
+
+    failures: int = 0  # consecutive start-up failures
+    last_error: str | None = None  # the last one's error, until a replica becomes ready
+    backoff_until: float = 0.0  # no start before this
+    failed_reason: str | None = None  # set after max_failures: no start until the spec changes
+    seen_ready: frozenset[str] = frozenset()  # replicas that have served: their death is a crash
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A replica the actuator reports FAILED; the loop stops it."""
+
+    replica_id: str
+    error: str
+    # Died after serving. Not a start-up failure: publishing it as the revision's failure would
+    # answer every request held at zero with an error at once, while a replacement is on its way.
+    crashed: bool
+    in_a_row: int = 0  # start-up failures in a row, this one included
+    retry_in_s: float = 0.0  # the backoff this start-up failure set
+    marked_failed: bool = False  # this failure marked the revision failed
+
+
+def reckon(
+    record: StartRecord, replicas: Sequence[Replica], now: float, policy: StartPolicy
+) -> tuple[StartRecord, tuple[Failure, ...]]:
+    """Fold one tick's replicas into the start-up record: count start-up failures (backing off
+    exponentially, marking the revision failed after ``max_failures`` in a row), and clear the
+    count once a replica becomes ready."""
+    failures: list[Failure] = []
+    for r in replicas:
+        if r.phase is not Phase.FAILED:
+            continue
+        error = r.error or "replica failed"
+        if r.replica_id in record.seen_ready:
+            record = replace(record, seen_ready=record.seen_ready - {r.replica_id})
+            failures.append(Failure(r.replica_id, error, crashed=True))
+            continue
+        count = record.failures + 1
+        delay = policy.backoff_s(count)
+        marked = count >= policy.max_failures and record.failed_reason is None
+        record = replace(
+            record,
+            failures=count,
+            last_error=error,
+            backoff_until=now + delay,
+            failed_reason=(
+                f"{count} start-up failures in a row; last: {error}"
+                if marked
+                else record.failed_reason
+            ),
+        )
+        failures.append(Failure(r.replica_id, error, False, count, delay, marked))
+    for r in replicas:
+        if r.phase is Phase.READY and r.replica_id not in record.seen_ready:
+            record = replace(
+                record,
+                seen_ready=record.seen_ready | {r.replica_id},
+                failures=0,
+                last_error=None,
+            )
+    return record, tuple(failures)
+
+
+def spec_changed(record: StartRecord) -> StartRecord:
+    """A changed spec gets a fresh chance after being marked failed."""
+    return replace(record, failures=0, failed_reason=None, backoff_until=0.0)
+
+
+def serving(replicas: Sequence[Replica], leaving: Collection[str]) -> list[Replica]:
+    """Ready replicas that are not on their way out (draining or being stopped)."""
+    return [r for r in replicas if r.phase is Phase.READY and r.replica_id not in leaving]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do about one decision. Empty when the revision already has what it should."""
+
+    take_back: tuple[str, ...] = ()  # draining replicas kept: their model is already loaded
+    start: int = 0  # cold starts
+    stop: tuple[str, ...] = ()  # starting replicas given up: they hold no request
+    drain: tuple[str, ...] = ()  # ready replicas to drain, and stop once they hold nothing
+    held_back: str | None = None  # why starts the decision wants are not made
+    republish: bool = False  # publish the endpoints (and failure) again even if unchanged
+
+
+def plan(
+    decision: Decision,
+    obs: Observation,
+    replicas: Sequence[Replica],
+    draining: Sequence[str],
+    record: StartRecord,
+    now: float,
+) -> Plan:
+    """Turn ``decision`` into replica-level steps.
+
+    ``obs`` is what the decision was made on (its ``ready`` loads name the serving replicas);
+    ``replicas`` are the actuator's non-failed replicas; ``draining`` the ones draining now, in
+    the order their drains began (the oldest is taken back first).
+    """
+    # Waiters held at zero get the reason at once instead of their timeout.
+    republish = obs.poked and record.failed_reason is not None
+    current = obs.current
+    if decision.desired > current:
+        need = decision.desired - current
+        # A replica still draining has a loaded model: take it back instead of a cold start.
+        take_back = tuple(draining[:need])
+        need -= len(take_back)
+        held_back = None
+        if need > 0 and record.failed_reason is not None:
+            held_back, need = f"failed: {record.failed_reason}", 0
+        elif need > 0 and now < record.backoff_until:
+            held_back = (
+                f"want {need} more, backing off {record.backoff_until - now:.1f}s"
+                f" after {record.failures} failures"
+            )
+            need = 0
+        return Plan(take_back, need, held_back=held_back, republish=republish)
+    if decision.desired < current:
+        excess = current - decision.desired
+        starting = [r for r in replicas if r.phase is Phase.STARTING]
+        # Replicas still starting hold no requests: they go first, newest first.
+        stop = tuple(
+            r.replica_id for r in sorted(starting, key=lambda r: r.launched_at, reverse=True)
+        )[:excess]
+        excess -= len(stop)
+        # Then the ready one with the least work; one whose scrape failed is assumed busy.
+        ready = sorted(
+            obs.ready, key=lambda x: (x.work is None, x.work if x.work is not None else 0.0)
+        )
+        drain = tuple(x.replica_id for x in ready[: max(0, excess)])
+        return Plan(stop=stop, drain=drain, republish=republish)
+    return Plan(republish=republish)
+
+
+def announcement(
+    revision: str,
+    replicas: Sequence[Replica],
+    draining: Collection[str],
+    stopping: Collection[str],
+    record: StartRecord,
+) -> RevisionEndpoints:
+    """What the activators are told: every ready replica not being stopped (draining ones
+    flagged), and, while none serves, why the revision cannot start."""
+    endpoints = tuple(
+        Endpoint(r.replica_id, r.url, draining=r.replica_id in draining)
+        for r in sorted(replicas, key=lambda r: r.replica_id)
+        if r.phase is Phase.READY and r.url and r.replica_id not in stopping
+    )
+    in_service = any(not e.draining for e in endpoints)
+    failure = None if in_service else (record.failed_reason or record.last_error)
+    return RevisionEndpoints(revision, endpoints, failure)
+
+
+def publish_needed(
+    last: RevisionEndpoints | None, message: RevisionEndpoints, *, force: bool = False
+) -> bool:
+    """Publish what changed, and nothing before there is something to say: a revision that never
+    had a replica or a failure is not announced as empty (an actuator that has not yet read its
+    replicas would otherwise withdraw a previous autoscaler's endpoints). ``force`` republishes an
+    unchanged message: a new start-up failure, a poke of a failed revision, a new leader."""
+    if force:
+        return True
+    if last is None:
+        return bool(message.endpoints) or message.failure is not None
+    return (last.endpoints, last.failure) != (message.endpoints, message.failure)
+
+
+def revision_state(record: StartRecord, ready: int, starting: int) -> tuple[str, str | None]:
+    """The state ``torpor status`` shows, and its reason."""
+    if record.failed_reason is not None:
+        return "failed", record.failed_reason
+    if ready:
+        return "ready", None
+    if starting:
+        return "starting", record.last_error
+    return "scaled-to-zero", record.last_error
