@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from autoscaler.actuators.knative_demand import (
     ActivatorMetricsError,
+    DemandConfig,
     DemandPoller,
     EndpointSliceActivators,
     HeldDemand,
@@ -350,3 +353,9 @@ def test_config_from_env() -> None:
     for bad in ("0", "-1", "soon", "120"):
         with pytest.raises(ValueError, match="TORPOR_KNATIVE_DEMAND_INTERVAL_S"):
             demand_config_from_env({"TORPOR_KNATIVE_DEMAND_INTERVAL_S": bad})
+
+
+def test_the_platform_configmap_holds_the_defaults() -> None:
+    path = Path(__file__).resolve().parents[3] / "manifests" / "platform" / "config.yaml"
+    data = yaml.safe_load(path.read_text())["data"]
+    assert demand_config_from_env(data) == DemandConfig()
