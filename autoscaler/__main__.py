@@ -79,7 +79,7 @@ async def _serve(args: argparse.Namespace, config: KnativeConfig, kube: Kube) ->
                 identity=config.identity,
                 max_conflict_retries=config.max_conflict_retries,
             )
-            scaler = Autoscaler(bus, actuator, tick_s=args.tick)
+            scaler = Autoscaler(bus, actuator, tick_s=args.tick, leader=controller.leader)
             server = uvicorn.Server(
                 uvicorn.Config(
                     _metrics_app(scaler),

@@ -1,4 +1,7 @@
-"""A small Kubernetes API server emulator speaking the real wire format, for controller tests.
+"""A test harness imitating a Kubernetes API server (and, opt-in, its ReplicaSet and endpoints
+controllers) over the real wire format, for the Knative controller's tests. It is not a cluster
+and ships with nothing: it exists so the controller meets, over real HTTP through the official
+client, the behaviours of a real cluster that would otherwise only show up on one.
 
 Why not ``kmock``: its emulator (0.8) stores objects but answers every write without
 resourceVersion preconditions and serves watches without resume or 410 Gone, which are exactly the
@@ -11,7 +14,20 @@ global resourceVersion, so:
   ``Status`` of code 410 (reason ``Expired``), as the real server sends;
 - PUT and PATCH with a stale ``metadata.resourceVersion`` answer 409 Conflict;
 - ``/status`` and ``/scale`` subresources behave as on a real server (status writes touch only
-  status; a Deployment's scale maps to ``spec.replicas``).
+  status; a Deployment's scale maps to ``spec.replicas``);
+- a watch sees only its namespace (``/namespaces/{ns}/...``) and only objects its label selector
+  matches, and an object that stops matching is sent as DELETED (the old object at the new
+  resourceVersion), one that starts matching as ADDED, as the API server's watch cache does;
+- ``gone_as_http``: a watch from a compacted version is answered HTTP 410 before any stream
+  (the other form a real server uses) instead of a 200 stream with an ERROR event;
+- ``bookmark()`` sends BOOKMARK events (only a resourceVersion) to watches that allowed them;
+- deleting a pod makes it terminating: ``deletionTimestamp`` set, still listed and watched,
+  until ``finish_terminating()`` removes it (the kubelet's grace period, under test control);
+- ``replicasets = True`` runs a ReplicaSet controller for every Deployment: it creates pending,
+  unscheduled pods up to ``spec.replicas`` and, scaling down, terminates pods in the ReplicaSet's
+  own order (unscheduled, then Pending < Unknown < Running, then unready, then the lower
+  ``pod-deletion-cost``, then the newer); ``pod_ready()`` plays the scheduler, kubelet and
+  endpoints controller for one pod (Running, Ready, listed in the private service's slice).
 
 It is not a full server: label selectors support ``key``, ``key=value`` and commas only, and
 merge patches follow RFC 7386 (strategic merge is treated the same way).
@@ -38,6 +54,12 @@ WriteHook = Callable[[str, Key, str | None], None]
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _now_precise() -> str:
+    # Pods this emulator creates within one second still sort by age (a real server keeps whole
+    # seconds, and its ReplicaSet then falls back to criteria not modelled here).
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _status(code: int, reason: str, message: str) -> Json:
@@ -77,12 +99,70 @@ def _selects(selector: str | None, labels: dict[str, str]) -> bool:
     return True
 
 
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+REVISION_LABEL = "serving.knative.dev/revision"
+_PHASES = {"Pending": 0, "Unknown": 1, "Running": 2}
+
+
+def _pod_ready(pod: Json) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or ()
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def replicaset_victim_order(pod: Json) -> tuple[int, int, int, int, float]:
+    """``controller.ActivePodsWithRanks.Less`` (kubernetes pkg/controller/controller_utils.go),
+    criteria 1-4 and 8: written here from the Kubernetes source, apart from the controller's own
+    prediction in autoscaler/actuators/knative_victim.py, so the two can disagree."""
+    meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+    try:
+        cost = int((meta.get("annotations") or {}).get(DELETION_COST, 0))
+    except ValueError:
+        cost = 0
+    created = meta.get("creationTimestamp")
+    # No creation time first, then newer before older.
+    age = (
+        -datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp()
+        if created
+        else float("-inf")
+    )
+    return (
+        1 if spec.get("nodeName") else 0,
+        _PHASES.get(str(status.get("phase") or "Pending"), 0),
+        1 if _pod_ready(pod) else 0,
+        cost,
+        age,
+    )
+
+
 @dataclass(eq=False)
 class _Watcher:
     prefix: str
     plural: str
+    namespace: str  # "" for a watch over all namespaces
     selector: str | None
+    bookmarks: bool = False
     queue: asyncio.Queue[Json | None] = field(default_factory=asyncio.Queue)
+
+    def event(self, kind: str, event: str, obj: Json, prev: Json | None) -> Json | None:
+        """What this watch is sent for one change, or None (the watch cache's rules)."""
+        if kind != f"{self.prefix}/{self.plural}":
+            return None
+        if self.namespace and obj["metadata"].get("namespace", "") != self.namespace:
+            return None
+        now = _selects(self.selector, obj["metadata"].get("labels") or {})
+        before = prev is not None and _selects(self.selector, prev["metadata"].get("labels") or {})
+        if event == "DELETED":
+            return {"type": event, "object": copy.deepcopy(obj)} if now else None
+        if now and (before or event == "ADDED"):
+            return {"type": event, "object": copy.deepcopy(obj)}
+        if now:
+            return {"type": "ADDED", "object": copy.deepcopy(obj)}
+        if before:
+            assert prev is not None
+            old = copy.deepcopy(prev)
+            old["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"]
+            return {"type": "DELETED", "object": old}
+        return None
 
 
 class KubeEmulator:
@@ -90,7 +170,8 @@ class KubeEmulator:
         self.objects: dict[Key, Json] = {}
         self._rv = itertools.count(100)
         self._current_rv = 99
-        self._log: list[tuple[int, str, str, Json]] = []  # (rv, prefix/plural, type, object)
+        # (rv, prefix/plural, type, object, the object before this change)
+        self._log: list[tuple[int, str, str, Json, Json | None]] = []
         self._compacted_below = 0
         self._watchers: set[_Watcher] = set()
         self.requests: list[tuple[str, str]] = []  # (method, path) in arrival order
@@ -100,6 +181,11 @@ class KubeEmulator:
         self._failures: dict[str, list[int]] = {}  # path part -> statuses still to answer
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.gone_as_http = False  # answer a too-old watch with HTTP 410 instead of ERROR
+        self.replicasets = False  # run the ReplicaSet controller for every Deployment
+        self.bookmarks_sent = 0
+        self.by_host: list[tuple[str, str, str]] = []  # (Host header, method, path)
+        self._pod_names = itertools.count(1)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -108,11 +194,22 @@ class KubeEmulator:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
+        self.url = await self.listen()
+        return self.url
+
+    async def listen(self) -> str:
+        """One more address serving the same state: give each client its own, and
+        ``requests_from(url)`` tells their requests apart."""
+        assert self._runner is not None, "start() first"
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-        return self.url
+        return f"http://127.0.0.1:{port}"
+
+    def requests_from(self, url: str) -> list[tuple[str, str]]:
+        """(method, path) of every request that arrived at ``url`` (from ``listen()``)."""
+        host = url.split("://", 1)[1]
+        return [(m, p) for h, m, p in self.by_host if h == host]
 
     async def stop(self) -> None:
         self.break_watches()
@@ -145,12 +242,186 @@ class KubeEmulator:
         return self._store(key, obj, "MODIFIED" if old else "ADDED")
 
     def delete(self, prefix: str, plural: str, namespace: str, name: str) -> None:
+        """Delete an object at once (a pod too: use ``terminate`` for a graceful one)."""
         key = (prefix, plural, namespace, name)
         obj = self.objects.pop(key)
         rv = self._next_rv()
+        prev = obj
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(rv)
-        self._record(rv, key, "DELETED", obj)
+        self._record(rv, key, "DELETED", obj, prev)
+
+    def bookmark(self) -> None:
+        """Send every watch that allowed bookmarks the current resourceVersion, as the API server
+        does about once a minute, so a quiet, selective watch can resume after compaction."""
+        for watcher in list(self._watchers):
+            if watcher.bookmarks:
+                kind = "Pod" if watcher.plural == "pods" else watcher.plural
+                obj = {
+                    "kind": kind,
+                    "apiVersion": watcher.prefix.removeprefix("apis/").removeprefix("api/"),
+                    "metadata": {"resourceVersion": str(self._current_rv)},
+                }
+                watcher.queue.put_nowait({"type": "BOOKMARK", "object": obj})
+                self.bookmarks_sent += 1
+
+    # -- pods: graceful deletion, a ReplicaSet and an endpoints controller --------------------
+
+    def terminate(self, namespace: str, name: str) -> None:
+        """A graceful delete: the pod stays listed with ``deletionTimestamp`` set, its endpoint
+        turns not-ready and terminating, and its ReplicaSet (if any) counts it no more."""
+        key = ("api/v1", "pods", namespace, name)
+        pod = copy.deepcopy(self.objects[key])
+        if pod["metadata"].get("deletionTimestamp"):
+            return
+        pod["metadata"]["deletionTimestamp"] = _now()
+        pod["metadata"]["deletionGracePeriodSeconds"] = 30
+        self._store(key, pod, "MODIFIED")
+        self._update_endpoint(pod)
+        owner = self._owner(pod)
+        if owner is not None:
+            self._sync_replicaset(namespace, owner)
+
+    def finish_terminating(self, namespace: str, name: str) -> None:
+        """The kubelet is done with a terminating pod: it goes from the API and its slice."""
+        key = ("api/v1", "pods", namespace, name)
+        pod = self.objects[key]
+        assert pod["metadata"].get("deletionTimestamp"), f"{name} is not terminating"
+        self._update_endpoint(pod, remove=True)
+        self.delete(*key)
+
+    def terminating(self, namespace: str) -> list[str]:
+        return sorted(
+            k[3]
+            for k, o in self.objects.items()
+            if k[:3] == ("api/v1", "pods", namespace) and o["metadata"].get("deletionTimestamp")
+        )
+
+    def pods_of(self, namespace: str, deployment: str) -> list[Json]:
+        """The pods a Deployment's ReplicaSet owns, terminating ones included."""
+        return [
+            o
+            for k, o in sorted(self.objects.items())
+            if k[:3] == ("api/v1", "pods", namespace) and self._owner(o) == deployment
+        ]
+
+    def pod_ready(self, namespace: str, name: str, ip: str, *, ready: bool = True) -> None:
+        """Scheduled, Running and (un)ready, and listed in the revision's private service."""
+        key = ("api/v1", "pods", namespace, name)
+        pod = copy.deepcopy(self.objects[key])
+        pod.setdefault("spec", {})["nodeName"] = "node-1"
+        pod["status"] = {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "lastTransitionTime": _now(),
+                }
+            ],
+        }
+        self._store(key, pod, "MODIFIED")
+        self._update_endpoint(pod)
+
+    @staticmethod
+    def _owner(pod: Json) -> str | None:
+        for ref in pod["metadata"].get("ownerReferences") or ():
+            if ref.get("kind") == "ReplicaSet":
+                return str(ref["name"]).removesuffix("-rs")
+        return None
+
+    def _sync_replicaset(self, namespace: str, deployment: str) -> None:
+        """The ReplicaSet controller's sync for one Deployment's (single) ReplicaSet."""
+        obj = self.objects.get(("apis/apps/v1", "deployments", namespace, deployment))
+        if obj is None:
+            return
+        wanted = int((obj.get("spec") or {}).get("replicas") or 0)
+        active = [
+            p
+            for p in self.pods_of(namespace, deployment)
+            if not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        ]
+        template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        labels = dict(template.get("labels") or obj["metadata"].get("labels") or {})
+        for _ in range(wanted - len(active)):
+            name = f"{deployment}-{next(self._pod_names):05d}"
+            self.put(
+                "api/v1",
+                "pods",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": name,
+                        "namespace": namespace,
+                        "labels": labels,
+                        "ownerReferences": [
+                            {"kind": "ReplicaSet", "name": f"{deployment}-rs", "controller": True}
+                        ],
+                        "creationTimestamp": _now_precise(),
+                    },
+                    "spec": {},
+                    "status": {"phase": "Pending"},
+                },
+            )
+        victims = sorted(active, key=replicaset_victim_order)[: max(0, len(active) - wanted)]
+        for pod in victims:
+            self.terminate(namespace, pod["metadata"]["name"])
+
+    def _update_endpoint(self, pod: Json, *, remove: bool = False) -> None:
+        """Knative's private service ``<revision>-private`` selects the revision's pods; its
+        EndpointSlice lists each with queue-proxy's port, ready or not, terminating or not."""
+        meta = pod["metadata"]
+        revision = (meta.get("labels") or {}).get(REVISION_LABEL)
+        ip = (pod.get("status") or {}).get("podIP")
+        if not revision or (not ip and not remove):
+            return
+        namespace = meta.get("namespace", "")
+        name = f"{revision}-private-emul"
+        key = ("apis/discovery.k8s.io/v1", "endpointslices", namespace, name)
+        current = self.objects.get(key)
+        endpoints = [
+            e
+            for e in (current or {}).get("endpoints", [])
+            if e["targetRef"]["name"] != meta["name"]
+        ]
+        if not remove:
+            terminating = bool(meta.get("deletionTimestamp"))
+            endpoints.append(
+                {
+                    "addresses": [ip],
+                    "conditions": {
+                        "ready": _pod_ready(pod) and not terminating,
+                        "serving": _pod_ready(pod),
+                        "terminating": terminating,
+                    },
+                    "targetRef": {"kind": "Pod", "name": meta["name"], "namespace": namespace},
+                }
+            )
+        self.put(
+            "apis/discovery.k8s.io/v1",
+            "endpointslices",
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "addressType": "IPv4",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": {
+                        REVISION_LABEL: revision,
+                        "kubernetes.io/service-name": f"{revision}-private",
+                    },
+                },
+                "endpoints": endpoints,
+                "ports": [
+                    {"name": "http-queueadm", "port": 8022, "protocol": "TCP"},
+                    {"name": "http", "port": 8012, "protocol": "TCP"},
+                ],
+            },
+        )
 
     def get(self, prefix: str, plural: str, namespace: str, name: str) -> Json | None:
         return self.objects.get((prefix, plural, namespace, name))
@@ -179,23 +450,29 @@ class KubeEmulator:
     def _store(self, key: Key, obj: Json, event: str) -> Json:
         rv = self._next_rv()
         obj["metadata"]["resourceVersion"] = str(rv)
+        prev = self.objects.get(key)
         self.objects[key] = obj
-        self._record(rv, key, event, obj)
+        self._record(rv, key, event, obj, prev)
+        if self.replicasets and key[:2] == ("apis/apps/v1", "deployments"):
+            before = ((prev or {}).get("spec") or {}).get("replicas")
+            if before != (obj.get("spec") or {}).get("replicas"):
+                self._sync_replicaset(key[2], key[3])
         return obj
 
-    def _record(self, rv: int, key: Key, event: str, obj: Json) -> None:
+    def _record(self, rv: int, key: Key, event: str, obj: Json, prev: Json | None) -> None:
         kind = f"{key[0]}/{key[1]}"
-        self._log.append((rv, kind, event, copy.deepcopy(obj)))
+        obj, prev = copy.deepcopy(obj), copy.deepcopy(prev)
+        self._log.append((rv, kind, event, obj, prev))
         for watcher in self._watchers:
-            if f"{watcher.prefix}/{watcher.plural}" == kind and _selects(
-                watcher.selector, obj["metadata"].get("labels", {})
-            ):
-                watcher.queue.put_nowait({"type": event, "object": copy.deepcopy(obj)})
+            sent = watcher.event(kind, event, obj, prev)
+            if sent is not None:
+                watcher.queue.put_nowait(sent)
 
     # -- HTTP ------------------------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path))
+        self.by_host.append((request.host, request.method, request.path))
         for part, statuses in self._failures.items():
             if part in request.path and statuses:
                 code = statuses.pop(0)
@@ -238,6 +515,9 @@ class KubeEmulator:
         if request.method == "DELETE":
             if key not in self.objects:
                 return self._not_found(plural, name)
+            if plural == "pods":
+                self.terminate(namespace, name)
+                return web.json_response(self.objects[key])
             self.delete(*key)
             return web.json_response(_status(200, "", "deleted") | {"status": "Success"})
         return web.json_response(_status(405, "MethodNotAllowed", ""), status=405)
@@ -271,6 +551,10 @@ class KubeEmulator:
     ) -> web.StreamResponse:
         since = int(request.query.get("resourceVersion") or self._current_rv)
         self.watch_starts.append((plural, str(since)))
+        if since + 1 < self._compacted_below and self.gone_as_http:
+            message = f"too old resource version: {since} ({self._compacted_below})"
+            self.gone_sent.append(plural)
+            return web.json_response(_status(410, "Expired", message), status=410)
         response = web.StreamResponse()
         response.content_type = "application/json"
         response.enable_chunked_encoding()
@@ -284,15 +568,18 @@ class KubeEmulator:
             self.gone_sent.append(plural)
             await send({"type": "ERROR", "object": _status(410, "Expired", message)})
             return response
-        watcher = _Watcher(prefix, plural, request.query.get("labelSelector"))
-        kind = f"{prefix}/{plural}"
-        for rv, k, event, obj in list(self._log):
-            if (
-                k == kind
-                and rv > since
-                and _selects(watcher.selector, obj["metadata"].get("labels", {}))
-            ):
-                watcher.queue.put_nowait({"type": event, "object": copy.deepcopy(obj)})
+        watcher = _Watcher(
+            prefix,
+            plural,
+            namespace,
+            request.query.get("labelSelector"),
+            bookmarks=request.query.get("allowWatchBookmarks") in {"true", "1"},
+        )
+        for rv, kind, event, obj, prev in list(self._log):
+            if rv > since:
+                sent = watcher.event(kind, event, obj, prev)
+                if sent is not None:
+                    watcher.queue.put_nowait(sent)
         self._watchers.add(watcher)
         timeout = float(request.query.get("timeoutSeconds") or 300)
         try:
