@@ -258,7 +258,8 @@ class DemandPoller:
     ``on_demand(key, demand)`` is awaited for every revision in ``revisions()`` whose summed
     demand is above zero, every poll, and once with ``HeldDemand()`` when that demand ends (so a
     sink that counts it as load clears it at once instead of waiting for it to go stale). While
-    an activator cannot be read, no demand is declared ended.
+    an activator cannot be read, no demand is declared ended. A standby (``leader()`` false)
+    skips its rounds.
 
     ``interval_s`` defaults to 1 s: the activator's own concurrency gauge moves once a second,
     so polling faster gains nothing before Knative 1.22, and a second is small next to a cold
@@ -275,6 +276,7 @@ class DemandPoller:
         *,
         interval_s: float = 1.0,
         now: Callable[[], float] = time.monotonic,
+        leader: Callable[[], bool] = lambda: True,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
@@ -284,12 +286,17 @@ class DemandPoller:
         self._on_demand = on_demand
         self.interval_s = interval_s
         self._now = now
+        self._leader = leader
         self._urls: Sequence[str] = ()
         self._reported: set[str] = set()
         self._failing: set[str] = set()  # URLs whose last scrape failed (logged once)
 
     async def poll_once(self) -> dict[str, HeldDemand]:
         """One round: scrape, sum per revision, call back. Returns what was reported."""
+        if not self._leader():
+            # Only the acting autoscaler scrapes: a standby's pokes would reach the leader
+            # anyway, and would only multiply the load on Knative's activators.
+            return {}
         try:
             self._urls = list(await self._directory.metrics_urls())
         except Exception:
@@ -405,14 +412,16 @@ def demand_config_from_env(env: Mapping[str, str]) -> DemandConfig:
 
 @contextlib.asynccontextmanager
 async def knative_demand(
-    bus: Bus, config: DemandConfig, *, kubeconfig: str | None = None
+    bus: Bus,
+    config: DemandConfig,
+    kube: SliceLister,
+    *,
+    leader: Callable[[], bool] = lambda: True,
 ) -> AsyncIterator[DemandPoller]:
-    """The poller running against the cluster (in-cluster or ``kubeconfig``), wired to the bus:
-    ``async with knative_demand(bus, demand_config_from_env(os.environ)):`` around the
-    autoscaler. Needs ``list`` on ``endpointslices`` in ``config.namespace``."""
-    from autoscaler.actuators.knative_kube import Kube
-
-    kube = Kube.from_kubeconfig(kubeconfig) if kubeconfig else Kube.in_cluster()
+    """The poller running, wired to the bus, for as long as the block lasts:
+    ``async with knative_demand(bus, demand_config_from_env(os.environ), kube, leader=...)``
+    around the autoscaler. ``kube`` (``knative_kube.Kube``) needs ``list`` on ``endpointslices``
+    in ``config.namespace``."""
     fetcher = HttpMetricsFetcher(timeout_s=config.scrape_timeout_s)
     directory = EndpointSliceActivators(
         kube,
@@ -428,6 +437,7 @@ async def knative_demand(
         bus_revisions(bus),
         bus_demand_sink(bus),
         interval_s=config.interval_s,
+        leader=leader,
     )
     task = asyncio.create_task(poller.run(), name="knative-demand")
     try:
@@ -437,4 +447,3 @@ async def knative_demand(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await fetcher.aclose()
-        await kube.aclose()

@@ -311,6 +311,20 @@ async def test_revisions_are_not_read_while_nothing_is_held() -> None:
     assert asked == [] and recorder.calls == []
 
 
+async def test_a_standby_does_not_scrape() -> None:
+    fake = FakeActivators({"a": _queued(("default", "chat-00001", 1))})
+    recorder, leading = Recorder(), [False]
+
+    async def ours() -> Collection[str]:
+        return {"default/chat-00001"}
+
+    poller = DemandPoller(fake, fake, ours, recorder, now=lambda: 0.0, leader=lambda: leading[0])
+    assert await poller.poll_once() == {}
+    leading[0] = True
+    assert await poller.poll_once() == {"default/chat-00001": HeldDemand(1, 0)}
+    assert len(recorder.calls) == 1
+
+
 def test_a_poller_needs_a_positive_interval() -> None:
     fake = FakeActivators({})
     with pytest.raises(ValueError, match="interval_s"):

@@ -11,14 +11,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import pytest
 
-from autoscaler.actuators.knative_demand import DemandPoller, HeldDemand, HttpMetricsFetcher
+from autoscaler.actuators.knative_demand import (
+    DemandConfig,
+    DemandPoller,
+    HeldDemand,
+    HttpMetricsFetcher,
+    knative_demand,
+)
 from tests.autoscaler.actuators.fake_knative_activator import FakeKnativeActivator
-from tests.autoscaler.fakes import eventually
+from tests.autoscaler.fakes import eventually, revision, service
+from torpor.bus import MemoryBus, Poked
 
 OURS = "default/chat-00001"
 OTHER = "default/hello-00001"  # a KPA-class revision: Knative's own autoscaler wakes it
@@ -106,3 +113,45 @@ async def test_a_request_held_by_knatives_activator_wakes_torpors_revision(
             polling.cancel()
             await asyncio.gather(polling, return_exceptions=True)
             await fetcher.aclose()
+
+
+class ActivatorSlices:
+    """The API server's answer for ``activator-service``'s EndpointSlices: the harness's port."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def list(self, resource: Any, *, label_selector: str | None = None) -> dict[str, Any]:
+        return {
+            "items": [
+                {
+                    "metadata": {"namespace": "knative-serving", "name": "activator-service-x"},
+                    "ports": [{"name": "http-metrics", "port": self.port}],
+                    "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+                }
+            ]
+        }
+
+
+async def test_the_wiring_pokes_torpors_revision_and_publishes_its_load_on_the_bus(
+    activator: FakeKnativeActivator,
+) -> None:
+    bus = MemoryBus()
+    await bus.publish_services([service(revision("chat-00001"))])
+    events = bus.events().__aiter__()
+    config = DemandConfig(interval_s=INTERVAL_S, scrape_timeout_s=SCRAPE_TIMEOUT_S)
+    async with (
+        httpx.AsyncClient(timeout=30.0) as client,
+        knative_demand(bus, config, ActivatorSlices(activator.port)),
+    ):
+        held = asyncio.create_task(_call(client, activator.url, OURS))
+        assert await asyncio.wait_for(anext(events), 10.0) == Poked(OURS)
+        (stats,) = await bus.revision_stats(OURS)
+        assert (stats.queued, stats.in_flight) == (1, 0)
+        activator.release.set()
+        assert await held == 200
+        await eventually(lambda: _nothing_queued(bus))
+
+
+async def _nothing_queued(bus: MemoryBus) -> bool:
+    return all(s.queued == 0 for s in await bus.revision_stats(OURS))
