@@ -305,7 +305,7 @@ async def test_a_failing_directory_keeps_the_last_known_activators() -> None:
 
 async def test_revisions_are_not_read_while_nothing_is_held() -> None:
     fake = FakeActivators({"a": _queued(("default", "chat-00001", 0))})
-    recorder, asked = Recorder(), []
+    recorder, asked = Recorder(), list[int]()
     poller = _poller(fake, {"default/chat-00001"}, recorder, asked)
     await poller.poll_once()
     assert asked == [] and recorder.calls == []
