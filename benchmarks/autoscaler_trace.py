@@ -1,20 +1,22 @@
 """Replay seeded, bursty request traces through simulated replicas under torpor's and KPA's policy.
 
-Every run calls the same ``autoscaler.decide.decide``: with torpor's defaults (vLLM's running +
-waiting, KV-cache capacity guard, target 100 x 0.7), with the old torpor default target of 16 (to
-show what a low request target costs), and configured as Knative's KPA defaults (request
-concurrency only, target 100 x 0.7, 60 s / 6 s windows, 30 s scale-to-zero grace), all in the same
-run. Two replica models side by side, each labelled with which inputs are measured and which are
-assumed: the tiny CPU replica exactly as measured (``results/coldstart.json``,
-``results/replica_throughput.json``), and a KV-bound replica: the same tiny model on the real vLLM
-CPU engine with its KV cache capped by ``--num-gpu-blocks-override`` to about a GPU-served 8B
-model's token count (``results/replica_throughput_kvcap.json``, made by
+Every run calls the product's own policy, ``autoscaler.decide.decide`` for how many replicas and
+``autoscaler.plan.plan`` for which (victim order, taking back a draining replica): with torpor's
+defaults (vLLM's running + waiting, KV-cache capacity guard, target 100 x 0.7), with the old torpor
+default target of 16 (to show what a low request target costs), and configured as Knative's KPA
+defaults (request concurrency only, target 100 x 0.7, 60 s / 6 s windows, 30 s scale-to-zero
+grace), all in the same run. Two replica models side by side, each labelled with which inputs are
+measured and which are assumed: the tiny CPU replica exactly as measured
+(``results/coldstart.json``, ``results/replica_throughput.json``), and a KV-bound replica: the same
+tiny model on the real vLLM CPU engine with its KV cache capped by ``--num-gpu-blocks-override`` to
+about a GPU-served 8B model's token count (``results/replica_throughput_kvcap.json``, made by
 ``replica_throughput.py --kv-blocks 256``; without that file the KV cache is the labelled
 assumption in ``autoscaler_trace_params.json``). Both replay the same traces.
 
     flock /tmp/torpor-cpu.lock .venv/bin/python benchmarks/autoscaler_trace.py
 
-Writes ``results/autoscaler_trace.{json,md,png}``.
+Writes ``results/autoscaler_trace.{json,md,png}`` (``--out DIR`` elsewhere: a quick check with
+``--check-seeds '' --no-plot --out /tmp/trace`` takes about a minute).
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from autoscaler.actuator import Phase, Replica
 from autoscaler.decide import Observation, ReplicaLoad, ScalerState, decide
+from autoscaler.plan import StartRecord, plan
 from torpor.spec import AutoscalingSpec
 
 HERE = Path(__file__).resolve().parent
@@ -187,6 +191,7 @@ class SimReplica:
     waiting: deque[Request] = field(default_factory=deque)
     running: list[Running] = field(default_factory=list)
     draining: bool = False
+    drain_began: float = 0.0
 
     def ready(self, now: float) -> bool:
         return now >= self.ready_at
@@ -330,23 +335,30 @@ def simulate(
             poked=poked,
         )
         d, state = decide(spec, obs, state, now)
-        current = obs.current
-        if d.desired > current:
-            need = d.desired - current
-            for r in draining[:need]:
-                r.draining = False  # taken back: no cold start
-                need -= 1
-            for _ in range(need):
-                n_ids += 1
-                replicas.append(SimReplica(f"r{n_ids}", now, now + cold_start))
-                cold_starts += 1
-        elif d.desired < current:
-            excess = current - d.desired
-            for r in sorted(starting, key=lambda r: -r.launched)[:excess]:
-                replicas.remove(r)
-                excess -= 1
-            for r in sorted(ready, key=lambda r: r.work)[: max(0, excess)]:
-                r.draining = True
+        # Which replicas: the product's own plan (no start-up failures are simulated).
+        as_replicas = [
+            Replica(
+                r.rid,
+                "sim",
+                Phase.READY if r.ready(now) else Phase.STARTING,
+                url=f"sim://{r.rid}" if r.ready(now) else None,
+                launched_at=r.launched,
+            )
+            for r in replicas
+        ]
+        oldest_drain_first = [r.rid for r in sorted(draining, key=lambda r: r.drain_began)]
+        steps = plan(d, obs, as_replicas, oldest_drain_first, StartRecord(), now)
+        by_id = {r.rid: r for r in replicas}
+        for rid in steps.take_back:
+            by_id[rid].draining = False  # taken back: no cold start
+        for _ in range(steps.start):
+            n_ids += 1
+            replicas.append(SimReplica(f"r{n_ids}", now, now + cold_start))
+            cold_starts += 1
+        for rid in steps.stop:
+            replicas.remove(by_id[rid])
+        for rid in steps.drain:
+            by_id[rid].draining, by_id[rid].drain_began = True, now
 
     while i < len(trace) or held or any(r.work for r in replicas) or now < end:
         # Arrivals: to a serving replica, else held by the activator (and a poke at zero).
@@ -570,6 +582,9 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=PARAMS)
     parser.add_argument("--check-seeds", default="11,23,31,47", help="more seeds (robustness)")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help="where the results go (a quick check: not here)"
+    )
     args = parser.parse_args()
     base = load_params(args.params)
     target = float(base["wait_target_s"])
@@ -634,12 +649,12 @@ def main() -> None:
             },
         }
     result["grace_sensitivity"] = grace_sensitivity(base, args.seed, target)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "autoscaler_trace.json").write_text(compact_json(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "autoscaler_trace.json").write_text(compact_json(result))
     lines = report(result, base, policies)
-    (RESULTS / "autoscaler_trace.md").write_text("\n".join(lines))
+    (args.out / "autoscaler_trace.md").write_text("\n".join(lines))
     if not args.no_plot:
-        plot(grid, args.seed, RESULTS / "autoscaler_trace.png")
+        plot(grid, args.seed, args.out / "autoscaler_trace.png")
     print("\n".join(lines))
 
 
