@@ -218,10 +218,12 @@ class KubeEmulator:
 
     # -- test controls ---------------------------------------------------------------------------
 
-    def compact(self) -> None:
-        """Forget history: a watch from any version older than now gets 410 Gone."""
-        self._compacted_below = self._current_rv + 1
-        self._log.clear()
+    def compact(self, upto: int | None = None) -> None:
+        """Forget history up to ``upto`` (default: now): a watch from an older version gets
+        410 Gone."""
+        upto = self._current_rv if upto is None else upto
+        self._compacted_below = upto + 1
+        self._log = [entry for entry in self._log if entry[0] > upto]
 
     def break_watches(self) -> None:
         """End every open watch stream, as an API server restart would."""

@@ -11,6 +11,7 @@ from autoscaler.actuators.knative_config import config_from_env
 from autoscaler.actuators.knative_lease import Action, Observed, decide, observe
 from autoscaler.actuators.knative_revision import pod_failure, replicas_of
 from autoscaler.actuators.knative_status import ScaleObservation, condition, pa_status, sks_mode
+from autoscaler.actuators.knative_victim import DELETION_COST, cost_decides
 
 HELD = {"holderIdentity": "b", "renewTime": "t1", "leaseDurationSeconds": 15}
 
@@ -159,7 +160,39 @@ def test_config_from_env_checks_the_lease_timing_rule() -> None:
     assert cfg.identity == "pod-a" and cfg.lease.namespace == "x"
     with pytest.raises(ValueError, match="renew deadline"):
         config_from_env({"TORPOR_IDENTITY": "a", "TORPOR_LEASE_RENEW_DEADLINE_S": "20"})
+    with pytest.raises(ValueError, match="whole number"):
+        config_from_env({"TORPOR_IDENTITY": "a", "TORPOR_LEASE_DURATION_S": "2.5"})
     with pytest.raises(ValueError, match="TORPOR_IDENTITY"):
         config_from_env({})
     with pytest.raises(ValueError, match=r"torpor\.dev"):
         config_from_env({"TORPOR_IDENTITY": "a", "TORPOR_CLASS_SUFFIX": ".knative.dev"})
+
+
+def rs_pod(
+    name: str, phase: str, *, ready: bool = False, node: str | None = "n", cost: int = 0
+) -> Any:
+    return {
+        "metadata": {"name": name, "annotations": {DELETION_COST: str(cost)}},
+        "spec": {"nodeName": node} if node else {},
+        "status": {
+            "phase": phase,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def test_the_deletion_cost_decides_only_among_pods_equally_far_along() -> None:
+    low = -(2**31)
+    a, b = rs_pod("a", "Running", ready=True), rs_pod("b", "Running", ready=True)
+    assert cost_decides([a, b], "a", low)
+    # A pod that is pending, unscheduled or unready goes first whatever a's cost.
+    assert not cost_decides([a, rs_pod("b", "Pending")], "a", low)
+    assert not cost_decides([a, rs_pod("b", "Running", ready=True, node=None)], "a", low)
+    assert not cost_decides([a, rs_pod("b", "Running")], "a", low)
+    # Equal cost is a tie broken by criteria not modelled: not decided.
+    assert not cost_decides([a, rs_pod("b", "Running", ready=True, cost=low)], "a", low)
+    # Terminating and finished pods are no longer the ReplicaSet's to choose from.
+    gone = rs_pod("b", "Pending")
+    gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert cost_decides([a, gone, rs_pod("c", "Failed")], "a", low)
+    assert not cost_decides([gone], "b", low)
