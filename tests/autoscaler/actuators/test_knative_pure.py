@@ -161,7 +161,7 @@ def test_config_from_env_checks_the_lease_timing_rule() -> None:
     with pytest.raises(ValueError, match="renew deadline"):
         config_from_env({"TORPOR_IDENTITY": "a", "TORPOR_LEASE_RENEW_DEADLINE_S": "20"})
     with pytest.raises(ValueError, match="whole number"):
-        config_from_env({"TORPOR_IDENTITY": "a", "TORPOR_LEASE_DURATION_S": "2.5"})
+        config_from_env({"TORPOR_IDENTITY": "a", "TORPOR_LEASE_DURATION_S": "15.5"})
     with pytest.raises(ValueError, match="TORPOR_IDENTITY"):
         config_from_env({})
     with pytest.raises(ValueError, match=r"torpor\.dev"):
