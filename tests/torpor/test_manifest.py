@@ -99,7 +99,7 @@ def test_tiny_chat_example_parses() -> None:
     assert (m.namespace, m.name, m.key) == ("default", "tiny-chat", "default/tiny-chat")
     rt = m.template.runtime
     assert rt.image == "ghcr.io/torpor-dev/runtime:0.1.0-cpu"
-    assert rt.model == "$(TORPOR_HOME)/models/tiny-llama"
+    assert rt.model == "/models/tiny-llama"  # the models volume; the embedded home maps it
     assert rt.served_model_name == "tiny-chat"
     assert rt.engine_args == ("--max-model-len=512", "--enforce-eager", "--dtype=bfloat16")
     assert rt.env == (("VLLM_CPU_KVCACHE_SPACE", "1"),)
