@@ -24,6 +24,7 @@ import uvloop
 
 from activator.app import ActivatorConfig, build_activator
 from activator.auth import FileKeyStore
+from activator.http.http1 import BODY_IDLE_TIMEOUT_S, HEAD_TIMEOUT_S, HttpLimits
 from activator.http.server import uvicorn_config
 from activator.http.workers import bind_listeners, exit_when_orphaned, run_workers
 from torpor.bus.redis import RedisBus
@@ -51,6 +52,24 @@ def _parser() -> argparse.ArgumentParser:
         default=int(env.get("TORPOR_ACTIVATOR_WORKERS", "1")),
         help="activator processes sharing the port (SO_REUSEPORT); 1 runs no supervisor",
     )
+    p.add_argument(
+        "--head-timeout",
+        type=float,
+        default=HEAD_TIMEOUT_S,
+        help="seconds a client has to send a request's line and headers (then 408)",
+    )
+    p.add_argument(
+        "--body-idle-timeout",
+        type=float,
+        default=BODY_IDLE_TIMEOUT_S,
+        help="seconds a request body may stall while it is being read (then 408)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="client connections per activator process (default: from the open-file limit)",
+    )
     # A worker started by the supervisor serves the listening socket it inherited.
     p.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     return p
@@ -67,6 +86,7 @@ async def _serve(args: argparse.Namespace) -> None:
                 activator.app,
                 args.host,
                 args.port,
+                limits=_limits(args),
                 timeout_graceful_shutdown=args.drain_timeout,
             )
         )
@@ -83,6 +103,12 @@ async def _serve(args: argparse.Namespace) -> None:
         await bus.aclose()
 
 
+def _limits(args: argparse.Namespace) -> HttpLimits:
+    if args.max_connections is None:
+        return HttpLimits(args.head_timeout, args.body_idle_timeout)
+    return HttpLimits(args.head_timeout, args.body_idle_timeout, args.max_connections)
+
+
 def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """argv prefix and environment of every worker; the bus URL travels in the environment."""
     argv = [
@@ -92,7 +118,11 @@ def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]
         "--workers=1",
         f"--domain={args.domain}",
         f"--drain-timeout={args.drain_timeout}",
+        f"--head-timeout={args.head_timeout}",
+        f"--body-idle-timeout={args.body_idle_timeout}",
     ]
+    if args.max_connections is not None:
+        argv.append(f"--max-connections={args.max_connections}")
     if args.secrets_dir:
         argv.append(f"--secrets-dir={args.secrets_dir}")
     # Off the command line, where any local user could read a password in it.
@@ -115,6 +145,10 @@ def main() -> None:
         raise SystemExit("python -m activator: --bus or TORPOR_BUS_URL is required")
     if args.workers < 1:
         raise SystemExit("python -m activator: --workers must be at least 1")
+    try:
+        _limits(args)
+    except ValueError as exc:
+        raise SystemExit(f"python -m activator: {exc}") from None
     configure_logging()
     if args.workers > 1 and args.listen_fd is None:
         raise SystemExit(_supervise(args))

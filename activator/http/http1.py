@@ -16,7 +16,18 @@ never needs. What this protocol does differently:
 - a client's disconnect is reported through a callback the app registers
   (``activator.http.extensions.DISCONNECT_EXTENSION``), so the activator needs no task per
   request to watch ``receive()`` for it;
-- a malformed request gets a JSON error in the OpenAI shape, like every other torpor error.
+- a malformed request gets a JSON error in the OpenAI shape, like every other torpor error,
+  in its place in the pipeline (after the answers to the requests before it).
+
+What it guards against (``HttpLimits``, defaults below, set through
+``activator.http.server.uvicorn_config``): a client that sends its request head slowly
+(slowloris) or stalls in its body is answered ``408`` and closed; connections beyond the cap get
+``503`` and close, and connections that are not serving a request (idle keep-alive, or still
+sending a head) give way to new ones before the cap is reached, so they can never fill the
+reserve that keeps room for real requests. A request is read as RFC 9112 says: chunked
+trailers never join the headers, HTTP/1.1 needs exactly one ``Host`` and an absolute-form
+target's authority replaces it, and an HTTP/1.0 client gets a streamed body delimited by the
+close instead of chunked coding, which it cannot read.
 
 What it keeps from uvicorn: ASGI 3 semantics for ``http`` scopes, keep-alive and pipelining (one
 response at a time, in order), ``Expect: 100-continue``, flow control in both directions, the
@@ -29,9 +40,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import resource
 from collections.abc import Callable
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, cast
 from urllib.parse import unquote
 
 import httptools
@@ -44,7 +58,9 @@ from activator.errors import (
     HeadersTooLarge,
     InternalError,
     MalformedRequest,
+    RequestTimeout,
     ShuttingDown,
+    TooManyConnections,
     error_event,
     error_http,
     status_line,
@@ -57,6 +73,58 @@ MAX_HEAD_BYTES = 64 * 1024  # request line + headers; more -> 431
 _HIGH_WATER = 64 * 1024  # request body bytes buffered before reading from the client pauses
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _NO_BODY_STATUS = frozenset({204, 304})
+
+# A client sends its request line and headers in one write, in microseconds on a pod network;
+# ten seconds is generous for any real client and short for one that trickles a byte at a time.
+HEAD_TIMEOUT_S = 10.0
+# Between two reads of a request body while the server is reading it (flow-control pauses do not
+# count). A body is at most ``ActivatorConfig.max_body_bytes`` (8 MiB), read whole before it is
+# forwarded, so a client that stops sending it for this long is not coming back.
+BODY_IDLE_TIMEOUT_S = 30.0
+# File descriptors kept out of the connection cap for everything else the process opens: the
+# listening socket, the bus connection, log files, the event loop's own.
+FD_RESERVE = 64
+MIN_CONNECTIONS = 16
+
+
+def default_max_connections(nofile: int | None = None) -> int:
+    """The connection cap a process with an ``RLIMIT_NOFILE`` soft limit of ``nofile`` can keep.
+
+    Every proxied request holds two descriptors (the client's and the replica's connection), so
+    at most half of what is left after ``FD_RESERVE`` can be client connections; past that a
+    flood of idle clients would leave real requests no descriptor for their replica.
+    """
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if nofile == resource.RLIM_INFINITY:
+            nofile = 1 << 20
+    return max(MIN_CONNECTIONS, (nofile - FD_RESERVE) // 2)
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """How long a client may take to send a request, and how many connections one process holds.
+
+    ``reserve``: when that many or fewer connection slots are left, every new connection makes
+    the longest-quiet connection (idle keep-alive, or still sending its head) give way, so
+    clients that send nothing cannot take the last slots from clients with real requests.
+    Past ``max_connections`` with no quiet connection to shed, a new one gets a 503.
+    """
+
+    head_timeout_s: float = HEAD_TIMEOUT_S
+    body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S
+    max_connections: int = field(default_factory=default_max_connections)
+    reserve: int = -1  # -1: a tenth of max_connections
+
+    def __post_init__(self) -> None:
+        if self.head_timeout_s <= 0 or self.body_idle_timeout_s <= 0:
+            raise ValueError("HTTP read timeouts must be positive")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if self.reserve == -1:
+            object.__setattr__(self, "reserve", self.max_connections // 10)
+        if not 0 <= self.reserve < self.max_connections:
+            raise ValueError("reserve must be at least 0 and below max_connections")
 
 
 _STATUS_LINES = {code: status_line(code) for code in range(100, 600)}
@@ -71,11 +139,14 @@ class _Exchange:
         "bodyless",
         "buffered",
         "chunked",
+        "close_delimited",
+        "close_sent",
         "disconnected",
         "event_stream",
         "expect_continue",
         "framing",
         "head",
+        "http10",
         "is_head",
         "keep_alive",
         "more_body",
@@ -92,6 +163,7 @@ class _Exchange:
         self.scope = scope
         self.keep_alive = keep_alive
         self.is_head = scope["method"] == "HEAD"
+        self.http10 = scope["http_version"] == "1.0"
         self.expect_continue = False
         self.body: collections.deque[bytes] = collections.deque()
         self.buffered = 0
@@ -105,6 +177,8 @@ class _Exchange:
         self.head: bytes | None = None  # response head, held until the first body bytes
         self.started = False
         self.chunked = False
+        self.close_delimited = False  # an HTTP/1.0 stream: the body ends with the connection
+        self.close_sent = False  # the head says ``connection: close``
         self.framing = False  # this protocol adds content-length or chunked framing
         self.bodyless = False  # HEAD, 1xx, 204, 304: nothing follows the head
         self.event_stream = False
@@ -217,11 +291,23 @@ class _Exchange:
                 continue
             parts += (name, b": ", value, b"\r\n")
         if not self.keep_alive:
+            self.close_sent = True
             parts.append(b"connection: close\r\n")
         return b"".join(parts)
 
     def _finish_head(self, head: bytes, body: bytes, more: bool) -> bytes:
         """The head with its framing: a body sent whole gets a length, a streamed one chunks."""
+        if self.framing and more and self.http10:
+            # HTTP/1.0 has no chunked coding (RFC 9112 section 7): the end of the body is the end
+            # of the connection.
+            self.close_delimited = True
+            self.keep_alive = False
+        if not self.keep_alive and not self.close_sent:
+            # Decided after the head was built (the stream above, a graceful shutdown).
+            self.close_sent = True
+            head += b"connection: close\r\n"
+        if self.close_delimited:
+            return head + b"\r\n"
         if self.framing:
             if more:
                 self.chunked = True
@@ -239,7 +325,17 @@ class _Exchange:
 
 
 class Http1Protocol(asyncio.Protocol):
-    """One client connection. Constructed by uvicorn (``Config(http=Http1Protocol)``)."""
+    """One client connection. Constructed by uvicorn (``Config(http=Http1Protocol)``).
+
+    ``limits`` is a class attribute because uvicorn constructs the protocol with its own
+    arguments only; ``with_limits`` makes the subclass that carries other limits.
+    """
+
+    limits: ClassVar[HttpLimits] = HttpLimits()
+
+    @classmethod
+    def with_limits(cls, limits: HttpLimits) -> type[Http1Protocol]:
+        return type(cls.__name__, (cls,), {"limits": limits})
 
     def __init__(
         self,
@@ -272,11 +368,24 @@ class Http1Protocol(asyncio.Protocol):
         self._closing = False  # no new requests (server shutdown, or connection: close)
         self._idle_since = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._in_trailers = False  # past the head of the request being read: trailer fields
+        # When the bytes being waited for (the rest of a head, the next body bytes) are late; 0
+        # while none are. One timer per connection, re-armed lazily like the keep-alive one.
+        self._read_deadline = 0.0
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._quiet_since = 0.0  # when the connection last stopped serving a request
+        # An error for a request behind others in the pipeline: answered after theirs.
+        self._pending_error: ActivatorError | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self._quiet_since = self.loop.time()
+        if not self._make_room():
+            self.write(error_http(TooManyConnections("The activator has too many connections.")))
+            self._close()
+            return
         self.connections.add(self)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
@@ -297,8 +406,9 @@ class Http1Protocol(asyncio.Protocol):
                     exchange.keep_alive = False
         except httptools.HttpParserError as exc:
             # An exception raised in a callback arrives wrapped, with the original as context.
-            if isinstance(exc.__context__, _HeadTooLarge):
-                self._refuse(HeadersTooLarge("Request headers are too large."))
+            refused = exc.__context__
+            if isinstance(refused, _Refused):
+                self._refuse(refused.error)
             else:
                 self._refuse(MalformedRequest(f"Invalid HTTP request: {exc}"))
 
@@ -306,6 +416,9 @@ class Http1Protocol(asyncio.Protocol):
         self.connections.discard(self)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         for exchange in (self.current, self.parsing, *self.pipeline):
             if exchange is not None:
                 exchange.lost()
@@ -329,36 +442,53 @@ class Http1Protocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_bytes = 0
+        self._in_trailers = False
+        self._expect_bytes(self.limits.head_timeout_s)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge()
+            raise _Refused(HeadersTooLarge("Request headers are too large."))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge()
+            raise _Refused(HeadersTooLarge("Request headers are too large."))
+        if self._in_trailers:
+            # A chunked body's trailer fields (RFC 9112 section 7.1.2) are not headers: merged,
+            # a trailer ``Authorization`` or ``X-Forwarded-For`` would reach the replica as one,
+            # unseen by everything that checked the head. Nothing here needs them; dropped.
+            return
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         url = self._url
+        http_version = parser.get_http_version()
+        hosts = [value for name, value in self._headers if name == b"host"]
+        # RFC 9112 section 3.2: an HTTP/1.1 request has exactly one Host; more than one is a 400
+        # in any version (which of them would name the service?).
+        if len(hosts) > 1 or (not hosts and http_version != "1.0"):
+            raise _Refused(MalformedRequest("A request needs exactly one Host header."))
         if url[:1] == b"/":
             raw, _, query = url.partition(b"?")
         else:
-            # Absolute form (``GET http://host/path``) or ``*``: only the path and query count;
-            # the authority in the target never picks a service.
+            # Absolute form (``GET http://host/path``) or ``*``.
             parsed = httptools.parse_url(url)
             raw, query = parsed.path or b"/", parsed.query or b""
+            if parsed.schema:
+                # RFC 9112 section 3.2.2: the target's authority replaces the Host header, so
+                # whatever picks the service and the X-Forwarded-Host the replica sees agree.
+                self._headers = [h for h in self._headers if h[0] != b"host"]
+                self._headers.append((b"host", _authority(url)))
         path = raw.decode("latin-1")
         if "%" in path:
             path = unquote(path)
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": _ASGI,
-            "http_version": parser.get_http_version(),
+            "http_version": http_version,
             "server": self.server,
             "client": self.client,
             "scheme": "http",
@@ -375,6 +505,8 @@ class Http1Protocol(asyncio.Protocol):
             if name == b"expect" and value.lower() == b"100-continue":
                 exchange.expect_continue = True
         self.parsing = exchange
+        self._in_trailers = True
+        self._expect_bytes(self.limits.body_idle_timeout_s)
         if self.current is None:
             self._start(exchange)
         else:
@@ -382,6 +514,7 @@ class Http1Protocol(asyncio.Protocol):
             self.pause_reading()
 
     def on_body(self, body: bytes) -> None:
+        self._read_deadline = self.loop.time() + self.limits.body_idle_timeout_s
         exchange = self.parsing
         if exchange is None or exchange.response_complete:
             return
@@ -392,10 +525,60 @@ class Http1Protocol(asyncio.Protocol):
         exchange.wake()
 
     def on_message_complete(self) -> None:
+        self._read_deadline = 0.0
         exchange, self.parsing = self.parsing, None
         if exchange is not None:
             exchange.more_body = False
             exchange.wake()
+
+    # -- read deadlines and the connection cap ------------------------------------------------
+
+    def _expect_bytes(self, within_s: float) -> None:
+        self._read_deadline = self.loop.time() + within_s
+        if self._read_timer is None and self.transport is not None:
+            self._read_timer = self.loop.call_at(self._read_deadline, self._read_check)
+
+    def _read_check(self) -> None:
+        self._read_timer = None
+        deadline = self._read_deadline
+        if not deadline or self._closing:
+            return
+        now = self.loop.time()
+        if self.parsing is None:
+            limit, what = self.limits.head_timeout_s, "request head"
+        else:
+            limit, what = self.limits.body_idle_timeout_s, "next request body bytes"
+        if self.read_paused:
+            # The server stopped reading (flow control, pipelining): the client is not late.
+            self._read_deadline = deadline = now + limit
+        if now < deadline:
+            self._read_timer = self.loop.call_at(deadline, self._read_check)
+            return
+        self._refuse(RequestTimeout(f"The {what} did not arrive within {limit:g} s."))
+
+    def _quiet(self) -> bool:
+        """Serving no request: idle between requests, or still reading a request's head."""
+        return self.current is None and self.parsing is None and not self._closing
+
+    def _make_room(self) -> bool:
+        """Whether this new connection may stay, after shedding a quiet one if slots are short."""
+        connections = self.connections
+        limits = self.limits
+        if len(connections) < limits.max_connections - limits.reserve:
+            return True
+        # Linear, but only this close to the cap; under a flood of idle connections each new one
+        # replaces the longest-quiet one, so the flood never holds the reserve for long.
+        quiet = [c for c in connections if isinstance(c, Http1Protocol) and c._quiet()]
+        if quiet:
+            min(quiet, key=lambda c: c._quiet_since)._shed()
+        return len(connections) < limits.max_connections
+
+    def _shed(self) -> None:
+        """Give way to a new connection: a head in progress is answered 503, an idle one closed."""
+        self.connections.discard(self)
+        if self._read_deadline:
+            self.write(error_http(TooManyConnections("The activator has too many connections.")))
+        self._close()
 
     # -- exchanges ------------------------------------------------------------------------
 
@@ -425,7 +608,7 @@ class Http1Protocol(asyncio.Protocol):
         if not exchange.disconnected and not exchange.response_complete:
             if not exchange.started or exchange.head is not None:
                 self.write(error_http(error))
-            elif exchange.event_stream and exchange.chunked:
+            elif exchange.event_stream and (exchange.chunked or exchange.close_delimited):
                 # A token stream must not look finished: an error event, as for a dying replica.
                 event = error_event(error, tail=b"\n")  # (a lone newline: close any open event)
                 self.write(exchange._framed(event, more=False))
@@ -437,9 +620,18 @@ class Http1Protocol(asyncio.Protocol):
             return
         self.current = None
         exchange.wake()  # a receive() waiting for the disconnect returns now
-        if not exchange.keep_alive or self._closing or exchange is self.parsing:
+        if not exchange.keep_alive or exchange is self.parsing:
             # (The last case: answered before its body was all read, e.g. a 413; reading the
             # rest only to throw it away is not worth keeping the connection.)
+            self._close()
+            return
+        pending = self._pending_error
+        if pending is not None and not self.pipeline:
+            # The requests before the bad one are answered: now its error, then the close.
+            self.write(error_http(pending))
+            self._close()
+            return
+        if self._closing and pending is None:
             self._close()
             return
         if self.pipeline:
@@ -448,7 +640,7 @@ class Http1Protocol(asyncio.Protocol):
                 self.resume_reading()
             return
         self.resume_reading()
-        self._idle_since = self.loop.time()
+        self._quiet_since = self._idle_since = self.loop.time()
         self._arm_idle()
 
     # -- keep-alive -------------------------------------------------------------------------
@@ -497,12 +689,35 @@ class Http1Protocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.read_paused and self.transport is not None and not self.pipeline:
+        if (
+            self.read_paused
+            and self.transport is not None
+            and not self.pipeline
+            and self._pending_error is None
+        ):
             self.read_paused = False
             self.transport.resume_reading()
 
     def _refuse(self, error: ActivatorError) -> None:
-        if self.current is None or not self.current.started:
+        """Answer the request being read with ``error`` in its turn, then close.
+
+        When the request is the one being served (its body was bad or late), the error replaces
+        its answer if none has started. A request behind others in the pipeline (or one whose
+        head is not complete) is answered after them: the requests before it were whole and
+        already went on, and each client reads answers in the order it sent requests.
+        """
+        self._read_deadline = 0.0
+        target, self.parsing = self.parsing, None
+        current = self.current
+        if current is not None and target is not current:
+            if target is not None:
+                with contextlib.suppress(ValueError):
+                    self.pipeline.remove(target)
+            self._pending_error = error
+            self._closing = True
+            self.pause_reading()
+            return
+        if current is None or not current.started:
             self.write(error_http(error))
         self._close()
 
@@ -512,5 +727,23 @@ class Http1Protocol(asyncio.Protocol):
             self.transport.close()
 
 
-class _HeadTooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """Raised in a parser callback: the request is answered with ``error`` and the close."""
+
+    def __init__(self, error: ActivatorError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _authority(url: bytes) -> bytes:
+    """The authority of an absolute-form target, as sent; userinfo or none at all is a 400."""
+    rest = url.partition(b"://")[2]
+    end = len(rest)
+    for stop in (b"/", b"?", b"#"):
+        at = rest.find(stop)
+        if at != -1:
+            end = min(end, at)
+    authority = rest[:end]
+    if not authority or b"@" in authority:
+        raise _Refused(MalformedRequest("An absolute-form target needs a host and no userinfo."))
+    return authority

@@ -11,16 +11,22 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
-from activator.http.http1 import Http1Protocol
+from activator.http.http1 import Http1Protocol, HttpLimits
 
 
-def uvicorn_config(app: ASGIApp, host: str, port: int, **overrides: Any) -> uvicorn.Config:
-    """The activator's uvicorn settings; ``overrides`` pass through to ``uvicorn.Config``."""
+def uvicorn_config(
+    app: ASGIApp, host: str, port: int, limits: HttpLimits | None = None, **overrides: Any
+) -> uvicorn.Config:
+    """The activator's uvicorn settings; ``overrides`` pass through to ``uvicorn.Config``.
+
+    ``limits``: read deadlines and the connection cap (``HttpLimits``; its defaults when None).
+    """
+    protocol = Http1Protocol if limits is None else Http1Protocol.with_limits(limits)
     settings: dict[str, Any] = {
         "host": host,
         "port": port,
         "loop": "uvloop",
-        "http": Http1Protocol,
+        "http": protocol,
         "ws": "none",
         "lifespan": "off",
         "access_log": False,

@@ -158,10 +158,13 @@ HOSTILE_PATHS = [
     # Not a host-form Host: the path decides.
     ("/default/chat/v1/models", "chat.default.example.com.evil.test", "chat"),
     ("/default/chat/v1/models", "a" * 4000, "chat"),
-    # Absolute-form targets: the authority in the target is never used to pick a service.
-    ("http://other.default.example.com/v1/models", "chat.default.example.com", "chat"),
-    ("http://other.default.example.com/default/chat/v1/models", "gateway", "chat"),
+    # Absolute-form targets: the target's authority replaces the Host (RFC 9112 section 3.2.2).
+    ("http://other.default.example.com/v1/models", "chat.default.example.com", "other"),
+    ("http://other.default.example.com/default/chat/v1/models", "gateway", "other"),
+    ("http://gateway/default/other/v1/models", "chat.default.example.com", "other"),
     ("http://gateway/default/other/v1/models", "gateway", "other"),
+    ("http://chat.default.example.com@other.default.example.com/v1/models", "gateway", None),
+    ("http:///default/other/v1/models", "gateway", None),
 ]
 
 
@@ -284,3 +287,20 @@ async def test_bad_json_is_passed_through_for_the_replica_to_answer(
     assert reply.status == 200
     assert [s.body for s in two.chat.seen] == [body]
     assert not two.other.seen
+
+
+async def test_trailers_never_reach_the_replica_as_headers(
+    running_activator: ActivatorFactory,
+) -> None:
+    async with two_services(running_activator) as two:
+        reply = await raw(
+            two.running.url,
+            b"POST /default/chat/v1/completions HTTP/1.1\r\nHost: gateway\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            b"2\r\n{}\r\n0\r\nAuthorization: Bearer forged\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+        )
+    assert reply.status == 200
+    [seen] = two.chat.seen
+    assert seen.body == b"{}"
+    assert "authorization" not in seen.headers
+    assert "6.6.6.6" not in seen.headers["x-forwarded-for"]
