@@ -370,13 +370,23 @@ class Activator:
             async with _DisconnectWatch(scope, receive):
                 loop = asyncio.get_running_loop()
                 started = loop.time()
-                backend = await queue.acquire()
+                # ``timeoutSeconds`` bounds the whole request, as Knative's does: the wait for a
+                # replica and the answer share one deadline.
+                deadline = started + queue.limits.timeout_s
+                backend = await queue.acquire(deadline=deadline)
                 self.metrics.observe_wait(revision.ref.key, labels, loop.time() - started)
 
                 async def attempt(backend: Backend) -> int:
                     try:
                         return await forward(
-                            pool, backend.url, scope["method"], target, headers, body, send
+                            pool,
+                            backend.url,
+                            scope["method"],
+                            target,
+                            headers,
+                            body,
+                            send,
+                            deadline,
                         )
                     finally:
                         queue.release(backend)
@@ -385,7 +395,8 @@ class Activator:
                     code = await attempt(backend)
                 except ConnectFailed:
                     # Nothing reached that replica: one retry, on another one.
-                    code = await attempt(await queue.acquire(exclude=(backend.replica_id,)))
+                    retry = await queue.acquire(exclude=(backend.replica_id,), deadline=deadline)
+                    code = await attempt(retry)
         except ActivatorError as error:
             code = error.status
             await _send_error(send, error)

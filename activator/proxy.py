@@ -9,6 +9,7 @@ there).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from starlette.types import Send
@@ -19,6 +20,7 @@ from activator.errors import (
     UpstreamClosed,
     UpstreamCut,
     UpstreamUnavailable,
+    WaitTimeout,
     error_event,
 )
 from activator.http.upstream import Headers, UpstreamPool
@@ -79,6 +81,19 @@ def upstream_headers(raw: Headers, client: tuple[str, int] | None, scheme: str) 
     return out
 
 
+class _Progress:
+    """How far one response got, for whoever has to end it early."""
+
+    __slots__ = ("ended", "event_stream", "started", "status", "tail")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.started = False
+        self.event_stream = False
+        self.ended = False
+        self.tail = b""  # the last body bytes sent
+
+
 async def forward(
     pool: UpstreamPool,
     base_url: str,
@@ -87,6 +102,7 @@ async def forward(
     headers: Headers,
     body: bytes,
     send: Send,
+    deadline: float | None = None,
 ) -> int:
     """Send one request to ``base_url`` and stream its response to ``send``; returns the status.
 
@@ -94,14 +110,51 @@ async def forward(
     ``UpstreamUnavailable`` when the replica failed before answering. Once the response has
     started, an upstream failure raises ``UpstreamClosed`` (no retry: bytes already went both
     ways); an event stream first gets an error event so the client learns why it ended.
+
+    ``deadline`` (event-loop time) is the end of the revision's ``timeoutSeconds`` for the whole
+    request. Past it before the answer started: ``WaitTimeout`` (a 504). Past it in an event
+    stream: a ``timeout`` error event ends the stream properly (504 is returned, for the
+    metrics). Past it in any other started body: ``UpstreamClosed``, the body is cut.
     """
+    progress = _Progress()
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            return await _forward(
+                pool, base_url, method, path_and_query, headers, body, send, progress
+            )
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        if progress.ended:  # (the deadline came as the last bytes left)
+            return progress.status
+        error = WaitTimeout(f"replica at {base_url} did not finish within timeoutSeconds")
+        if not progress.started:
+            raise error from None
+        if progress.event_stream:
+            # As for a dying replica: a token stream must not look finished.
+            event = error_event(error, progress.tail)
+            await send({"type": "http.response.body", "body": event, "more_body": False})
+            return error.status
+        raise UpstreamClosed(error.message) from None
+
+
+async def _forward(
+    pool: UpstreamPool,
+    base_url: str,
+    method: str,
+    path_and_query: str,
+    headers: Headers,
+    body: bytes,
+    send: Send,
+    progress: _Progress,
+) -> int:
     try:
         response = await pool.request(base_url, method, path_and_query, headers, body)
     except ConnectError as exc:
         raise ConnectFailed(f"could not connect to replica at {base_url}: {exc}") from exc
     except (UpstreamClosed, OSError) as exc:
         raise UpstreamUnavailable(f"replica at {base_url} failed before answering: {exc}") from exc
-    tail = b""
     try:
         await send(
             {
@@ -110,22 +163,27 @@ async def forward(
                 "headers": [h for h in response.headers if h[0] not in _DROP_RESPONSE],
             }
         )
+        progress.status = response.status
+        progress.started = True
+        progress.event_stream = _is_event_stream(response.headers)
         while (chunk := await response.next_chunk()) is not None:
             # The last chunk says so itself when it is known to be last (a small answer arrives
             # whole), which saves the server a separate write for the end of the body.
             last = response.complete
+            progress.ended = last
             await send({"type": "http.response.body", "body": chunk, "more_body": not last})
-            tail = chunk or tail
+            progress.tail = chunk or progress.tail
             if last:
                 return response.status
+        progress.ended = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return response.status
     except (UpstreamClosed, OSError) as exc:
-        if _is_event_stream(response.headers):
+        if progress.event_stream:
             # A token stream cut by a dying replica must not look like a finished one: end it
             # with an error event, which OpenAI clients raise as an APIError.
             with contextlib.suppress(Exception):
-                event = _error_event(base_url, exc, tail)
+                event = _error_event(base_url, exc, progress.tail)
                 await send({"type": "http.response.body", "body": event, "more_body": False})
         raise
     finally:

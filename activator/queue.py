@@ -96,8 +96,14 @@ class RevisionQueue:
         """The revision is gone: answer every waiter with ``error``."""
         self._fail_all(error)
 
-    async def acquire(self, exclude: Collection[str] = ()) -> Backend:
-        """A backend with a slot reserved for the caller; pair with ``release``."""
+    async def acquire(
+        self, exclude: Collection[str] = (), deadline: float | None = None
+    ) -> Backend:
+        """A backend with a slot reserved for the caller; pair with ``release``.
+
+        Waits until ``deadline`` (event-loop time: the request's whole ``timeoutSeconds``, which
+        the wait shares with the answer) or, without one, ``timeout_s`` from now.
+        """
         self.requests_total += not exclude  # a retry is not a new request
         if self._failure is not None:
             if not self._failure_poked:
@@ -127,7 +133,9 @@ class RevisionQueue:
         try:
             if (len(self._waiters) == 1 and not self.has_serving()) or refused_all:
                 await self._poke_safely()
-            async with asyncio.timeout(self.limits.timeout_s):
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + self.limits.timeout_s
+            async with asyncio.timeout_at(deadline):
                 return await waiter.future
         except BaseException as exc:
             # Timed out, cancelled (client gone) or failed: a slot handed over in the meantime

@@ -548,8 +548,10 @@ class Http1Protocol(asyncio.Protocol):
             limit, what = self.limits.head_timeout_s, "request head"
         else:
             limit, what = self.limits.body_idle_timeout_s, "next request body bytes"
-        if self.read_paused:
-            # The server stopped reading (flow control, pipelining): the client is not late.
+        waiting = self.parsing
+        if self.read_paused or (waiting is not None and waiting.expect_continue):
+            # The server stopped reading (flow control, pipelining) or has not yet asked for the
+            # body (``Expect: 100-continue``): the client is not late.
             self._read_deadline = deadline = now + limit
         if now < deadline:
             self._read_timer = self.loop.call_at(deadline, self._read_check)

@@ -228,3 +228,11 @@ async def test_a_failing_poke_does_not_fail_the_waiter() -> None:
     assert queue.queued == 1
     queue.set_endpoints(ready("a"))
     queue.release(await task)
+
+
+async def test_a_deadline_shared_with_the_answer_bounds_the_wait_instead_of_timeout_s() -> None:
+    queue, _ = make(timeout_s=30.0)
+    deadline = asyncio.get_running_loop().time() + 0.05  # most of timeoutSeconds already spent
+    with pytest.raises(WaitTimeout):
+        await queue.acquire(deadline=deadline)
+    assert queue.queued == 0
