@@ -166,14 +166,20 @@ def _has_flag(args: Sequence[str], *names: str) -> bool:
 
 
 def vllm_argv(cfg: LaunchConfig, model_path: Path, *, cpu: bool) -> list[str]:
-    """The argument list for vLLM's OpenAI server."""
+    """The argument list for vLLM's OpenAI server.
+
+    The engine's arguments first, the runtime's after them: vLLM's argparse parser lets the
+    last occurrence of a flag win and takes unique prefixes, so an engine argument spelled
+    `--ho=...` or `--served_model_name=...` can never replace the address or name set here.
+    """
+    extra = list(cfg.engine_args)
     argv = [
+        *extra,
         "--host", cfg.host,
         "--port", str(cfg.port),
         "--model", str(model_path),
         "--served-model-name", cfg.served_model_name,
     ]
-    extra = list(cfg.engine_args)
     # torch.compile adds ~16 s to a CPU start for nothing a tiny model needs (REFERENCE.md).
     if cpu and not _has_flag(extra, "--enforce-eager", "--no-enforce-eager",
                              "--compilation-config", "-O", "-cc"):
@@ -181,7 +187,7 @@ def vllm_argv(cfg: LaunchConfig, model_path: Path, *, cpu: bool) -> list[str]:
     if not _has_flag(extra, "--shutdown-timeout"):
         # vLLM takes whole seconds; 0 would abort in-flight requests, so round a fraction up.
         argv.append(f"--shutdown-timeout={math.ceil(cfg.drain_timeout_s)}")
-    return argv + extra
+    return argv
 
 
 def runtime_env(env: Mapping[str, str], *, cpu: bool) -> dict[str, str]:

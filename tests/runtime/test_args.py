@@ -159,3 +159,11 @@ def test_runtime_env_never_overrides_the_caller() -> None:
     assert runtime_env({}, cpu=True) == {"VLLM_CPU_KVCACHE_SPACE": "1"}
     assert runtime_env({"VLLM_CPU_KVCACHE_SPACE": "0.2"}, cpu=True) == {}
     assert runtime_env({}, cpu=False) == {}
+
+
+def test_the_runtimes_flags_come_after_the_engines() -> None:
+    """argparse lets the last occurrence win: an engine argument cannot replace them."""
+    cfg = parse_launch_args(["--model", "m", "--port", "9", "--ho=0.0.0.0", "--dtype=half"], {})
+    argv = vllm_argv(cfg, Path("/x"), cpu=False)
+    assert argv[:2] == ["--ho=0.0.0.0", "--dtype=half"]
+    assert argv.index("--host") > 1 and argv[argv.index("--port") + 1] == "9"

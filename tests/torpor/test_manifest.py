@@ -175,6 +175,49 @@ def test_model_flags_are_the_runtimes_and_the_rest_go_to_vllm(
     assert (rt.model, rt.served_model_name, rt.engine_args) == (model, served, engine)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # Unique prefixes, which vLLM's argparse parser would take for the platform's flag.
+        (["--hos=0.0.0.0"], "--hos abbreviates --host"),
+        (["--ho", "0.0.0.0"], "--ho abbreviates --host"),
+        (["--por=8080"], "--por abbreviates --port"),
+        (["--po", "1"], "--po abbreviates --port"),
+        (["--ud=/tmp/s"], "--ud abbreviates --uds"),
+        (["--cache-d=/c"], "--cache-d abbreviates --cache-dir"),
+        (["--replica=r"], "--replica abbreviates --replica-id"),
+        (["--launched", "1"], "--launched abbreviates --launched-at"),
+        # The runtime's own flags: spelled in full, or vLLM could read them as a second value.
+        (["--mod=/other"], "--mod abbreviates --model"),
+        (["--served=x"], "--served abbreviates --served-model-name"),
+        (["--served_model=x"], "--served_model abbreviates --served-model-name"),
+        # Exact names, in every spelling vLLM accepts: =, space, underscores, dotted fields.
+        (["--uds=/tmp/s"], "--uds is set by the platform"),
+        (["--uds", "/tmp/s"], "--uds is set by the platform"),
+        (["--host=0.0.0.0"], "--host is set by the platform"),
+        (["--replica_id", "r"], "--replica_id is set by the platform"),
+        (["--cache_dir=/c"], "--cache_dir is set by the platform"),
+        (["--host.x=1"], "--host.x is set by the platform"),
+        (["--model.x=1"], "--model takes a plain value"),
+        (["--"], "a bare --"),
+    ],
+)
+def test_platform_flags_are_refused_in_any_spelling(args: list[str], message: str) -> None:
+    doc = base()
+    container(doc)["args"] = ["--model=/m", *args]
+    error = rejects(doc, "spec.template.spec.containers[0].args[1]")
+    assert message in str(error)
+
+
+def test_underscore_spellings_of_the_runtimes_flags_are_those_flags() -> None:
+    doc = base()
+    container(doc)["args"] = ["--model=/m", "--served_model_name=chat", "--max_model_len=512",
+                              "--model-impl=vllm"]  # fmt: skip
+    rt = parse(doc).template.runtime
+    assert rt.served_model_name == "chat"
+    assert rt.engine_args == ("--max_model_len=512", "--model-impl=vllm")  # vLLM's, unchanged
+
+
 def test_env_ports_concurrency_timeout() -> None:
     doc = base()
     container(doc)["env"] = [

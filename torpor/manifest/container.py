@@ -3,6 +3,13 @@
 torpor runs one model per revision in one container. ``--model`` and ``--served-model-name`` in
 ``args`` belong to the runtime (it resolves the model through the weight cache); the flags the
 platform sets per replica are refused; everything else is passed to vLLM unchanged.
+
+A flag is recognised the way vLLM's parser would read it, not by its exact text: vLLM's
+``FlexibleArgumentParser`` turns ``_`` into ``-`` in flag names and, being an argparse parser,
+takes any unique prefix (``--ho``, ``--por=8``). So an underscore spelling of a flag is that
+flag, and a prefix of a platform or runtime flag is refused (spell it in full); neither can
+reach vLLM as a second ``--host``. The runtime also puts its own flags after the engine's, where
+argparse lets the last one win (runtime/args.py).
 """
 
 from __future__ import annotations
@@ -29,8 +36,12 @@ DEFAULT_CONTAINER_PORT = 8080
 RESERVED_PORTS = frozenset({8012, 8013, 8022, 9090, 9091})
 # Environment variables Knative sets in every revision container and refuses from users.
 RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
-# Flags the platform gives each replica itself.
-PLATFORM_FLAGS = frozenset({"--host", "--port", "--replica-id", "--launched-at", "--cache-dir"})
+# Flags the platform gives each replica itself (--uds would move vLLM off the replica's port).
+PLATFORM_FLAGS = frozenset(
+    {"--host", "--port", "--uds", "--replica-id", "--launched-at", "--cache-dir"}
+)
+# Flags the runtime takes from the manifest (the model it resolves, the name it serves).
+OWNED_FLAGS = ("--model", "--served-model-name")
 MAX_ARGS = 256
 MAX_ENV = 256
 
@@ -78,10 +89,23 @@ def _split_args(raw: list[Any], path: str) -> tuple[str, str | None, tuple[str, 
     i = 0
     while i < len(args):
         arg, field = args[i], item(path, i)
-        flag, eq, inline = arg.partition("=")
-        if flag in PLATFORM_FLAGS:
-            raise ManifestError(field, f"{flag} is set by the platform for each replica")
-        if flag not in ("--model", "--served-model-name"):
+        written, eq, inline = arg.partition("=")
+        flag = as_vllm_reads(written)
+        # vLLM reads --name.key=value as a JSON field of --name: the same flag.
+        base = flag.partition(".")[0]
+        if flag == "--":
+            raise ManifestError(field, "a bare -- would turn the platform's flags into values")
+        if base in PLATFORM_FLAGS:
+            raise ManifestError(field, f"{written} is set by the platform for each replica")
+        full = abbreviated(base)
+        if full is not None:
+            whose = "set by the platform" if full in PLATFORM_FLAGS else "the runtime's"
+            raise ManifestError(
+                field, f"{written} abbreviates {full} ({whose}); spell flags in full"
+            )
+        if base in OWNED_FLAGS and base != flag:
+            raise ManifestError(field, f"{base} takes a plain value, not {written}")
+        if flag not in OWNED_FLAGS:
             engine.append(arg)
             i += 1
             continue
@@ -105,6 +129,25 @@ def _split_args(raw: list[Any], path: str) -> tuple[str, str | None, tuple[str, 
             path, "must include --model=<directory or file:// URI> (the model the runtime serves)"
         )
     return owned["--model"], owned.get("--served-model-name"), tuple(engine)
+
+
+def as_vllm_reads(written: str) -> str:
+    """A flag's name as vLLM's parser reads it: ``_`` -> ``-`` up to the first ``.``."""
+    if not written.startswith("--"):
+        return written
+    name, dot, rest = written[2:].partition(".")
+    return "--" + name.replace("_", "-") + dot + rest
+
+
+def abbreviated(flag: str) -> str | None:
+    """The platform or runtime flag that ``flag`` is a proper prefix of (argparse would take it
+    for that flag, or refuse it as ambiguous); None for anything else."""
+    if not flag.startswith("--") or len(flag) <= 2:
+        return None
+    for full in (*sorted(PLATFORM_FLAGS), *OWNED_FLAGS):
+        if full != flag and full.startswith(flag):
+            return full
+    return None
 
 
 def _env(raw: list[Any], path: str) -> tuple[tuple[str, str], ...]:
