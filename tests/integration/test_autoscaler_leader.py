@@ -17,22 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.autoscaler.actuators.knative_world import APPS, COORD, NS, eventually, seed_revision
 from tests.autoscaler.actuators.kube_emulator import KubeEmulator
 from tests.fixtures.redis_server import RedisServer
+from tests.integration.autoscaler_process import AutoscalerProcess
 from torpor.bus import EndpointsChanged, ServicesChanged
 from torpor.bus.base import ActivatorStats, BusEvent
 from torpor.bus.redis import _PUBLISH_ENDPOINTS, _PUBLISH_SERVICES, RedisBus
@@ -41,38 +37,6 @@ pytestmark = pytest.mark.redis
 
 KEY = "default/chat-00001"
 DEPLOYMENT = "chat-00001-deployment"
-# Short Lease settings, so a takeover happens within seconds (the defaults are 15/10/2 s).
-LEASE_ENV = {
-    "TORPOR_LEASE_DURATION_S": "3",
-    "TORPOR_LEASE_RENEW_DEADLINE_S": "2",
-    "TORPOR_LEASE_RETRY_PERIOD_S": "0.2",
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        f"""apiVersion: v1
-kind: Config
-clusters:
-- name: emulator
-  cluster: {{server: "{server}"}}
-users:
-- name: nobody
-  user: {{}}
-contexts:
-- name: emulator
-  context: {{cluster: emulator, user: nobody}}
-current-context: emulator
-"""
-    )
-    return path
 
 
 # The bus publishes through these Lua scripts, which redis-py sends as EVALSHA <sha1 of the text>.
@@ -134,50 +98,6 @@ class BusTap:
             await dst.drain()
 
 
-class AutoscalerProcess:
-    def __init__(self, identity: str, api: str, bus_url: str, tap: BusTap, tmp_path: Path) -> None:
-        self.identity = identity
-        self.api = api  # its own address on the emulator: its requests are told apart by it
-        self.tap = tap
-        self.log = tmp_path / f"{identity}.log"
-        self.metrics = f"http://127.0.0.1:{_free_port()}"
-        kubeconfig = _kubeconfig(tmp_path / f"{identity}.kubeconfig", api)
-        env = os.environ | LEASE_ENV | {"TORPOR_IDENTITY": identity, "TORPOR_BUS_URL": bus_url}
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "autoscaler",
-                    "--kubeconfig", str(kubeconfig),
-                    "--metrics-port", self.metrics.rsplit(":", 1)[1],
-                    "--tick", "0.2",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )  # fmt: skip
-
-    async def healthy(self) -> None:
-        """Its caches have synced (``/healthz`` is served only after that)."""
-        async with httpx.AsyncClient(timeout=1) as client:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                assert self.process.poll() is None, self.log.read_text()
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.metrics}/healthz")).status_code == 200:
-                        return
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.identity} never became healthy:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 def holder(emulator: KubeEmulator) -> str | None:
     lease = emulator.get(COORD, "leases", "torpor-system", "torpor-autoscaler")
     return None if lease is None else str(lease["spec"].get("holderIdentity") or "")
@@ -220,11 +140,17 @@ async def background(coro: Any) -> AsyncIterator[None]:
             await task
 
 
+class Autoscaler(AutoscalerProcess):
+    def __init__(self, identity: str, api: str, tap: BusTap, bus_url: str, tmp_path: Path) -> None:
+        super().__init__(identity, api, bus_url, tmp_path)
+        self.tap = tap
+
+
 async def start(
     identity: str, emulator: KubeEmulator, redis_server: RedisServer, tmp_path: Path
-) -> AutoscalerProcess:
+) -> Autoscaler:
     tap = BusTap(redis_server.port)
-    proc = AutoscalerProcess(identity, await emulator.listen(), await tap.start(), tap, tmp_path)
+    proc = Autoscaler(identity, await emulator.listen(), tap, await tap.start(), tmp_path)
     await proc.healthy()
     return proc
 
@@ -253,7 +179,7 @@ async def test_one_autoscaler_acts_and_the_standby_takes_over_when_it_dies(
             seen.append((time.monotonic(), event))
 
     activator = Activator(bus)
-    procs: list[AutoscalerProcess] = []
+    procs: list[Autoscaler] = []
     try:
         async with background(record()), background(activator.run()):
             leader = await start("autoscaler-a", emulator, redis_server, tmp_path)

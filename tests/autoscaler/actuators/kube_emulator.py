@@ -184,6 +184,7 @@ class KubeEmulator:
         self.gone_as_http = False  # answer a too-old watch with HTTP 410 instead of ERROR
         self.replicasets = False  # run the ReplicaSet controller for every Deployment
         self.bookmarks_sent = 0
+        self.serving_port = 8012  # the slices' "http" port: queue-proxy's, or a pod runner's
         self.by_host: list[tuple[str, str, str]] = []  # (Host header, method, path)
         self._pod_names = itertools.count(1)
 
@@ -345,8 +346,8 @@ class KubeEmulator:
             if not p["metadata"].get("deletionTimestamp")
             and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
         ]
-        template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
-        labels = dict(template.get("labels") or obj["metadata"].get("labels") or {})
+        template = (obj.get("spec") or {}).get("template") or {}
+        labels = dict((template.get("metadata") or {}).get("labels") or obj["metadata"]["labels"])
         for _ in range(wanted - len(active)):
             name = f"{deployment}-{next(self._pod_names):05d}"
             self.put(
@@ -364,7 +365,7 @@ class KubeEmulator:
                         ],
                         "creationTimestamp": _now_precise(),
                     },
-                    "spec": {},
+                    "spec": copy.deepcopy(template.get("spec") or {}),
                     "status": {"phase": "Pending"},
                 },
             )
@@ -420,7 +421,7 @@ class KubeEmulator:
                 "endpoints": endpoints,
                 "ports": [
                     {"name": "http-queueadm", "port": 8022, "protocol": "TCP"},
-                    {"name": "http", "port": 8012, "protocol": "TCP"},
+                    {"name": "http", "port": self.serving_port, "protocol": "TCP"},
                 ],
             },
         )
