@@ -68,7 +68,7 @@ def resolve_model(cfg: LaunchConfig) -> Path:
 async def _wait_healthy(host: str, port: int, stop: asyncio.Event) -> bool:
     import httpx
 
-    target = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, host)
     url = f"http://{target}:{port}/health"
     async with httpx.AsyncClient(timeout=2.0) as client:
         while not stop.is_set():

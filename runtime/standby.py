@@ -74,7 +74,16 @@ def wait_for_assignment(sock: socket.socket, path: Path) -> tuple[socket.socket,
                 os.close(fd)
             return None
         buf += data
-    return conn, parse_assignment(buf.split(b"\n", 1)[0], fds, time.time())
+    try:
+        return conn, parse_assignment(buf.split(b"\n", 1)[0], fds, time.time())
+    except ContractError as e:
+        # The pool hears why (StandbyError) instead of a closed connection; nothing is kept.
+        for fd in fds:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            conn.sendall(StandbyReply(accepted=False, error=str(e)).encode())
+        conn.close()
+        raise
 
 
 def _die_with_parent(sig: int) -> None:
@@ -113,7 +122,11 @@ def standby_main(argv: list[str]) -> int:
         return 0  # the pool went before the death signal was armed
     sock = listen(ns.socket)
     print(StandbyReady(os.getpid(), round(time.time() - started, 3)).encode(), flush=True)
-    got = wait_for_assignment(sock, ns.socket)
+    try:
+        got = wait_for_assignment(sock, ns.socket)
+    except ContractError as e:
+        print(f"torpor runtime: {e}", file=sys.stderr, flush=True)
+        return 2
     if got is None:
         return 0
     conn, assignment = got

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.contract import ContractError, StandbyReply
 from runtime.standby import listen, parse_assignment, wait_for_assignment
 
 
@@ -61,3 +62,23 @@ def test_eof_without_assignment_means_stop(tmp_path: Path) -> None:
     t.start()
     assert wait_for_assignment(sock, path) is None
     t.join(5)
+
+
+def test_a_bad_assignment_is_refused_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    sock = listen(path)
+    result: dict[str, bytes] = {}
+
+    def client() -> None:
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(str(path))
+            c.sendall(b'{"argv": "--model m"}\n')
+            result["reply"] = c.recv(1024)
+
+    t = threading.Thread(target=client)
+    t.start()
+    with pytest.raises(ContractError, match="argv"):
+        wait_for_assignment(sock, path)
+    t.join(5)
+    reply = StandbyReply.parse(result["reply"])
+    assert not reply.accepted and "argv" in (reply.error or "")
