@@ -1,4 +1,4 @@
-"""A standby without vLLM: the real socket protocol (runtime.standby), then it just waits.
+"""A standby without vLLM: the real socket protocol (runtime.contract), then it just waits.
 
     python -m tests.autoscaler.actuators.fake_standby --socket PATH
 After its assignment it writes {"argv": [...], "x": $X} to its (new) stdout and sleeps until
@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from runtime.contract import StandbyReply
 from runtime.standby import listen, wait_for_assignment
 
 
@@ -29,7 +30,7 @@ def main() -> int:
         os.dup2(a.fds[0], 1)
         os.dup2(a.fds[1], 2)
     os.environ.update(a.env)
-    conn.sendall(json.dumps({"accepted": True, "pid": os.getpid()}).encode() + b"\n")
+    conn.sendall(StandbyReply(accepted=True, pid=os.getpid()).encode())
     conn.close()
     print(json.dumps({"argv": list(a.argv), "x": os.environ.get("X")}), flush=True)
     signal.pause()
