@@ -14,6 +14,11 @@ from embedded.client import ControlClient, ControlError
 from embedded.report import render_table
 from embedded.state import ControlAddress, StateDir, default_home
 from torpor.logs import configure_logging
+from torpor.manifest.limits import (
+    DEFAULT_MAX_REPLICAS_TOTAL,
+    DEFAULT_MAX_SCALE_PER_REVISION,
+    ScaleLimits,
+)
 
 EXAMPLE_MANIFEST = Path(__file__).resolve().parent.parent / "manifests/examples/tiny-chat.yaml"
 
@@ -22,6 +27,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from embedded.up import EmbeddedConfig, run_embedded
 
     configure_logging(verbose=args.verbose)
+    try:
+        limits = ScaleLimits(per_revision=args.max_scale_per_revision, total=args.max_replicas)
+    except ValueError as e:
+        print(f"torpor up: {e}", file=sys.stderr)
+        return 2
     config = EmbeddedConfig(
         home=args.home,
         host=args.host,
@@ -30,6 +40,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         control_port=args.control_port,
         domain=args.domain,
         warm_pool=args.warm_pool,
+        limits=limits,
     )
 
     def ready(address: ControlAddress) -> None:
@@ -127,6 +138,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="standby runtime processes with vLLM already imported, so a cold start only loads "
         "the model (default 1; 0 starts every replica from scratch)",
+    )
+    up.add_argument(
+        "--max-scale-per-revision",
+        type=int,
+        default=DEFAULT_MAX_SCALE_PER_REVISION,
+        metavar="N",
+        help="most replicas of one revision: a manifest's min-, max-, initial- or "
+        "activation-scale above it is refused, and max-scale 0 (no bound) means N "
+        f"(default {DEFAULT_MAX_SCALE_PER_REVISION})",
+    )
+    up.add_argument(
+        "--max-replicas",
+        type=int,
+        default=DEFAULT_MAX_REPLICAS_TOTAL,
+        metavar="N",
+        help="most replicas kept running with no demand, all services together (the sum of "
+        "min-scale over routed revisions); a deploy that would pass it is refused "
+        f"(default {DEFAULT_MAX_REPLICAS_TOTAL})",
     )
     up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     up.set_defaults(func=_cmd_up)

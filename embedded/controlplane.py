@@ -1,18 +1,24 @@
 """The control plane of the embedded platform: apply and delete manifests, persist, publish.
 
 Every change is validated completely before anything is written, written to the state directory
-before it is published, and serialised by one lock, so a bad manifest changes nothing.
+before it is published, and serialised by one lock, so a bad manifest changes nothing. The
+platform's replica caps (``torpor.manifest.limits``) are part of that validation: per revision
+when the manifest is parsed, in total against every deployed service when it is applied.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from embedded.state import StateDir
 from torpor.bus import Bus
-from torpor.manifest import apply_manifest, parse_service
+from torpor.manifest import ManifestError, apply_manifest, parse_service
+from torpor.manifest.limits import ScaleLimits, check_total, clamp_service
 from torpor.spec import ServiceSpec
+
+log = logging.getLogger("embedded.controlplane")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,16 +36,28 @@ class UnknownService(LookupError):
 
 
 class ControlPlane:
-    def __init__(self, bus: Bus, state: StateDir, *, domain: str) -> None:
+    def __init__(
+        self, bus: Bus, state: StateDir, *, domain: str, limits: ScaleLimits | None = None
+    ) -> None:
         self._bus = bus
         self._state = state
         self._domain = domain
+        self._limits = limits or ScaleLimits()
         self._lock = asyncio.Lock()
         self._services: dict[str, ServiceSpec] = {}
 
     async def start(self) -> None:
-        """Load what was deployed before a restart and publish it."""
-        self._services = {s.key: s for s in self._state.load_services()}
+        """Load what was deployed before a restart (within today's caps) and publish it."""
+        self._services = {}
+        for loaded in self._state.load_services():
+            service = clamp_service(loaded, self._limits)
+            if service != loaded:
+                log.warning(
+                    "service %s: scale bounds clamped to the cap of %d replicas per revision",
+                    service.key,
+                    self._limits.per_revision,
+                )
+            self._services[service.key] = service
         await self._bus.publish_services(self.services())
 
     def services(self) -> tuple[ServiceSpec, ...]:
@@ -47,13 +65,20 @@ class ControlPlane:
 
     async def apply(self, text: str | bytes, *, source: str = "<manifest>") -> Applied:
         # Parsing is bounded but synchronous; keep a large upload off the event loop.
-        manifest = await asyncio.to_thread(parse_service, text, source=source)
+        manifest = await asyncio.to_thread(
+            parse_service, text, source=source, max_scale_limit=self._limits.per_revision
+        )
         async with self._lock:
             key = f"{manifest.namespace}/{manifest.name}"
             previous = self._services.get(key)
             service = apply_manifest(manifest, previous, domain=self._domain)
+            after = {**self._services, key: service}
+            try:
+                check_total(self._services.values(), after.values(), self._limits)
+            except ManifestError as e:
+                raise e.with_source(source) from None
             created = previous is None or len(service.revisions) > len(previous.revisions)
-            self._commit({**self._services, key: service})
+            self._commit(after)
         await self._bus.publish_services(self.services())
         return Applied(service, service.latest_revision.ref.name, created)
 

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from embedded.control_api import build_control_app
 from embedded.controlplane import ControlPlane
 from embedded.state import ControlAddress, StateDir
 from torpor.bus import MemoryBus
+from torpor.manifest.limits import ScaleLimits
 from torpor.status import RevisionStatus
 
 log = logging.getLogger("embedded.up")
@@ -47,6 +48,8 @@ class EmbeddedConfig:
     tick_s: float = 2.0
     drain_timeout_s: float = 30.0
     warm_pool: int = 1  # standby runtime processes with vLLM imported, holding no model
+    # Replicas per revision and at rest in total (torpor.manifest.limits has the defaults' why).
+    limits: ScaleLimits = field(default_factory=ScaleLimits)
 
 
 class _QuietServer(uvicorn.Server):
@@ -90,7 +93,7 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[RunningPlat
     _check_port_free(config.host, config.port, "activator")
     _check_port_free(config.control_host, config.control_port, "control API")
 
-    control = ControlPlane(bus, state, domain=config.domain)
+    control = ControlPlane(bus, state, domain=config.domain, limits=config.limits)
     keys = FileKeyStore(state.root / "secrets")  # torpor.dev/api-keys-secret: NAME
     activator = build_activator(
         bus, ActivatorConfig(activator_id="embedded", domain=config.domain, key_store=keys)

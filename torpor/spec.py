@@ -63,7 +63,9 @@ class AutoscalingSpec:
     target: float = 100.0
     target_utilization: float = 0.7
     min_scale: int = 0
-    max_scale: int = 0  # 0 means no upper bound, as in Knative
+    # 0 means no upper bound, as in Knative; a manifest torpor parses carries the platform's cap
+    # per revision instead (torpor.manifest.limits), so the autoscaler never runs more.
+    max_scale: int = 0
     initial_scale: int = 1
     activation_scale: int = 1
     window_s: float = 60.0

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import secrets
 import signal
 import socket
@@ -29,6 +28,7 @@ import httpx
 
 from autoscaler.actuator import Phase, Replica
 from runtime.contract import ENV_HOME, ServeArgs, find_startup_report
+from torpor.manifest.env import container_env, expand
 from torpor.spec import RevisionSpec
 from torpor.status import ColdStart
 
@@ -40,29 +40,26 @@ _STARTUP_LINE_WAIT_S = 3.0
 _DRAIN_MARGIN_S = 3.0  # the runtime's drain ends this much before ``stop`` kills it
 # Where the shared manifests mount the models volume (the cache warmer's layout).
 MODELS_MOUNT = "/models"
-_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 def expand_vars(text: str, env: Mapping[str, str]) -> str:
     """Kubernetes' ``$(VAR)`` expansion: unknown names stay as written; ``$$`` is one ``$``."""
+    return expand(text, env)
 
-    def sub(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name is None:
-            return "$"
-        return env.get(name, m.group(0))
 
-    return _VAR.sub(sub, text)
+def own_env(revision: RevisionSpec, home: Path) -> dict[str, str]:
+    """The replica's own environment, the only one its ``$(VAR)`` references read: the
+    manifest's entries (each expanded from those before it) and what the platform defines for
+    every replica (``TORPOR_HOME``), as the kubelet builds a container's. The platform's own
+    environment is inherited but never expanded from (``torpor.manifest.env``)."""
+    return container_env(revision.runtime.env, {ENV_HOME: str(home)})
 
 
 def replica_env(revision: RevisionSpec, home: Path, base: Mapping[str, str]) -> dict[str, str]:
     env = dict(base)
-    env[ENV_HOME] = str(home)
     # The startup line must reach the log file when printed, not when the buffer fills.
     env.setdefault("PYTHONUNBUFFERED", "1")
-    for name, value in revision.runtime.env:
-        # As in Kubernetes, a value may refer to variables defined before it.
-        env[name] = expand_vars(value, env)
+    env.update(own_env(revision, home))
     return env
 
 
@@ -254,7 +251,7 @@ class LocalActuator:
         env = replica_env(revision, self._home, os.environ)
         args = runtime_args(
             revision,
-            env,
+            own_env(revision, self._home),  # args expand from the replica's own env only
             host=self._host,
             port=port,
             replica_id=replica_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,15 @@ from torpor.manifest import (
     parse_service,
 )
 from torpor.manifest.durations import parse_go_duration
+from torpor.manifest.env import container_env, expand
+from torpor.manifest.limits import (
+    DEFAULT_MAX_REPLICAS_TOTAL,
+    DEFAULT_MAX_SCALE_PER_REVISION,
+    ScaleLimits,
+    check_total,
+    clamp_revision,
+    floor_replicas,
+)
 from torpor.spec import (
     DEFAULT_AUTOSCALER_CLASS,
     DEFAULT_QUEUE_DEPTH,
@@ -135,7 +145,10 @@ def test_defaults() -> None:
     m = parse(base())
     assert m.namespace == "default"
     assert m.template.name is None
-    assert m.template.autoscaling == AutoscalingSpec()
+    # Knative's unbounded max-scale is the platform's cap per revision (torpor.manifest.limits).
+    assert m.template.autoscaling == replace(
+        AutoscalingSpec(), max_scale=DEFAULT_MAX_SCALE_PER_REVISION
+    )
     assert m.template.container_concurrency == 0
     assert m.template.timeout_s == DEFAULT_TIMEOUT_S
     assert m.template.queue_depth == DEFAULT_QUEUE_DEPTH
@@ -351,7 +364,7 @@ def test_min_scale_above_unbounded_max_is_fine() -> None:
         **{"autoscaling.knative.dev/min-scale": "7", "autoscaling.knative.dev/max-scale": "0"},
     )
     a = parse(doc).template.autoscaling
-    assert (a.min_scale, a.max_scale) == (7, 0)
+    assert (a.min_scale, a.max_scale) == (7, DEFAULT_MAX_SCALE_PER_REVISION)
 
 
 @pytest.mark.parametrize(
@@ -740,3 +753,173 @@ def test_empty_traffic_list_means_all_to_latest() -> None:
     doc = base()
     doc["spec"]["traffic"] = []
     assert apply_doc(doc).traffic == (TrafficTarget("chat-00001", 100, latest_revision=True),)
+
+
+# --- hostile manifests (issue 13 item 8): replica caps, the env deny list, $(VAR) ---------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("autoscaling.knative.dev/min-scale", "1000000000"),
+        ("autoscaling.knative.dev/minScale", "17"),
+        ("autoscaling.knative.dev/max-scale", "17"),
+        ("autoscaling.knative.dev/maxScale", "2147483647"),
+        ("autoscaling.knative.dev/initial-scale", "17"),
+        ("autoscaling.knative.dev/activation-scale", "17"),
+    ],
+)
+def test_scale_above_the_platform_cap_is_refused_naming_the_annotation(
+    key: str, value: str
+) -> None:
+    err = rejects(with_annotations(base(), **{key: value}), ann(key))
+    assert f"limit of {DEFAULT_MAX_SCALE_PER_REVISION} replicas per revision" in err.reason
+
+
+def test_the_cap_is_the_platforms_to_set() -> None:
+    doc = with_annotations(base(), **{"autoscaling.knative.dev/min-scale": "5"})
+    text = yaml.safe_dump(doc)
+    with pytest.raises(ManifestError) as info:
+        parse_service(text, max_scale_limit=4)
+    assert info.value.field == ann("autoscaling.knative.dev/min-scale")
+    a = parse_service(text, max_scale_limit=5).template.autoscaling
+    assert (a.min_scale, a.max_scale) == (5, 5)  # unbounded max-scale is the cap
+    bounded = with_annotations(doc, **{"autoscaling.knative.dev/max-scale": "8"})
+    assert parse(bounded).template.autoscaling.max_scale == 8  # under the cap: as written
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "LD_AUDIT",
+        "DYLD_INSERT_LIBRARIES",
+        "GLIBC_TUNABLES",
+        "GCONV_PATH",
+        "MALLOC_CHECK_",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSTARTUP",
+        "PYTHONUNBUFFERED",
+        "PATH",
+        "BASH_ENV",
+        "TORPOR_HOME",
+        "TORPOR_CACHE_DIR",
+        "TORPOR_MAX_MODEL_BYTES",
+        "PORT",
+        "K_REVISION",
+        "K_SINK",
+    ],
+)
+def test_env_may_not_override_loader_interpreter_or_platform_variables(name: str) -> None:
+    doc = base()
+    container(doc)["env"] = [{"name": "OK", "value": "1"}, {"name": name, "value": "/tmp/x"}]
+    err = rejects(doc, "spec.template.spec.containers[0].env[1].name")
+    assert err.reason.startswith(f"{name} ")
+    assert "may not set it" in err.reason or "set by the platform" in err.reason
+
+
+@pytest.mark.parametrize(
+    "name", ["VLLM_LOGGING_LEVEL", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES", "ld_preload", "PATHS"]
+)
+def test_model_settings_in_env_pass(name: str) -> None:
+    doc = base()
+    container(doc)["env"] = [{"name": name, "value": "1"}]
+    assert parse(doc).template.runtime.env == ((name, "1"),)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        # The cases of Kubernetes' own expansion tests (third_party/forked/golang/expansion).
+        ("$(VAR_A)", "A"),
+        ("___$(VAR_B)___", "___B___"),
+        ("$(VAR_A)-$(VAR_A)", "A-A"),
+        ("$(VAR_A)$(VAR_B)", "AB"),
+        ("$(VAR_EMPTY)", ""),
+        ("$(UNKNOWN)", "$(UNKNOWN)"),
+        ("$$(VAR_A)", "$(VAR_A)"),
+        ("$$$(VAR_A)", "$A"),
+        ("$$$$(VAR_A)", "$$(VAR_A)"),
+        ("$$", "$"),
+        ("$", "$"),
+        ("$VAR_A", "$VAR_A"),
+        ("${VAR_A}", "${VAR_A}"),
+        ("$(VAR_A", "$(VAR_A"),
+        ("$()", "$()"),
+        ("f000-$$VAR_A", "f000-$VAR_A"),
+        ("$(VAR_A)$", "A$"),
+        ("$(dotted.name)", "dot"),
+    ],
+)
+def test_expansion_is_kubernetes(text: str, want: str) -> None:
+    env = {"VAR_A": "A", "VAR_B": "B", "VAR_EMPTY": "", "dotted.name": "dot"}
+    assert expand(text, env) == want
+
+
+def test_env_expands_from_earlier_entries_and_the_platforms_variables_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SECRET_OF_THE_HOST", "leaked")
+    declared = (
+        ("CACHE", "$(TORPOR_HOME)/cache"),
+        ("LATER_FIRST", "$(LATE)"),  # defined after it: stays literal, as in Kubernetes
+        ("LATE", "late"),
+        ("BOTH", "$(CACHE):$(LATE)"),
+        ("HOST", "$(SECRET_OF_THE_HOST)$(HOME)$(PATH)"),  # the host's env is never a source
+        ("ESCAPED", "$$(CACHE)"),
+    )
+    env = container_env(declared, {"TORPOR_HOME": "/srv/torpor"})
+    assert env == {
+        "CACHE": "/srv/torpor/cache",
+        "LATER_FIRST": "$(LATE)",
+        "LATE": "late",
+        "BOTH": "/srv/torpor/cache:late",
+        "HOST": "$(SECRET_OF_THE_HOST)$(HOME)$(PATH)",
+        "ESCAPED": "$(CACHE)",
+        "TORPOR_HOME": "/srv/torpor",
+    }
+
+
+def _service(name: str, min_scale: int, *, routed: bool = True) -> ServiceSpec:
+    doc = with_annotations(base(), **{"autoscaling.knative.dev/min-scale": str(min_scale)})
+    doc["metadata"]["name"] = name
+    service = apply_manifest(parse(doc), None)
+    if not routed:
+        service = replace(service, traffic=())
+    return service
+
+
+def test_total_counts_replicas_held_at_rest_by_routed_revisions() -> None:
+    services = [_service("a", 16), _service("b", 3), _service("c", 16, routed=False)]
+    assert floor_replicas(services) == 19
+
+
+def test_a_deploy_raising_the_total_above_the_cap_is_refused() -> None:
+    limits = ScaleLimits(per_revision=16, total=20)
+    before = [_service("a", 16)]
+    check_total(before, [*before, _service("b", 4)], limits)  # 20: at the cap is fine
+    with pytest.raises(ManifestError) as info:
+        check_total(before, [*before, _service("b", 5)], limits)
+    assert info.value.field == ann("autoscaling.knative.dev/min-scale")
+    assert "21 replicas" in info.value.reason and "total of 20" in info.value.reason
+    # Over the cap already (a lower cap after a restart): a deploy that does not raise it passes.
+    over = [_service("a", 16), _service("b", 16)]
+    check_total(over, [_service("a", 10), over[1]], limits)
+
+
+def test_limits_are_consistent() -> None:
+    assert ScaleLimits() == ScaleLimits(DEFAULT_MAX_SCALE_PER_REVISION, DEFAULT_MAX_REPLICAS_TOTAL)
+    with pytest.raises(ValueError, match="at least 1"):
+        ScaleLimits(per_revision=0)
+    with pytest.raises(ValueError, match="at least the per-revision cap"):
+        ScaleLimits(per_revision=8, total=4)
+
+
+def test_a_revision_kept_from_before_a_lower_cap_is_clamped() -> None:
+    revision = _service("a", 12).latest_revision
+    unbounded = replace(revision, autoscaling=replace(revision.autoscaling, max_scale=0))
+    clamped = clamp_revision(unbounded, ScaleLimits(per_revision=4, total=8)).autoscaling
+    assert (clamped.min_scale, clamped.max_scale, clamped.initial_scale) == (4, 4, 1)
+    assert clamp_revision(revision, ScaleLimits()) is revision  # within the caps: untouched

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from torpor.manifest.durations import parse_go_duration
 from torpor.manifest.errors import ManifestError
+from torpor.manifest.limits import DEFAULT_MAX_SCALE_PER_REVISION
 from torpor.manifest.names import check_dns1123_subdomain
 from torpor.spec import DEFAULT_AUTOSCALER_CLASS, DEFAULT_QUEUE_DEPTH, AutoscalingSpec
 
@@ -185,8 +186,17 @@ def reject_autoscaling_keys(annotations: Mapping[str, str], path: str) -> None:
             )
 
 
-def parse_template_annotations(annotations: Mapping[str, str], path: str) -> TemplateAnnotations:
-    """Validate and read the annotations of ``spec.template.metadata`` (at ``path``)."""
+def parse_template_annotations(
+    annotations: Mapping[str, str],
+    path: str,
+    *,
+    max_scale_limit: int = DEFAULT_MAX_SCALE_PER_REVISION,
+) -> TemplateAnnotations:
+    """Validate and read the annotations of ``spec.template.metadata`` (at ``path``).
+
+    ``max_scale_limit`` is the platform's cap per revision (``torpor.manifest.limits``): no scale
+    annotation may exceed it, and an unbounded ``max-scale`` (0 or none) becomes it.
+    """
     r = _Reader(annotations, path)
     for key in sorted(annotations):
         if key.startswith(TORPOR) and key.removeprefix(TORPOR) not in TORPOR_KEYS:
@@ -220,20 +230,21 @@ def parse_template_annotations(annotations: Mapping[str, str], path: str) -> Tem
             r.key("target-burst-capacity"), f"must be -1 (unlimited) or at least 0, got {burst:g}"
         )
 
-    min_scale = r.int32("min-scale")
-    max_scale = r.int32("max-scale")
+    min_scale = _capped(r, "min-scale", r.int32("min-scale"), max_scale_limit)
+    max_scale = _capped(r, "max-scale", r.int32("max-scale"), max_scale_limit)
     lo = min_scale if min_scale is not None else defaults.min_scale
     hi = max_scale if max_scale is not None else defaults.max_scale
+    hi = hi or max_scale_limit  # Knative's 0, "no upper bound", is the platform's cap here
     if hi != 0 and hi < lo:
         raise r.error(r.key("max-scale"), f"max-scale={hi} is less than min-scale={lo}")
 
-    initial = r.int32("initial-scale")
+    initial = _capped(r, "initial-scale", r.int32("initial-scale"), max_scale_limit)
     if initial is not None and hi != 0 and initial > hi:
         raise r.error(
             r.key("initial-scale"), f"initial-scale={initial} is more than max-scale={hi}"
         )
 
-    activation = r.int32("activation-scale", low=1)
+    activation = _capped(r, "activation-scale", r.int32("activation-scale", low=1), max_scale_limit)
     if activation is not None:
         key = r.key("activation-scale")
         if lo > activation:
@@ -287,6 +298,16 @@ def parse_template_annotations(annotations: Mapping[str, str], path: str) -> Tem
         queue_depth=DEFAULT_QUEUE_DEPTH if queue_depth is None else queue_depth,
         api_keys_secret=None if secret is None else secret[1],
     )
+
+
+def _capped(r: _Reader, short: str, value: int | None, limit: int) -> int | None:
+    if value is not None and value > limit:
+        raise r.error(
+            r.key(short),
+            f"{short}={value} is above the platform's limit of {limit} replicas per revision "
+            "(torpor up --max-scale-per-revision)",
+        )
+    return value
 
 
 def _metric(r: _Reader, autoscaler_class: str, default: str) -> str:

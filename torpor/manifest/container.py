@@ -10,6 +10,10 @@ takes any unique prefix (``--ho``, ``--por=8``). So an underscore spelling of a 
 flag, and a prefix of a platform or runtime flag is refused (spell it in full); neither can
 reach vLLM as a second ``--host``. The runtime also puts its own flags after the engine's, where
 argparse lets the last one win (runtime/args.py).
+
+``env`` takes literal values only, and not the loader, interpreter and platform variables of
+``torpor.manifest.env``'s deny list; ``$(VAR)`` references are kept as written here and expanded
+when a replica starts (``torpor.manifest.env.container_env``), as the kubelet does.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from torpor.manifest.env import denied_env, denied_list
 from torpor.manifest.errors import ManifestError
 from torpor.manifest.fields import (
     child,
@@ -164,6 +169,12 @@ def _env(raw: list[Any], path: str) -> tuple[tuple[str, str], ...]:
             raise ManifestError(child(at, "name"), f"{name!r} is not a valid variable name")
         if name in RESERVED_ENV:
             raise ManifestError(child(at, "name"), f"{name} is set by the platform")
+        why = denied_env(name)
+        if why is not None:
+            raise ManifestError(
+                child(at, "name"),
+                f"{name} {why}; a manifest may not set it (denied: {denied_list()})",
+            )
         if name in seen:
             raise ManifestError(child(at, "name"), f"{name} is set twice")
         seen.add(name)

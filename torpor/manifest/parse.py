@@ -18,6 +18,7 @@ from torpor.manifest.fields import (
     get_str,
     string_map,
 )
+from torpor.manifest.limits import DEFAULT_MAX_SCALE_PER_REVISION
 from torpor.manifest.model import RevisionTemplate, ServiceManifest
 from torpor.manifest.names import LABEL_MAX, check_dns1035_label, check_dns1123_label
 from torpor.manifest.traffic import parse_traffic
@@ -40,18 +41,21 @@ def parse_service(
     *,
     source: str = "<manifest>",
     max_timeout_s: int = MAX_REVISION_TIMEOUT_S,
+    max_scale_limit: int = DEFAULT_MAX_SCALE_PER_REVISION,
 ) -> ServiceManifest:
     """Parse and validate one Knative Service manifest; raise ``ManifestError`` on anything bad.
 
-    ``source`` (a file name) prefixes the error message. Pure: no I/O, no clock.
+    ``source`` (a file name) prefixes the error message. ``max_scale_limit`` is the platform's
+    cap on replicas per revision (``torpor.manifest.limits``). Pure: no I/O, no clock.
     """
     try:
-        return dataclasses.replace(_service(load_document(text), max_timeout_s), source=source)
+        doc = load_document(text)
+        return dataclasses.replace(_service(doc, max_timeout_s, max_scale_limit), source=source)
     except ManifestError as e:
         raise e.with_source(source) from None
 
 
-def _service(doc: Any, max_timeout_s: int) -> ServiceManifest:
+def _service(doc: Any, max_timeout_s: int, max_scale_limit: int) -> ServiceManifest:
     root = expect_mapping(doc, DOCUMENT)
     api_version = get_str(root, "apiVersion", "", required=True)
     if api_version != API_VERSION:
@@ -72,12 +76,14 @@ def _service(doc: Any, max_timeout_s: int) -> ServiceManifest:
     )
 
     spec = get_mapping(root, "spec", "", required=True)
-    template = _template(get_mapping(spec, "template", "spec", required=True), name, max_timeout_s)
+    template = _template(
+        get_mapping(spec, "template", "spec", required=True), name, max_timeout_s, max_scale_limit
+    )
     traffic = parse_traffic(get_list(spec, "traffic", "spec"), "spec.traffic", name)
     return ServiceManifest(namespace=namespace, name=name, template=template, traffic=traffic)
 
 
-def _template(t: Any, service: str, max_timeout_s: int) -> RevisionTemplate:
+def _template(t: Any, service: str, max_timeout_s: int, max_scale_limit: int) -> RevisionTemplate:
     path = "spec.template"
     meta = get_mapping(t, "metadata", path)
     meta_path = child(path, "metadata")
@@ -91,7 +97,9 @@ def _template(t: Any, service: str, max_timeout_s: int) -> RevisionTemplate:
     string_map(meta.get("labels"), child(meta_path, "labels"))
     annotations_path = child(meta_path, "annotations")
     annotations = parse_template_annotations(
-        string_map(meta.get("annotations"), annotations_path), annotations_path
+        string_map(meta.get("annotations"), annotations_path),
+        annotations_path,
+        max_scale_limit=max_scale_limit,
     )
 
     pod_path = child(path, "spec")
