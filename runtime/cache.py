@@ -8,6 +8,11 @@ Layout under `root`:
     tmp/                             copies in progress (named with the copier's pid)
     locks/                           fcntl lock files
 
+Nothing is copied from a source that does not look like a model or is larger than the limit on
+one model (`runtime.sources.check_model`): `max_model_bytes`, by default `$TORPOR_MAX_MODEL_BYTES`
+or `DEFAULT_MAX_MODEL_BYTES`, and never more than the cache budget, which a larger model could
+only overflow.
+
 `digest` is the sha256 of the canonical manifest, so two sources with the same bytes share one
 entry. A copy lands in tmp/ and is renamed into objects/ only when whole, so a crash never leaves
 an entry that looks complete. Each `ensure` re-stats the entry; a file whose size or mtime moved
@@ -30,7 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from runtime.sources import DEFAULT_SOURCE_KINDS, Source, SourceFactory, open_source
+from runtime.sources import (
+    DEFAULT_SOURCE_KINDS,
+    Source,
+    SourceError,
+    SourceFactory,
+    SourceFile,
+    check_model,
+    open_source,
+)
 
 log = logging.getLogger("torpor.runtime.cache")
 
@@ -41,8 +54,25 @@ _CHUNK = 8 * 1024 * 1024
 CopyFile = Callable[[BinaryIO, BinaryIO], str]
 
 
+ENV_MAX_MODEL_BYTES = "TORPOR_MAX_MODEL_BYTES"
+DEFAULT_MAX_MODEL_BYTES = 1 << 40
+"""1 TiB: above the largest open-weight checkpoints served from one node (Llama 3.1 405B in BF16
+is about 812 GB, DeepSeek-V3 in FP8 about 690 GB), far below a disk's worth of `--model=/`."""
+
+
 class CacheError(RuntimeError):
     pass
+
+
+def max_model_bytes_from(env: Mapping[str, str]) -> int:
+    """``$TORPOR_MAX_MODEL_BYTES`` (a positive whole number of bytes), else the default."""
+    text = env.get(ENV_MAX_MODEL_BYTES, "").strip()
+    if not text:
+        return DEFAULT_MAX_MODEL_BYTES
+    if not text.isdigit() or int(text) <= 0:
+        raise SourceError(f"${ENV_MAX_MODEL_BYTES} must be a positive number of bytes, "
+                          f"got {text!r}")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -119,9 +149,12 @@ class WeightCache:
         copy_file: CopyFile = copy_and_hash,
         clock: Callable[[], float] = time.time,
         protect_recent_s: float = 300.0,
+        max_model_bytes: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.budget_bytes = budget_bytes
+        limit = max_model_bytes_from(os.environ) if max_model_bytes is None else max_model_bytes
+        self.max_model_bytes = limit if budget_bytes is None else min(limit, budget_bytes)
         self._kinds = source_kinds
         self._copy_file = copy_file
         self._clock = clock
@@ -144,7 +177,7 @@ class WeightCache:
                 if digest is not None and self._usable(digest, full_verify=full_verify):
                     self._touch(digest)
                     return self._model_dir(digest)
-            tmp, files = self._copy_in(src)
+            tmp, files = self._copy_in(src, self._model_files(src))
             digest = manifest_digest(files)
             with self._lock("cache"):
                 entry = self.root / "objects" / digest
@@ -244,13 +277,19 @@ class WeightCache:
         _atomic_write_json(entry / "manifest.json", data)
         return True
 
-    def _copy_in(self, src: Source) -> tuple[Path, list[FileEntry]]:
+    def _model_files(self, src: Source) -> list[SourceFile]:
+        """What will be copied, once checked to be a model within the size limit."""
+        listed = src.files()
+        check_model(src.uri, listed, self.max_model_bytes)
+        return listed
+
+    def _copy_in(self, src: Source, listed: list[SourceFile]) -> tuple[Path, list[FileEntry]]:
         tmp = self.root / "tmp" / f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
         model = tmp / "model"
         model.mkdir(parents=True)
         try:
             files: list[FileEntry] = []
-            for sf in src.files():
+            for sf in listed:
                 dst = model / sf.path
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 with src.open(sf.path) as fin, dst.open("wb") as fout:

@@ -8,8 +8,17 @@ from typing import BinaryIO
 
 import pytest
 
-from runtime.cache import EntryInfo, WeightCache, choose_evictions, copy_and_hash, prefetch
-from runtime.sources import SourceError
+from runtime import sources
+from runtime.cache import (
+    DEFAULT_MAX_MODEL_BYTES,
+    EntryInfo,
+    WeightCache,
+    choose_evictions,
+    copy_and_hash,
+    max_model_bytes_from,
+    prefetch,
+)
+from runtime.sources import ModelTooLarge, NotAModel, SourceError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -216,3 +225,102 @@ def test_prefetch_reads_every_byte(tmp_path: Path) -> None:
     src = make_model(tmp_path / "src")
     path = WeightCache(tmp_path / "cache").ensure(str(src))
     assert prefetch(path) == sum(len(v) for v in tree(src).values())
+
+
+# --- hostile sources (issue 13 item 8): only a model, within the size limit, is copied ---------
+
+
+def _nothing_copied(cache_root: Path) -> bool:
+    return all(not list((cache_root / sub).iterdir()) for sub in ("objects", "index", "tmp"))
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({"passwd": b"root:x:0:0", "hosts": b"127.0.0.1"}, "no config.json or params.json"),
+        ({"sub/config.json": b"{}", "model.safetensors": b"w"}, "no config.json"),
+        ({"config.json": b"{}", "tokenizer.json": b"{}"}, "no weights files"),
+        ({"config.json": b"{}", "weights.safetensors.txt": b"w"}, "no weights files"),
+    ],
+)
+def test_a_directory_that_is_not_a_model_is_refused_before_copying(
+    tmp_path: Path, layout: dict[str, bytes], message: str
+) -> None:
+    src = tmp_path / "src"
+    for name, data in layout.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    copy = CountingCopy()
+    cache = WeightCache(tmp_path / "cache", copy_file=copy)
+    with pytest.raises(NotAModel, match=message):
+        cache.ensure(str(src))
+    assert copy.calls == 0
+    assert _nothing_copied(tmp_path / "cache")
+
+
+def test_etc_is_not_a_model(tmp_path: Path) -> None:
+    copy = CountingCopy()
+    with pytest.raises(NotAModel):
+        WeightCache(tmp_path / "cache", copy_file=copy).ensure("/etc")
+    assert copy.calls == 0
+
+
+def test_mistral_params_json_and_gguf_weights_are_a_model(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "params.json").write_text("{}")
+    (src / "consolidated.gguf").write_bytes(b"w" * 10)
+    assert tree(WeightCache(tmp_path / "cache").ensure(str(src))) == tree(src)
+
+
+def test_a_model_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    src = make_model(tmp_path / "src", size=1000)
+    total = sum(len(v) for v in tree(src).values())
+    copy = CountingCopy()
+    cache = WeightCache(tmp_path / "cache", copy_file=copy, max_model_bytes=total - 1)
+    with pytest.raises(ModelTooLarge) as info:
+        cache.ensure(str(src))
+    assert (info.value.size, info.value.limit) == (total, total - 1)
+    assert copy.calls == 0 and _nothing_copied(tmp_path / "cache")
+    assert WeightCache(tmp_path / "cache", max_model_bytes=total).ensure(str(src)).is_dir()
+
+
+def test_the_cache_budget_also_bounds_one_model(tmp_path: Path) -> None:
+    src = make_model(tmp_path / "src", size=1000)
+    with pytest.raises(ModelTooLarge):
+        WeightCache(tmp_path / "cache", budget_bytes=500, max_model_bytes=10**9).ensure(str(src))
+
+
+def test_the_size_limit_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert max_model_bytes_from({}) == DEFAULT_MAX_MODEL_BYTES == 1 << 40
+    assert max_model_bytes_from({"TORPOR_MAX_MODEL_BYTES": "4096"}) == 4096
+    for bad in ("0", "-1", "1e9", "lots"):
+        with pytest.raises(SourceError, match="TORPOR_MAX_MODEL_BYTES"):
+            max_model_bytes_from({"TORPOR_MAX_MODEL_BYTES": bad})
+    monkeypatch.setenv("TORPOR_MAX_MODEL_BYTES", "100")
+    with pytest.raises(ModelTooLarge):
+        WeightCache(tmp_path / "cache").ensure(str(make_model(tmp_path / "src")))
+
+
+def test_a_fifo_or_a_dangling_link_is_refused_not_copied(tmp_path: Path) -> None:
+    fifo_src = make_model(tmp_path / "fifo")
+    os.mkfifo(fifo_src / "extra.bin")  # opening it to copy would block forever
+    with pytest.raises(NotAModel, match="not a regular file"):
+        WeightCache(tmp_path / "cache").ensure(str(fifo_src))
+    dangling = make_model(tmp_path / "dangling")
+    (dangling / "gone.safetensors").symlink_to(tmp_path / "missing")
+    with pytest.raises(NotAModel, match=r"cannot read gone\.safetensors"):
+        WeightCache(tmp_path / "cache").ensure(str(dangling))
+
+
+def test_a_huge_tree_is_refused_after_a_bounded_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sources, "MAX_MODEL_FILES", 5)
+    src = make_model(tmp_path / "src")
+    for i in range(10):
+        (src / f"f{i}.txt").write_text("x")
+    with pytest.raises(NotAModel, match="more than 5 files"):
+        WeightCache(tmp_path / "cache").ensure(str(src))
