@@ -129,14 +129,16 @@ class Image:
     workdir: str
     env: dict[str, str]
     size: int
+    revision: str  # org.opencontainers.image.revision (scripts/images.sh sets it)
 
     @classmethod
     def inspect(cls, ref: str) -> Image:
         info = json.loads(sh("podman", "image", "inspect", ref))[0]
         cfg = info["Config"]
         env = dict(e.split("=", 1) for e in cfg.get("Env") or [])
+        revision = (cfg.get("Labels") or {}).get("org.opencontainers.image.revision", "")
         return cls(ref, cfg.get("Entrypoint") or [], cfg.get("Cmd") or [], cfg.get("User") or "0",
-                   cfg.get("WorkingDir") or "/", env, int(info["Size"]))
+                   cfg.get("WorkingDir") or "/", env, int(info["Size"]), revision)
 
 
 @contextlib.contextmanager
@@ -315,8 +317,8 @@ def terminate(run: Running, grace_s: float) -> dict[str, Any]:
         killed = False
     except subprocess.TimeoutExpired:
         os.kill(pid1, signal.SIGKILL)
-        code = run.proc.wait()
-        killed = True
+        run.proc.wait()
+        code, killed = None, True  # unshare's own status says nothing about PID 1 then
     return {"exit_code": code, "seconds_to_exit": round(time.monotonic() - t0, 2),
             "sigkill_after_grace": killed}
 
@@ -403,7 +405,13 @@ async def openai_calls(base_url: str, model: str) -> dict[str, Any]:
         if first is None:
             first = time.monotonic() - t0
     await client.close()
+    # The runtime's own startup phases, labelled with the Knative identity from K_*.
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(base_url.removesuffix("/v1") + "/metrics")).text
+    phases = [line for line in text.splitlines()
+              if line.startswith("torpor_runtime_startup_phase_seconds{")]
     return {
+        "startup_phases_from_metrics": phases,
         "completion_s": round(completion_s, 3),
         "completion_tokens": done.usage.completion_tokens if done.usage else None,
         "completion_text": done.choices[0].text,
@@ -462,7 +470,7 @@ def main() -> int:
         if ref.startswith(REPO + "/") or ref.startswith("localhost/torpor-base"):
             img = Image.inspect(ref)
             results["images"][ref] = {"size_mb": round(img.size / 1e6), "user": img.user,
-                                      "entrypoint": img.entrypoint}
+                                      "entrypoint": img.entrypoint, "revision": img.revision}
     for item in ns.build_times:
         label, _, path = str(item).partition("=")
         rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
@@ -628,13 +636,23 @@ def redis_on_host(work: Path) -> Iterator[None]:
 def render_md(r: dict[str, Any]) -> str:
     out = ["# Container images: built here and run as a pod would", "",
            f"Machine: {r['machine']}; {r['podman']}. Written by `benchmarks/images_check.py` "
-           "(see its docstring for how a pod is made without a container runtime).", "",
-           "| image | size | user | entrypoint |", "|---|---:|---|---|"]
+           "(see its docstring for how a pod is made without a container runtime: own network "
+           "namespace with a veth pair, the ENTRYPOINT as PID 1 as the image's USER, the "
+           "manifest's args and Knative's environment, probes from the host to the pod address, "
+           "SIGTERM to PID 1). No registry is reachable here, so every image is built on "
+           "`localhost/torpor-base:bookworm-py3` (Debian bookworm + python3 3.11, made by "
+           "`scripts/images.sh` with debootstrap); the GPU runtime has no CUDA base and no vLLM "
+           "here (`-novllm`): it is built, not run.", "",
+           "| image | size | user | entrypoint | source revision |", "|---|---:|---|---|---|"]
     for ref, i in sorted(r["images"].items()):
-        out.append(f"| `{ref}` | {i['size_mb']} MB | {i['user']} | `{' '.join(i['entrypoint'])}` |")
+        out.append(f"| `{ref}` | {i['size_mb']} MB | {i['user']} | "
+                   f"`{' '.join(i['entrypoint'])}` | {i['revision'][:12] or '-'} |")
     if r["builds"]:
         labels = list(r["builds"])
-        out += ["", "Build times (`scripts/images.sh`, seconds):", "",
+        out += ["", "Build times (`scripts/images.sh`, seconds; 2 shared cores): cold = empty "
+                "layer cache; source changed = a rebuild after source edits (the dependency layer "
+                "is reused); unchanged = nothing to do. local-base = making the Debian base once "
+                "(debootstrap + import).", "",
                 "| image | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
         names = sorted({n for b in r["builds"].values() for n in b})
         for n in names:
@@ -643,8 +661,9 @@ def render_md(r: dict[str, Any]) -> str:
     for name, pod in r["pods"].items():
         out += ["", f"## {name}", "", f"- pod address `{pod['pod_address']}` (own network "
                 "namespace, veth), args `" + " ".join(pod["args"]) + "`",
-                f"- probe `{pod['probe']['url']}`: ready after {pod['probe']['ready_after_s']} s "
-                f"(last status {pod['probe']['last_status']})"]
+                f"- probe `{pod['probe']['url']}`: " + (
+                    f"200 after {pod['probe']['ready_after_s']} s" if pod["probe"]["ready_after_s"]
+                    else f"never 200 (last status {pod['probe']['last_status']})")]
         if "calls" in pod:
             out.append(f"- calls: `{json.dumps(pod['calls'])}`")
         out.append(f"- SIGTERM: `{json.dumps(pod['sigterm'])}`")

@@ -154,6 +154,13 @@ if [ -n "${TORPOR_IMAGE_REV:-}" ]; then
   say "building from git revision $(git rev-parse --short "$TORPOR_IMAGE_REV"), not the working tree"
 fi
 
+# The source revision as the OCI label; "-dirty": the working tree had uncommitted changes.
+revision="$(git rev-parse "${TORPOR_IMAGE_REV:-HEAD}" 2>/dev/null || echo unknown)"
+if [ -z "${TORPOR_IMAGE_REV:-}" ] && ! git diff --quiet HEAD 2>/dev/null; then
+  revision+="-dirty"
+fi
+build_args+=(--label "org.opencontainers.image.revision=$revision")
+
 py_base="${TORPOR_IMAGE_BASE:-}"
 if [ -z "$py_base" ]; then
   if have_or_pull "$public_base"; then
