@@ -148,10 +148,6 @@ class KnativeController:
         )
 
     @property
-    def identity(self) -> str:
-        return self._config.identity
-
-    @property
     def is_leader(self) -> bool:
         return self._elector.is_leader
 
@@ -175,10 +171,6 @@ class KnativeController:
         """The EndpointSlices of the revision's private service (queue-proxy's addresses)."""
         private = f"{ref.name}-private"
         return _labelled(self._slices.objects, ref.namespace, SLICE_SERVICE_LABEL, private)
-
-    def changed(self) -> None:
-        """Reconcile soon (the actuator wrote a scale; the watch will say so too)."""
-        self._dirty.set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
