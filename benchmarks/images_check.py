@@ -21,11 +21,18 @@ completion from the official ``openai`` client for the runtime, and SIGTERM to P
 code and the time it took. The activator and the autoscaler get a real ``redis-server`` on the
 host as their bus (the ConfigMap's bus host name resolves to the host through /etc/hosts). There is
 no Kubernetes API server here: the autoscaler gets kubelet's ``KUBERNETES_SERVICE_*`` variables
-and a service account token, pointing at an address where nothing listens, and this records what
-it does.
+and a service account token (in-cluster configuration, as in a pod), first pointing at an address
+where nothing listens (this records what it does), then at the controller tests' API server
+emulator (tests/autoscaler/actuators/kube_emulator.py) served over TLS there, whose Lease shows
+which pod leads.
 
-Run (root; after scripts/images.sh):
-``.venv/bin/python benchmarks/images_check.py [--build-times FILE]...``; writes
+The runtime pod as tiny-chat.yaml has it gets the container runtimes' 64 MiB /dev/shm, where vLLM's
+engine cannot start (it asks for 160 MiB); ``--runtime-shm-mb 256`` runs it again with a 256 MiB
+/dev/shm, as a Memory emptyDir mounted at /dev/shm would give it.
+
+Run (root; after scripts/images.sh; ~3 min here):
+``.venv/bin/python benchmarks/images_check.py --runtime-shm-mb 256 [--build-times LABEL=FILE]...``
+(FILE: what ``TORPOR_IMAGE_TIMES`` made scripts/images.sh write); writes
 ``benchmarks/results/images.json`` and ``.md``.
 """
 
@@ -448,7 +455,7 @@ def run_one(spec: PodSpec, image: Image, work: Path, startup_timeout_s: float,
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--build-times", type=Path, action="append", default=[],
+    p.add_argument("--build-times", action="append", default=[],
                    help="TORPOR_IMAGE_TIMES files of scripts/images.sh runs, as LABEL=FILE")
     p.add_argument("--only", choices=["runtime", "activator", "autoscaler"], action="append")
     p.add_argument("--out", type=Path, default=RESULTS / "images.json")

@@ -23,7 +23,7 @@
 # Environment: TORPOR_IMAGE_REPO (default ghcr.io/torpor-dev), TORPOR_IMAGE_VERSION (0.1.0),
 # TORPOR_IMAGE_REV (build a git revision, e.g. HEAD, instead of the working tree),
 # TORPOR_IMAGE_BASE (force one base for the Python images), TORPOR_IMAGE_TIMES (append
-# "image seconds" lines to this file), TORPOR_IMAGE_NO_HOST_PIP=1 (do not replay pip's config).
+# "name tag seconds bytes" lines to this file), TORPOR_IMAGE_NO_HOST_PIP=1 (no pip replay).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
