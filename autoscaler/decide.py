@@ -57,6 +57,11 @@ class Observation:
     activator_queued: int = 0  # summed over activators
     activator_in_flight: int = 0  # summed over activators
     poked: bool = False  # a request arrived while the revision had no replica with room
+    # Requests the activators accepted since the previous observation (the growth of their
+    # ``requests_total`` counters). The gauges are read once a tick, so a request that starts
+    # and ends between two ticks (tens of milliseconds on a fast replica) never shows in them;
+    # Knative's per-second concurrency averages do see it. See ``ARRIVAL_SEEN``.
+    arrivals: int = 0
 
     @property
     def current(self) -> int:
@@ -82,6 +87,14 @@ class Decision:
     observed: float = 0.0  # load averaged over the stable window
     observed_panic: float = 0.0  # load averaged over the panic window
     kv_cache_usage: float | None = None  # mean over replicas that answered
+
+
+ARRIVAL_SEEN = 1e-3
+"""The load a tick records when requests arrived since the last tick but none is in flight now:
+enough that the stable window does not read zero (so the revision is not scaled to zero while
+it is serving requests), too little to ask for a second replica. On the Azure conversation trace
+split 64 ways (benchmarks/results/autoscaler_trace.md), ticks that only read the gauges saw
+zero load on busy-but-fast revisions and scaled them to zero between requests 20 s apart."""
 
 
 def target_per_replica(spec: AutoscalingSpec) -> float:
@@ -148,6 +161,8 @@ def decide(
     spec: AutoscalingSpec, obs: Observation, state: ScalerState, now: float
 ) -> tuple[Decision, ScalerState]:
     load, unknown = observed_load(spec, obs)
+    if obs.arrivals > 0:
+        load = max(load, ARRIVAL_SEEN)
     kv = _mean_kv(obs)
     panic_window = spec.window_s * spec.panic_window_percentage / 100.0
     samples = (*(s for s in state.samples if s[0] > now - spec.window_s), (now, load))

@@ -27,6 +27,7 @@ from autoscaler.plan import (
     StartPolicy,
     StartRecord,
     announcement,
+    arrivals_since,
     plan,
     publish_needed,
     reckon,
@@ -132,6 +133,7 @@ class _RevisionLoop:
         self.key = target.spec.ref.key
         self.wake = asyncio.Event()
         self.poked = False
+        self.requests_seen: dict[str, int] = {}  # activators' requests_total, last tick
         self.state = ScalerState()
         self.decision = Decision(desired=0, reason="not yet decided")
         self.obs = Observation()
@@ -222,7 +224,9 @@ class _RevisionLoop:
         ready = self._serving(live)
         starting = [r for r in live if r.phase is Phase.STARTING]
         loads = await self._scrape(ready)
-        queued, in_flight = await self._activator_load(now)
+        stats = await deps.bus.revision_stats(self.key)
+        queued, in_flight = activator_load(stats, now, deps.config.stats_fresh_s)
+        arrived, self.requests_seen = arrivals_since(self.requests_seen, stats)
         poked, self.poked = self.poked, False
         self.obs = Observation(
             ready=tuple(loads),
@@ -231,6 +235,7 @@ class _RevisionLoop:
             activator_queued=queued,
             activator_in_flight=in_flight,
             poked=poked,
+            arrivals=arrived,
         )
         before = self.decision.desired
         self.decision, self.state = decide(spec.autoscaling, self.obs, self.state, now)

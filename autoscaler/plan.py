@@ -13,12 +13,12 @@ No I/O, no clock, no logging.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from autoscaler.actuator import Phase, Replica
 from autoscaler.decide import Decision, Observation
-from torpor.bus import Endpoint, RevisionEndpoints
+from torpor.bus import ActivatorStats, Endpoint, RevisionEndpoints
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,3 +218,20 @@ def revision_state(record: StartRecord, ready: int, starting: int) -> tuple[str,
     if starting:
         return "starting", record.last_error
     return "scaled-to-zero", record.last_error
+
+
+def arrivals_since(
+    seen: Mapping[str, int], stats: Sequence[ActivatorStats]
+) -> tuple[int, dict[str, int]]:
+    """Requests the activators accepted since their counters were last ``seen`` (by activator
+    id), and the counters now: ``Observation.arrivals``. An activator seen for the first time
+    sets its baseline (its past is not news); a counter that went back (the activator
+    restarted) counts from zero; an activator that stopped reporting is forgotten."""
+    arrived = 0
+    now: dict[str, int] = {}
+    for s in stats:
+        before = seen.get(s.activator_id)
+        if before is not None:
+            arrived += s.requests_total - before if s.requests_total >= before else s.requests_total
+        now[s.activator_id] = s.requests_total
+    return arrived, now

@@ -45,6 +45,9 @@ class Policy(Protocol):
     def sample(self, now: float, dt: float, replicas: Sequence[SimReplica], held: int) -> None:
         """Called for every simulated slice of time (``dt`` long, starting at ``now``)."""
 
+    def arrived(self) -> None:
+        """A request reached the front door (the activator counts it)."""
+
     def tick(self, now: float, replicas: Sequence[SimReplica], held: int, poked: bool) -> Steps: ...
 
 
@@ -58,9 +61,13 @@ class TorporPolicy:
     spec: AutoscalingSpec
     tick_s: float = 2.0
     state: ScalerState = field(default_factory=ScalerState)
+    arrivals: int = 0  # requests the activator accepted since the last tick
 
     def sample(self, now: float, dt: float, replicas: Sequence[SimReplica], held: int) -> None:
         return None  # the product reads its gauges at each tick only
+
+    def arrived(self) -> None:
+        self.arrivals += 1
 
     def tick(self, now: float, replicas: Sequence[SimReplica], held: int, poked: bool) -> Steps:
         ready = _serving(replicas, now)
@@ -82,7 +89,9 @@ class TorporPolicy:
             # The activator counts every request it proxies, draining replicas' too.
             activator_in_flight=sum(r.work for r in replicas),
             poked=poked,
+            arrivals=self.arrivals,
         )
+        self.arrivals = 0
         d, self.state = decide(self.spec, obs, self.state, now)
         as_replicas = [
             Replica(
@@ -114,6 +123,9 @@ class KpaPolicy:
     def __post_init__(self) -> None:
         self.stable = Buckets(self.cfg.stable_window_s)
         self.panic = Buckets(self.cfg.panic_window_s)
+
+    def arrived(self) -> None:
+        return None  # the KPA sees requests only through the concurrency they add
 
     def _flush(self) -> None:
         if self._second >= 0 and self._seen:

@@ -86,6 +86,7 @@ def simulate(
         # Arrivals up to now.
         while i < len(trace) and trace[i].arrival <= now:
             req = trace[i]
+            policy.arrived()
             targets = serving()
             if targets:
                 min(targets, key=lambda r: r.work).add(req, i)

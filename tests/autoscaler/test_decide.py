@@ -533,3 +533,22 @@ def test_llm_never_scales_below_what_the_current_work_needs() -> None:
         for t, o in steps
     ]
     assert timeline(kpa, steps_kpa)[-1][1].desired == 2
+
+
+@pytest.mark.parametrize("spec", [LLM, KPA], ids=["llm", "concurrency"])
+def test_requests_between_ticks_keep_the_last_replica(spec: AutoscalingSpec) -> None:
+    """A fast replica answers between two ticks: the gauges read zero every tick, but the
+    activators' counters say requests came, so the window never reads zero and the revision is
+    not scaled to zero while it serves a request every 20 s."""
+    idle = Observation(ready=loads(0))
+    served = Observation(ready=loads(0), arrivals=1)
+    steps = [(float(t), served if t % 20 == 0 else idle) for t in range(0, 301, 2)]
+    assert all(d.desired == 1 for _, d in timeline(spec, steps))
+    # Without the counters the same revision goes to zero once the window and grace pass.
+    blind = [(t, idle) for t, _ in steps]
+    assert timeline(spec, blind)[-1][1].desired == 0
+
+
+def test_arrivals_never_ask_for_a_second_replica() -> None:
+    d = once(LLM, Observation(ready=loads(0), arrivals=50))
+    assert d.desired == 1

@@ -12,6 +12,7 @@ from autoscaler.plan import (
     StartPolicy,
     StartRecord,
     announcement,
+    arrivals_since,
     plan,
     publish_needed,
     reckon,
@@ -19,7 +20,7 @@ from autoscaler.plan import (
     serving,
     spec_changed,
 )
-from torpor.bus import Endpoint, RevisionEndpoints
+from torpor.bus import ActivatorStats, Endpoint, RevisionEndpoints
 
 KEY = "default/chat-00001"
 NOW = 100.0
@@ -318,3 +319,25 @@ def test_serving_leaves_out_replicas_on_their_way_out() -> None:
 def test_a_bad_start_policy_is_refused(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         StartPolicy(**bad)  # type: ignore[arg-type]
+
+
+def stat(activator: str, total: int) -> ActivatorStats:
+    return ActivatorStats(activator, "default/svc-1", 0, 0, 0.0, requests_total=total)
+
+
+@pytest.mark.parametrize(
+    ("seen", "totals", "arrived"),
+    [
+        ({}, [("a", 40)], 0),  # first report: a baseline, not news
+        ({"a": 40}, [("a", 43)], 3),
+        ({"a": 40, "b": 7}, [("a", 41), ("b", 9)], 3),  # summed over activators
+        ({"a": 40}, [("a", 2)], 2),  # restarted: counts from zero
+        ({"a": 40}, [("a", 40), ("c", 5)], 0),  # a new activator sets its baseline
+    ],
+)
+def test_arrivals_since_the_last_counters(
+    seen: dict[str, int], totals: list[tuple[str, int]], arrived: int
+) -> None:
+    n, now = arrivals_since(seen, [stat(a, t) for a, t in totals])
+    assert n == arrived
+    assert now == dict(totals)  # an activator that stopped reporting is forgotten
