@@ -6,15 +6,22 @@ published on the bus), the ``KnativeActuator`` over its caches (Deployment scale
 ``coordination.k8s.io`` Lease makes one the leader, and the one Lease check gates everything that
 acts: the controller's writes, the loop's publications and decisions, the actuator's scales (which
 refuse with ``NotLeader`` on a standby). ``/healthz`` and ``/metrics`` are served on
-``--metrics-port`` once the caches have synced. Settings come from the ``torpor-defaults``
-ConfigMap's environment (``TORPOR_BUS_URL``, ``TORPOR_IDENTITY``, ``TORPOR_LEASE_*``).
+``--metrics-port`` once the caches have synced. Beside them, the leader scrapes Knative's own
+activator for requests it holds for torpor-class revisions (``knative_demand``), so a request
+through Knative's URL wakes a revision at zero. Settings come from the ``torpor-defaults``
+ConfigMap's environment (``TORPOR_BUS_URL``, ``TORPOR_IDENTITY``, ``TORPOR_LEASE_*``,
+``TORPOR_KNATIVE_*``). SIGTERM stops it at any point, start-up included (as PID 1 in a container
+a signal without a handler is ignored).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
+import signal
+import sys
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,6 +33,11 @@ from starlette.routing import Route
 from autoscaler.actuators.knative import KnativeActuator
 from autoscaler.actuators.knative_config import KnativeConfig, config_from_env
 from autoscaler.actuators.knative_controller import KnativeController
+from autoscaler.actuators.knative_demand import (
+    DemandConfig,
+    demand_config_from_env,
+    knative_demand,
+)
 from autoscaler.actuators.knative_kube import Kube
 from autoscaler.loop import Autoscaler
 from torpor.bus.redis import RedisBus
@@ -60,14 +72,24 @@ def _metrics_app(scaler: Autoscaler) -> Starlette:
 
 async def _run(args: argparse.Namespace) -> None:
     config = config_from_env(os.environ)
+    demand = demand_config_from_env(os.environ)
+    # Until uvicorn installs its own handlers (once the caches have synced), SIGTERM cancels the
+    # start-up: the Lease, the watches and the bus are closed by their context managers.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     kube = Kube.from_kubeconfig(args.kubeconfig) if args.kubeconfig else Kube.in_cluster()
     try:
-        await _serve(args, config, kube)
+        await _serve(args, config, demand, kube)
+    except asyncio.CancelledError:
+        pass
     finally:
         await kube.aclose()
 
 
-async def _serve(args: argparse.Namespace, config: KnativeConfig, kube: Kube) -> None:
+async def _serve(
+    args: argparse.Namespace, config: KnativeConfig, demand: DemandConfig, kube: Kube
+) -> None:
     bus = await RedisBus.connect(args.bus)
     try:
         async with KnativeController(kube, bus, config) as controller:
@@ -90,7 +112,10 @@ async def _serve(args: argparse.Namespace, config: KnativeConfig, kube: Kube) ->
                     log_level="warning",
                 )
             )
-            async with scaler.running():
+            async with (
+                scaler.running(),
+                knative_demand(bus, demand, kube, leader=controller.leader),
+            ):
                 await server.serve()
     finally:
         await bus.aclose()
@@ -102,6 +127,13 @@ def main() -> None:
         raise SystemExit("python -m autoscaler: --bus or TORPOR_BUS_URL is required")
     configure_logging()
     asyncio.run(_run(args))
+    # Everything is closed by now. A thread still blocked in a request to an API server that
+    # does not answer would hold the interpreter's exit for its read timeout (30 s, a whole grace
+    # period); its answer is no longer wanted, so leave without joining it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,15 @@ def test_deploy_cold_start_call_and_scale_to_zero(platform: Platform) -> None:
     # Idle: the revision goes back to zero and its replica stops listening.
     platform.wait_for("tiny-chat", desired=0, ready=0, timeout_s=180)
     assert platform.revision("tiny-chat")["queued_requests"] == 0
+    # The revision shows 0 ready as soon as its replica is draining; the process then finishes
+    # vLLM's graceful shutdown (bounded by the drain timeout) and stops listening.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{replica_url}/health", timeout=10)
+        except httpx.ConnectError:
+            break
+        time.sleep(0.5)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{replica_url}/health", timeout=10)
 

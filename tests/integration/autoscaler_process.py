@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,19 +17,14 @@ from pathlib import Path
 
 import httpx
 
+from harness.ports import free_port
+
 # Short Lease settings (the defaults are 15/10/2 s).
 LEASE_ENV = {
     "TORPOR_LEASE_DURATION_S": "3",
     "TORPOR_LEASE_RENEW_DEADLINE_S": "2",
     "TORPOR_LEASE_RETRY_PERIOD_S": "0.2",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def kubeconfig(path: Path, server: str) -> Path:

@@ -30,10 +30,11 @@ from openai import AsyncOpenAI
 
 from autoscaler.actuators.knative_status import condition
 from harness.manifests import TINY_CHAT
+from harness.ports import free_port
 from tests.autoscaler.actuators.knative_world import APPS, PA, eventually
 from tests.autoscaler.actuators.kube_emulator import KubeEmulator
 from tests.fixtures.redis_server import RedisServer
-from tests.integration.autoscaler_process import AutoscalerProcess, free_port
+from tests.integration.autoscaler_process import AutoscalerProcess
 from tests.integration.knative_serving import apply_service
 from tests.integration.pod_runner import PodRunner
 
