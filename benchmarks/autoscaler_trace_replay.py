@@ -36,8 +36,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
-
 from autoscaler_trace import PARAMS, RESULTS, load_replica, summarise
+
 from harness.manifests import TINY_CHAT
 from harness.platform import Control, Platform
 from harness.sse import sse_lines
@@ -103,7 +103,12 @@ async def send(
                 await resp.aread()
                 return {"ok": False, "error": f"{resp.status_code}: {resp.text[:200]}"}
             async for line in sse_lines(resp):
-                if first is None and line.startswith("data: ") and line != "data: [DONE]":
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:  # an error event inside a 200 stream
+                    return {"ok": False, "error": str(event["error"])[:200]}
+                if first is None and event.get("choices"):
                     first = time.monotonic() - t0
         return {"ok": first is not None, "wait_s": first, "total_s": time.monotonic() - t0}
     except httpx.HTTPError as e:
@@ -200,7 +205,7 @@ async def run_real(
 
 
 def predict(reqs: list[TraceRequest], p: dict[str, Any], max_scale: int) -> dict[str, Any]:
-    model, sources = load_replica(p["replica"], RESULTS)
+    model, _ = load_replica(p["replica"], RESULTS)
     out: dict[str, Any] = {}
     for metric in ("llm", "concurrency"):
         spec = AutoscalingSpec(initial_scale=0, metric=metric, max_scale=max_scale)
@@ -254,8 +259,11 @@ def main() -> None:
         f"trace seconds {r['start_s']}-{r['start_s'] + r['length_s']}, played "
         f"{r['speedup']}x faster: {len(reqs)} requests over {reqs[-1].arrival:.0f} s"
     )
-    print(slice_about, json.dumps({k: {x: y for x, y in v.items() if x != "waits_s"}
-                                   for k, v in sim.items()}), flush=True)
+    print(
+        slice_about,
+        json.dumps({k: {x: y for x, y in v.items() if x != "waits_s"} for k, v in sim.items()}),
+        flush=True,
+    )
     if args.predict_only:
         return
     from runtime.tinymodel import make_tiny_llama
