@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from activator.auth import KeyStore, authorize
 from activator.balancer import Backend
+from activator.deadlines import Deadlines
 from activator.errors import (
     ActivatorError,
     BodyTooLarge,
@@ -172,6 +173,7 @@ class Activator:
         self._queues: dict[str, RevisionQueue] = {}
         self._labels: dict[str, _Labels] = {}
         self._pool: UpstreamPool | None = None
+        self._deadlines = Deadlines()
         self.metrics = ActivatorMetrics(self._gauges)
         # The Activator itself is the ASGI callable; ``app`` names it for explicit wiring. (A bound
         # method would not do: servers sniff ``async def __call__`` to tell ASGI 3 from ASGI 2.)
@@ -372,8 +374,8 @@ class Activator:
                 started = loop.time()
                 # ``timeoutSeconds`` bounds the whole request, as Knative's does: the wait for a
                 # replica and the answer share one deadline.
-                deadline = started + queue.limits.timeout_s
-                backend = await queue.acquire(deadline=deadline)
+                deadline = self._deadlines.at(started + queue.limits.timeout_s)
+                backend = await queue.acquire(deadline=deadline.when)
                 self.metrics.observe_wait(revision.ref.key, labels, loop.time() - started)
 
                 async def attempt(backend: Backend) -> int:
@@ -395,7 +397,9 @@ class Activator:
                     code = await attempt(backend)
                 except ConnectFailed:
                     # Nothing reached that replica: one retry, on another one.
-                    retry = await queue.acquire(exclude=(backend.replica_id,), deadline=deadline)
+                    retry = await queue.acquire(
+                        exclude=(backend.replica_id,), deadline=deadline.when
+                    )
                     code = await attempt(retry)
         except ActivatorError as error:
             code = error.status

@@ -9,11 +9,11 @@ there).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 from starlette.types import Send
 
+from activator.deadlines import Deadline
 from activator.errors import (
     ConnectError,
     ConnectFailed,
@@ -84,12 +84,12 @@ def upstream_headers(raw: Headers, client: tuple[str, int] | None, scheme: str) 
 class _Progress:
     """How far one response got, for whoever has to end it early."""
 
-    __slots__ = ("ended", "event_stream", "started", "status", "tail")
+    __slots__ = ("ended", "headers", "started", "status", "tail")
 
     def __init__(self) -> None:
         self.status = 0
         self.started = False
-        self.event_stream = False
+        self.headers: Headers = []  # the replica's, to tell an event stream when it matters
         self.ended = False
         self.tail = b""  # the last body bytes sent
 
@@ -102,7 +102,7 @@ async def forward(
     headers: Headers,
     body: bytes,
     send: Send,
-    deadline: float | None = None,
+    deadline: Deadline | None = None,
 ) -> int:
     """Send one request to ``base_url`` and stream its response to ``send``; returns the status.
 
@@ -111,27 +111,28 @@ async def forward(
     started, an upstream failure raises ``UpstreamClosed`` (no retry: bytes already went both
     ways); an event stream first gets an error event so the client learns why it ended.
 
-    ``deadline`` (event-loop time) is the end of the revision's ``timeoutSeconds`` for the whole
-    request. Past it before the answer started: ``WaitTimeout`` (a 504). Past it in an event
-    stream: a ``timeout`` error event ends the stream properly (504 is returned, for the
-    metrics). Past it in any other started body: ``UpstreamClosed``, the body is cut.
+    ``deadline`` is the end of the revision's ``timeoutSeconds`` for the whole request. Past
+    it before the answer started: ``WaitTimeout`` (a 504). Past it in an event stream: a
+    ``timeout`` error event ends the stream properly (504 is returned, for the metrics). Past
+    it in any other started body: ``UpstreamClosed``, the body is cut.
     """
     progress = _Progress()
-    timeout = asyncio.timeout_at(deadline)
+    if deadline is None:
+        return await _forward(pool, base_url, method, path_and_query, headers, body, send, progress)
     try:
-        async with timeout:
+        async with deadline:
             return await _forward(
                 pool, base_url, method, path_and_query, headers, body, send, progress
             )
     except TimeoutError:
-        if not timeout.expired():
+        if not deadline.expired:
             raise
         if progress.ended:  # (the deadline came as the last bytes left)
             return progress.status
         error = WaitTimeout(f"replica at {base_url} did not finish within timeoutSeconds")
         if not progress.started:
             raise error from None
-        if progress.event_stream:
+        if _is_event_stream(progress.headers):
             # As for a dying replica: a token stream must not look finished.
             event = error_event(error, progress.tail)
             await send({"type": "http.response.body", "body": event, "more_body": False})
@@ -164,8 +165,8 @@ async def _forward(
             }
         )
         progress.status = response.status
+        progress.headers = response.headers
         progress.started = True
-        progress.event_stream = _is_event_stream(response.headers)
         while (chunk := await response.next_chunk()) is not None:
             # The last chunk says so itself when it is known to be last (a small answer arrives
             # whole), which saves the server a separate write for the end of the body.
@@ -179,7 +180,7 @@ async def _forward(
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return response.status
     except (UpstreamClosed, OSError) as exc:
-        if progress.event_stream:
+        if _is_event_stream(response.headers):
             # A token stream cut by a dying replica must not look like a finished one: end it
             # with an error event, which OpenAI clients raise as an APIError.
             with contextlib.suppress(Exception):
