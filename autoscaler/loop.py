@@ -2,10 +2,18 @@
 
 Each revision has its own asyncio task, so a slow scrape or a failing replica of one never
 delays another. A tick runs every ``tick_s``, and at once when an activator pokes the revision.
-A tick reads the actuator's replicas, scrapes the ready ones, sums fresh activator stats from the
-bus, asks the pure ``decide`` how many replicas and the pure ``plan`` which, and executes that:
-starts replicas, or drains one and only then stops it. Every decision reads one injected clock,
-once per tick. Only the leader writes (see ``Autoscaler``).
+A tick reads the actuator's replicas, scrapes the ready ones, reads that revision's own activator
+stats from the bus (``Bus.revision_stats``, never the whole snapshot), asks the pure ``decide``
+how many replicas and the pure ``plan`` which, and executes that: starts replicas, or drains one
+and only then stops it. Every decision reads one injected clock, once per tick. Only the leader
+writes (see ``Autoscaler``).
+
+A revision at rest (``at_rest``: no replica of any phase, nothing held or in flight at the
+activators, nothing arrived, zero desired) is not polled: its loop sleeps until a poke, a spec
+change or a change of leadership wakes it. Anything it still waits for (a scale-to-zero grace, a
+start-up backoff, requests held at zero) keeps it out of rest, so it ticks. Serverless means most
+revisions sit at zero: before this, 10,000 of them cost the embedded platform's process every
+core it had doing nothing (benchmarks/results/control_plane_scale.md).
 """
 
 from __future__ import annotations
@@ -96,6 +104,22 @@ def activator_load(stats: Sequence[ActivatorStats], now: float, fresh_s: float) 
     return sum(s.queued for s in fresh), sum(s.in_flight for s in fresh)
 
 
+def at_rest(decision: Decision, obs: Observation, *, replicas: int, draining: int) -> bool:
+    """Whether a revision's loop may sleep until something wakes it: nothing runs, starts,
+    drains or fails (a failed replica is still the loop's to stop), no request is held, in
+    flight or arrived at any activator, and the decision is zero, so no grace period or backoff
+    is pending. A poke, a spec change or a change of leadership is what ends the rest."""
+    return (
+        decision.desired == 0
+        and replicas == 0
+        and draining == 0
+        and obs.activator_queued == 0
+        and obs.activator_in_flight == 0
+        and obs.arrivals == 0
+        and not obs.poked
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     """A revision as the autoscaler scales it: its spec, and whether any traffic reaches it."""
@@ -144,15 +168,19 @@ class _RevisionLoop:
         self.last_cold_start: ColdStart | None = None
         # As of the last tick (None before the first); a standby observes but never writes.
         self.leading: bool | None = None
+        self.resting = False  # as of the last tick: see ``at_rest``
 
     @property
     def spec(self) -> RevisionSpec:
         return self.target.autoscaling()
 
     def update(self, target: _Target) -> None:
+        if target == self.target:
+            return
         if target.spec != self.target.spec:
             self.record = spec_changed(self.record)
         self.target = target
+        self.wake.set()  # a resting loop looks at its new spec (min-scale may now be 1)
 
     def poke(self) -> None:
         self.poked = True
@@ -166,7 +194,10 @@ class _RevisionLoop:
                 raise
             except Exception:
                 log.exception("revision %s: tick failed", self.key)
-            await self._sleep()
+            if self.resting:
+                await self.wake.wait()
+            else:
+                await self._sleep()
             self.wake.clear()
 
     async def _sleep(self) -> None:
@@ -248,6 +279,12 @@ class _RevisionLoop:
             ready=len(ready),
             starting=len(starting),
             draining=len(self.draining),
+        )
+        self.resting = at_rest(
+            self.decision,
+            self.obs,
+            replicas=len(deps.actuator.replicas(self.key)),
+            draining=len(self.draining) + len(self.stopping),
         )
 
     async def _execute(self, steps: Plan, spec: RevisionSpec, before: int) -> None:
@@ -499,15 +536,17 @@ class Autoscaler:
     async def _running(self) -> AsyncIterator[None]:
         subscribed = asyncio.Event()
         events = asyncio.create_task(self._follow(subscribed), name="autoscaler:events")
+        leadership = asyncio.create_task(self._watch_leadership(), name="autoscaler:leadership")
         try:
             await subscribed.wait()
             snapshot = await self.bus.snapshot()
             await self._reconcile(snapshot.services)
             yield
         finally:
-            events.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await events
+            for task in (events, leadership):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             for task in self._tasks.values():
                 task.cancel()
             for task in list(self._tasks.values()):
@@ -517,6 +556,19 @@ class Autoscaler:
             await asyncio.gather(*(loop.aclose() for loop in self._loops.values()))
             if self._own_scraper and isinstance(self.scrape, HttpScraper):
                 await self.scrape.aclose()
+
+    async def _watch_leadership(self) -> None:
+        """Wake every loop when leadership changes: a resting loop must republish its endpoints
+        on taking over (what the old leader published may be stale) and stop writing on losing
+        it. One ``leader()`` call per tick, whatever the number of revisions."""
+        leading = self.leader()
+        while True:
+            await asyncio.sleep(self.config.tick_s)
+            now = self.leader()
+            if now != leading:
+                leading = now
+                for loop in self._loops.values():
+                    loop.wake.set()
 
     async def _follow(self, subscribed: asyncio.Event) -> None:
         """Apply bus events until the bus closes; after an error, resubscribe and resync."""

@@ -32,8 +32,9 @@ class MemoryBus:
     ) -> None:
         self._services: tuple[ServiceSpec, ...] = ()
         self._endpoints: dict[str, RevisionEndpoints] = {}
-        # (activator, revision) -> (stats, monotonic expiry)
-        self._stats: dict[tuple[str, str], tuple[ActivatorStats, float]] = {}
+        # revision -> activator -> (stats, monotonic expiry): ``revision_stats`` reads one
+        # revision's entries, not every revision's (10,000 revisions made each read a scan).
+        self._stats: dict[str, dict[str, tuple[ActivatorStats, float]]] = {}
         self._stats_ttl_s = stats_ttl_s
         self._clock = clock
         self._fanout = Fanout(subscriber_bound)
@@ -54,23 +55,33 @@ class MemoryBus:
     async def publish_stats(self, stats: Sequence[ActivatorStats]) -> None:
         expires = self._clock() + self._stats_ttl_s
         for s in stats:
-            self._stats[(s.activator_id, s.revision)] = (s, expires)
+            self._stats.setdefault(s.revision, {})[s.activator_id] = (s, expires)
 
     async def poke(self, revision: str) -> None:
         self._fanout.emit(Poked(revision))
 
     async def snapshot(self) -> BusSnapshot:
         now = self._clock()
-        self._stats = {k: v for k, v in self._stats.items() if v[1] > now}
-        return BusSnapshot(
-            self._services, dict(self._endpoints), tuple(s for s, _ in self._stats.values())
-        )
+        live: list[ActivatorStats] = []
+        for revision in list(self._stats):
+            live.extend(self._live(revision, now))
+        return BusSnapshot(self._services, dict(self._endpoints), tuple(live))
 
     async def revision_stats(self, revision: str) -> tuple[ActivatorStats, ...]:
-        now = self._clock()
-        return tuple(
-            s for (_, rev), (s, expires) in self._stats.items() if rev == revision and expires > now
-        )
+        return self._live(revision, self._clock())
+
+    def _live(self, revision: str, now: float) -> tuple[ActivatorStats, ...]:
+        """One revision's unexpired stats; expired ones are dropped as they are found, so a
+        revision nobody reports on any more leaves nothing behind once read."""
+        entries = self._stats.get(revision)
+        if entries is None:
+            return ()
+        for activator in [a for a, (_, expires) in entries.items() if expires <= now]:
+            del entries[activator]
+        if not entries:
+            del self._stats[revision]
+            return ()
+        return tuple(s for s, _ in entries.values())
 
     def events(self) -> Subscription:
         """Events published after this call; the stream ends when the bus closes."""
