@@ -17,6 +17,13 @@ Scaling is not here: ``knative.KnativeActuator`` is the loop's actuator, reading
 two. Writes with a stale resourceVersion get 409 Conflict; they are re-read and retried a bounded
 number of times. ``aclose()`` stops watching but changes nothing: on Kubernetes, replicas outlive
 the autoscaler process and the next leader takes them over.
+
+Reconcile work follows changes (issue 18: 10,000 revisions, most at zero): every cache event names
+the revision it concerns (a PA, Revision or SKS by name, a Deployment, pod or EndpointSlice by its
+revision label), and a pass rebuilds the specs of and reconciles only those revisions. A Route
+change regroups the services; a relist, a change of leadership, a failed pass and the
+``resync_s`` timer make one pass over everything. Statuses and SKSs are written only when they
+differ from what the cache holds, so a pass over unchanged revisions writes nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import contextlib
 import copy
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from autoscaler.actuator import Phase
@@ -56,7 +63,7 @@ from autoscaler.actuators.knative_status import (
     sks_mode,
     sks_needs_update,
 )
-from autoscaler.actuators.knative_watch import ObjectKey, Reflector, WatchApi
+from autoscaler.actuators.knative_watch import ObjectKey, Reflector, WatchApi, key_of
 from torpor.bus.base import Bus
 from torpor.spec import RevisionRef, RevisionSpec, ServiceSpec
 
@@ -80,16 +87,6 @@ class ControllerApi(WatchApi, LeaseApi, Protocol):
     ) -> Json: ...
 
 
-def _labelled(
-    objects: Mapping[ObjectKey, Json], namespace: str, label: str, value: str
-) -> list[Obj]:
-    return [
-        o
-        for (ns, _), o in objects.items()
-        if ns == namespace and (o["metadata"].get("labels") or {}).get(label) == value
-    ]
-
-
 class KnativeController:
     """Use as ``async with KnativeController(kube, bus, config):`` or ``start()`` / ``aclose()``.
 
@@ -111,14 +108,20 @@ class KnativeController:
         self._config = config
         self._clock = clock
         self._dirty = asyncio.Event()
-        mk = self._reflector
-        self._pas = mk(res.PODAUTOSCALERS)
-        self._revisions = mk(res.REVISIONS)
-        self._routes = mk(res.ROUTES)
-        self._sks = mk(res.SERVERLESSSERVICES)
-        self._deployments = mk(res.DEPLOYMENTS, REVISION_LABEL)
-        self._pods = mk(res.PODS, REVISION_LABEL)
-        self._slices = mk(res.ENDPOINTSLICES, REVISION_LABEL)
+        # What the next pass looks at: everything, or these revisions (their specs too).
+        self._dirty_all = True
+        self._dirty_keys: set[ObjectKey] = set()
+        self._dirty_specs: set[ObjectKey] = set()
+        self._routes_changed = False
+        self._specs: dict[ObjectKey, RevisionSpec] = {}  # of our PAs, by (namespace, name)
+        self._pas = self._reflector(res.PODAUTOSCALERS, self._named(spec=True))
+        self._revisions = self._reflector(res.REVISIONS, self._named(spec=True))
+        self._routes = self._reflector(res.ROUTES, self._route_changed)
+        self._sks = self._reflector(res.SERVERLESSSERVICES, self._named(spec=False))
+        by_revision = self._by_revision_label
+        self._deployments = self._reflector(res.DEPLOYMENTS, by_revision, REVISION_LABEL)
+        self._pods = self._reflector(res.PODS, by_revision, REVISION_LABEL)
+        self._slices = self._reflector(res.ENDPOINTSLICES, by_revision, REVISION_LABEL)
         self._elector = LeaderElector(
             kube, config.identity, config.lease, clock=monotonic, on_change=self._leadership
         )
@@ -126,14 +129,44 @@ class KnativeController:
         self._published: tuple[ServiceSpec, ...] | None = None
         self.failures: dict[str, str] = {}  # revision key -> why its spec could not be built
 
-    def _reflector(self, resource: Any, selector: str | None = None) -> Reflector:
+    def _reflector(
+        self, resource: Any, note: Callable[[Json], None], selector: str | None = None
+    ) -> Reflector:
+        def on_change(obj: Json | None) -> None:
+            if obj is None:
+                self._dirty_all = True  # relisted: anything may have changed
+            else:
+                note(obj)
+            self._dirty.set()
+
         return Reflector(
             self._kube,
             resource,
-            on_change=self._dirty.set,
+            on_change=on_change,
             label_selector=selector,
             backoff=self._config.backoff,
+            index_label=selector,
         )
+
+    def _named(self, *, spec: bool) -> Callable[[Json], None]:
+        """A PA, Revision or SKS: named as its revision is."""
+
+        def note(obj: Json) -> None:
+            key = key_of(obj)
+            self._dirty_keys.add(key)
+            if spec:
+                self._dirty_specs.add(key)
+
+        return note
+
+    def _by_revision_label(self, obj: Json) -> None:
+        meta = obj["metadata"]
+        revision = (meta.get("labels") or {}).get(REVISION_LABEL)
+        if revision:
+            self._dirty_keys.add((str(meta.get("namespace", "")), str(revision)))
+
+    def _route_changed(self, obj: Json) -> None:
+        self._routes_changed = True
 
     @property
     def reflectors(self) -> tuple[Reflector, ...]:
@@ -165,12 +198,18 @@ class KnativeController:
 
     def pods(self, ref: RevisionRef) -> list[Obj]:
         """The revision's pods, terminating ones included (they are still listed)."""
-        return _labelled(self._pods.objects, ref.namespace, REVISION_LABEL, ref.name)
+        pods: list[Obj] = []
+        pods.extend(self._pods.labelled(ref.namespace, ref.name))
+        return pods
 
     def endpoint_slices(self, ref: RevisionRef) -> list[Obj]:
         """The EndpointSlices of the revision's private service (queue-proxy's addresses)."""
         private = f"{ref.name}-private"
-        return _labelled(self._slices.objects, ref.namespace, SLICE_SERVICE_LABEL, private)
+        return [
+            o
+            for o in self._slices.labelled(ref.namespace, ref.name)
+            if (o["metadata"].get("labels") or {}).get(SLICE_SERVICE_LABEL) == private
+        ]
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -202,6 +241,7 @@ class KnativeController:
     async def _leadership(self, leader: bool) -> None:
         if leader:
             self._published = None  # a new leader republishes what it sees
+        self._dirty_all = True
         self._dirty.set()
 
     def _require_leader(self) -> None:
@@ -214,9 +254,11 @@ class KnativeController:
     async def _reconcile_loop(self) -> None:
         failures = 0
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self._config.resync_s):
                     await self._dirty.wait()
+            except TimeoutError:
+                self._dirty_all = True  # the bounded resync: one pass over everything
             self._dirty.clear()
             try:
                 await self.reconcile()
@@ -225,46 +267,73 @@ class KnativeController:
                 continue
             except Exception:
                 failures += 1
+                self._dirty_all = True  # what the failed pass had taken on is not done
                 log.exception("reconcile failed (%d in a row)", failures)
                 await asyncio.sleep(self._config.backoff.delay(failures))
                 self._dirty.set()
 
-    def _ours(self) -> list[Json]:
-        return [
-            pa
-            for pa in self._pas.objects.values()
-            if is_torpor_class(pa_class(pa), self._config.class_suffix)
+    def _ours(self, pa: Json | None) -> bool:
+        return (
+            pa is not None
+            and is_torpor_class(pa_class(pa), self._config.class_suffix)
             and not pa["metadata"].get("deletionTimestamp")
-        ]
+        )
 
     async def reconcile(self) -> None:
-        """One pass: publish the services, then bring every PA's SKS and status up to date."""
+        """One pass: publish the services, then bring the SKS and status of every PA that
+        changed since the last pass (every PA after a relist, a failure or the resync timer) up
+        to date."""
         if not self.is_leader or not all(r.synced.is_set() for r in self.reflectors):
             return
-        # A PA whose Revision this cache has not seen yet (separate watch streams) waits for the
-        # next event rather than being judged on half the picture.
-        ours = [
-            pa
-            for pa in self._ours()
-            if (pa["metadata"]["namespace"], pa["metadata"]["name"]) in self._revisions.objects
-        ]
-        specs: list[RevisionSpec] = []
-        failures: dict[str, str] = {}
-        for pa in ours:
-            meta = pa["metadata"]
-            revision = self._revisions.objects[(meta["namespace"], meta["name"])]
+        full, self._dirty_all = self._dirty_all, False
+        keys, self._dirty_keys = self._dirty_keys, set()
+        spec_keys, self._dirty_specs = self._dirty_specs, set()
+        routes, self._routes_changed = self._routes_changed, False
+        try:
+            await self._pass(full, keys, spec_keys, routes)
+        except BaseException:
+            self._dirty_all = True  # retried whole: a NotLeader or failure leaves no gap
+            raise
+
+    async def _pass(
+        self, full: bool, keys: set[ObjectKey], spec_keys: set[ObjectKey], routes: bool
+    ) -> None:
+        if full:
+            self._specs, self.failures = {}, {}
+            spec_keys = set(self._pas.objects)
+            keys = set(self._pas.objects)
+        specs_changed = full or routes
+        for key in spec_keys:
+            specs_changed |= self._rebuild_spec(key)
+        if specs_changed:
+            services = group_services(
+                (self._specs[k] for k in sorted(self._specs)), self._routes.objects
+            )
+            if services != self._published:
+                self._require_leader()
+                await self._bus.publish_services(services)
+                self._published = services
+        for key in sorted(keys):
+            pa = self._pas.objects.get(key)
+            # A PA whose Revision this cache has not seen yet (separate watch streams) waits for
+            # the Revision's event rather than being judged on half the picture.
+            if pa is not None and self._ours(pa) and key in self._revisions.objects:
+                await self._reconcile_pa(pa)
+
+    def _rebuild_spec(self, key: ObjectKey) -> bool:
+        """The spec of one PA from the caches; whether it (or its failure) changed."""
+        name = f"{key[0]}/{key[1]}"
+        before = (self._specs.get(key), self.failures.get(name))
+        self._specs.pop(key, None)
+        self.failures.pop(name, None)
+        pa = self._pas.objects.get(key)
+        revision = self._revisions.objects.get(key)
+        if pa is not None and revision is not None and self._ours(pa):
             try:
-                specs.append(revision_spec(pa, revision))
+                self._specs[key] = revision_spec(pa, revision)
             except ValueError as exc:
-                failures[f"{meta['namespace']}/{meta['name']}"] = str(exc)
-        self.failures = failures
-        services = group_services(specs, self._routes.objects)
-        if services != self._published:
-            self._require_leader()
-            await self._bus.publish_services(services)
-            self._published = services
-        for pa in ours:
-            await self._reconcile_pa(pa)
+                self.failures[name] = str(exc)
+        return (self._specs.get(key), self.failures.get(name)) != before
 
     def _desired(self, pa: Json) -> int:
         name = str(pa["spec"]["scaleTargetRef"]["name"])

@@ -4,6 +4,12 @@ A reflector lists once, then watches from the list's resourceVersion, moving tha
 with every event (bookmarks included), so a stream that ends is resumed where it stopped. A 410
 Gone — as an HTTP status or as an ERROR event inside the stream — means the version is too old:
 relist. Any other failure backs off exponentially up to a cap before trying again.
+
+``on_change(obj)`` is told which object changed (``None`` after a relist: anything may have), so
+a controller reconciles what changed rather than everything on every event. With
+``index_label`` the cache also keeps its objects grouped by that label's value per namespace
+(``labelled``): with 10,000 revisions, finding one revision's pods by scanning every pod made
+each reconcile of one revision cost the whole cluster.
 """
 
 from __future__ import annotations
@@ -53,9 +59,10 @@ class Reflector:
         api: WatchApi,
         resource: Any,
         *,
-        on_change: Callable[[], None],
+        on_change: Callable[[Json | None], None],
         label_selector: str | None = None,
         backoff: Backoff = Backoff(),
+        index_label: str | None = None,
     ) -> None:
         self._api = api
         self.resource = resource
@@ -63,6 +70,8 @@ class Reflector:
         self._on_change = on_change
         self._backoff = backoff
         self.objects: dict[ObjectKey, Json] = {}
+        self._index_label = index_label
+        self._index: dict[ObjectKey, dict[ObjectKey, Json]] = {}  # (namespace, value) -> objects
         self.synced = asyncio.Event()
         self.resource_version: str | None = None
         self.relists = 0
@@ -104,11 +113,14 @@ class Reflector:
 
     async def _relist(self) -> None:
         listing = await self._api.list(self.resource, label_selector=self._selector)
-        self.objects = {key_of(o): o for o in listing.get("items") or ()}
+        self.objects = {}
+        self._index = {}
+        for o in listing.get("items") or ():
+            self._put(o)
         self.resource_version = str(listing["metadata"]["resourceVersion"])
         self.relists += 1
         self.synced.set()
-        self._on_change()
+        self._on_change(None)
 
     def _apply(self, event: Json) -> None:
         kind = event.get("type")
@@ -125,11 +137,41 @@ class Reflector:
         if kind == "BOOKMARK":
             return
         if kind == "DELETED":
-            self.objects.pop(key_of(obj), None)
+            self._remove(key_of(obj))
         else:
-            self.objects[key_of(obj)] = obj
-        self._on_change()
+            self._put(obj)
+        self._on_change(obj)
 
     def put_local(self, obj: Json) -> None:
         """Record our own write before its watch event arrives (the event overwrites it)."""
-        self.objects[key_of(obj)] = obj
+        self._put(obj)
+
+    def labelled(self, namespace: str, value: str) -> list[Json]:
+        """The objects in ``namespace`` whose ``index_label`` is ``value``."""
+        return list(self._index.get((namespace, value), {}).values())
+
+    def _index_key(self, obj: Json) -> ObjectKey | None:
+        if self._index_label is None:
+            return None
+        meta = obj["metadata"]
+        value = (meta.get("labels") or {}).get(self._index_label)
+        return None if value is None else (str(meta.get("namespace", "")), str(value))
+
+    def _put(self, obj: Json) -> None:
+        key = key_of(obj)
+        self._remove(key)
+        self.objects[key] = obj
+        index = self._index_key(obj)
+        if index is not None:
+            self._index.setdefault(index, {})[key] = obj
+
+    def _remove(self, key: ObjectKey) -> None:
+        old = self.objects.pop(key, None)
+        index = None if old is None else self._index_key(old)
+        if index is None:
+            return
+        bucket = self._index.get(index)
+        if bucket is not None:
+            bucket.pop(key, None)
+            if not bucket:
+                del self._index[index]
