@@ -257,7 +257,11 @@ class _RevisionLoop:
         loads = await self._scrape(ready)
         stats = await deps.bus.revision_stats(self.key)
         queued, in_flight = activator_load(stats, now, deps.config.stats_fresh_s)
-        arrived, self.requests_seen = arrivals_since(self.requests_seen, stats)
+        arrived, reporting = arrivals_since(self.requests_seen, stats)
+        # Activators report a revision only while it has traffic (and once more after), so one
+        # missing from this read is quiet, not gone: its counter is kept, and the next request
+        # it accepts after a quiet spell counts as an arrival.
+        self.requests_seen = {**self.requests_seen, **reporting}
         poked, self.poked = self.poked, False
         self.obs = Observation(
             ready=tuple(loads),

@@ -116,3 +116,40 @@ async def test_gaining_leadership_wakes_resting_revisions() -> None:
             await eventually(published)
     finally:
         await bus.aclose()
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_request_after_a_quiet_spell_counts_as_an_arrival() -> None:
+    """Activators stop reporting a quiet revision; its stats expire. The next request one of them
+    accepts (and finishes between two ticks) must still count, or a busy-but-fast revision reads
+    zero load and is scaled to zero under its traffic."""
+    stats_clock = Monotonic()
+    bus, actuator, scraper = MemoryBus(clock=stats_clock), FakeActuator(), FakeScraper()
+    await bus.publish_services([service(revision(min_scale=1))])
+    a = scaler(bus, actuator, scraper, tick_s=0.01)
+
+    def observed() -> float:
+        labels = {"namespace": "default", "revision": "chat-00001"}
+        value = a.registry.get_sample_value("torpor_autoscaler_observed_concurrency", labels)
+        return value or 0.0
+
+    try:
+        async with a.running():
+            await eventually(lambda: len(actuator.started()) == 1)
+            actuator.make_ready(KEY)
+            await bus.publish_stats([ActivatorStats("a1", KEY, 0, 0, time.time(), 5)])
+            await settle()
+            stats_clock.now += 60  # a1 went quiet: its stats expired
+            await settle()
+            assert observed() == 0.0
+            await bus.publish_stats([ActivatorStats("a1", KEY, 0, 0, time.time(), 6)])
+            await eventually(lambda: observed() > 0.0)
+    finally:
+        await bus.aclose()
