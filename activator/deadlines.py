@@ -10,7 +10,8 @@ and delete.
 
 Inside ``async with deadline:`` an expiry arrives as a cancellation of the task and leaves the
 block as ``TimeoutError``, exactly as ``asyncio.timeout`` does (a cancellation from anyone else,
-such as a client disconnect, stays a cancellation).
+such as a client disconnect, stays a cancellation). ``enter`` and ``leave`` do the same without
+a context manager, for the proxy's hot path.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class Deadline:
         self._task: asyncio.Task[object] | None = None
         self._cancelling = 0
 
-    async def __aenter__(self) -> Deadline:
+    def enter(self) -> None:
+        """Hold the current task to this deadline, until ``leave``."""
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a deadline needs a task")
@@ -82,6 +84,22 @@ class Deadline:
         self._owner._add(self, loop)
         if self.when <= loop.time():
             self._expire()
+
+    def leave(self, cancelled: bool) -> bool:
+        """Release the task; True when its ``cancelled`` ending is this deadline's doing alone.
+
+        As ``asyncio.timeout`` does: then the cancellation is consumed (the task is no longer
+        being cancelled) and the caller turns it into a timeout; a cancellation that someone
+        else asked for too (a client disconnect, a shutdown) stays one.
+        """
+        self._owner._discard(self)
+        task, self._task = self._task, None
+        if not self.expired or task is None:
+            return False
+        return task.uncancel() <= self._cancelling and cancelled
+
+    async def __aenter__(self) -> Deadline:
+        self.enter()
         return self
 
     async def __aexit__(
@@ -90,13 +108,7 @@ class Deadline:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._owner._discard(self)
-        task, self._task = self._task, None
-        if not self.expired or task is None:
-            return
-        # As ``asyncio.timeout``: this deadline's cancellation becomes TimeoutError, unless
-        # someone else cancelled the task too.
-        if task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+        if self.leave(exc_type is asyncio.CancelledError):
             raise TimeoutError from exc
 
     def _expire(self) -> None:
