@@ -4,7 +4,9 @@ Per request (ARCHITECTURE.md, "The flow of one request"): route host or path to 
 the body once (bounded), take a slot on a replica from the revision's queue (waiting, bounded,
 while none has room and poking the autoscaler on the first waiter at zero), forward and stream
 the answer, then give the slot back. A disconnect at any point after the body cancels the work
-in progress: the wait, or the upstream call.
+in progress: the wait, or the upstream call. The revision's ``timeoutSeconds`` bounds the wait
+and the answer together (``activator.deadlines``): 504 before the answer starts, a ``timeout``
+error event in a token stream that has.
 
 ``Activator.running()`` owns everything that runs beside requests: the bus subscription that
 keeps routes and endpoints current, the stats publisher, and the pooled HTTP client.
