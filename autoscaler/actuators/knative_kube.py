@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import kubernetes
+import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
@@ -91,6 +92,11 @@ class Kube:
                 response = fn(*args, _preload_content=False, _request_timeout=30, **kwargs)
             except ApiException as exc:
                 raise _raise_kube_error(exc) from None
+            except urllib3.exceptions.HTTPError as exc:
+                # No answer at all (refused, reset, timed out): the callers' retry and step-down
+                # rules apply, as for an error status; a process that crashed here would
+                # crash-loop through every API server restart.
+                raise KubeError(0, type(exc).__name__, str(exc)) from None
             data: Json = json.loads(response.data or b"{}")
             return data
 

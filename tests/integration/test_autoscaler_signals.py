@@ -1,8 +1,9 @@
-"""``python -m autoscaler`` stops on SIGTERM at any point, start-up included.
+"""``python -m autoscaler`` without an API server: it waits (no crash loop) and stops on SIGTERM.
 
 As PID 1 in a container, a process ignores a signal it has no handler for; before this, the
 autoscaler had none until its caches had synced, so a pod whose API server was unreachable was
-SIGKILLed at the end of its grace period.
+SIGKILLed at the end of its grace period. A refused connection used to crash it (exit 1) instead
+of being retried like an error status.
 """
 
 from __future__ import annotations
@@ -10,30 +11,45 @@ from __future__ import annotations
 import signal
 import socket
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 
+from harness.ports import free_port
 from harness.redis_server import RedisServer
 from tests.integration.autoscaler_process import AutoscalerProcess
 
 pytestmark = pytest.mark.redis
 
 
-def test_sigterm_stops_an_autoscaler_still_waiting_for_its_api_server(
-    redis_server: RedisServer, tmp_path: Path
+@contextmanager
+def refusing() -> Iterator[str]:
+    yield f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+@contextmanager
+def silent() -> Iterator[str]:
+    """Accepts connections and never answers: every request waits for its read timeout."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as server:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("api_server", [refusing, silent], ids=["refusing", "silent"])
+def test_without_an_api_server_it_waits_and_sigterm_stops_it(
+    api_server: Callable[[], AbstractContextManager[str]],
+    redis_server: RedisServer,
+    tmp_path: Path,
 ) -> None:
-    # An API server that accepts connections and never answers: the autoscaler waits on it.
-    silent = socket.create_server(("127.0.0.1", 0), backlog=64)
-    address = f"http://127.0.0.1:{silent.getsockname()[1]}"
-    process = AutoscalerProcess("a", address, redis_server.url, tmp_path)
-    try:
-        time.sleep(3)  # long enough to be past its imports and retrying the API server
-        assert process.process.poll() is None, process.log.read_text()
-        process.process.send_signal(signal.SIGTERM)
-        assert process.process.wait(timeout=20) == 0, process.log.read_text()
-    finally:
-        if process.process.poll() is None:
-            process.process.kill()
-            process.process.wait()
-        silent.close()
+    with api_server() as address:
+        process = AutoscalerProcess("a", address, redis_server.url, tmp_path)
+        try:
+            time.sleep(3)  # past its imports, retrying the API server
+            assert process.process.poll() is None, process.log.read_text()
+            process.process.send_signal(signal.SIGTERM)
+            assert process.process.wait(timeout=20) == 0, process.log.read_text()
+        finally:
+            if process.process.poll() is None:
+                process.process.kill()
+                process.process.wait()
