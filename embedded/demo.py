@@ -105,6 +105,14 @@ def _wait_for(client: ControlClient, service: str, pred: str, timeout_s: float) 
     raise SystemExit(f"torpor demo: {service} did not reach {pred} within {timeout_s:.0f}s: {row}")
 
 
+def _shown(path: Path) -> str:
+    """A path as the person who ran the demo would type it: relative to where they are."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def run_demo(*, home: Path, manifest: Path, port: int, control_port: int) -> int:
     state = StateDir(home).ensure()
     model_dir = state.models / "tiny-llama"
@@ -126,7 +134,7 @@ def run_demo(*, home: Path, manifest: Path, port: int, control_port: int) -> int
 
 
 def _tour(client: ControlClient, manifest: Path, port: int) -> int:
-    _step(f"Deploying {manifest} (torpor deploy -f {manifest.name})")
+    _step(f"Deploying {_shown(manifest)} (torpor deploy -f {_shown(manifest)})")
     result = client.deploy(manifest.read_bytes(), source=manifest.name)
     service = result["service"].split("/", 1)[1]
     print(f"   service/{result['service']} revision {result['latest_revision']}")
