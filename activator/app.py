@@ -27,14 +27,12 @@ from types import TracebackType
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from activator.auth import KeyStore, authorize
-from activator.balancer import Backend
+from activator.auth import KeyStore, authorize, strip_credentials
 from activator.deadlines import Deadlines
 from activator.errors import (
     ActivatorError,
     BodyTooLarge,
     ClientGone,
-    ConnectFailed,
     NotFound,
     UpstreamClosed,
     UpstreamUnavailable,
@@ -43,9 +41,19 @@ from activator.errors import (
 from activator.http.extensions import DISCONNECT_EXTENSION
 from activator.http.upstream import UpstreamPool
 from activator.metrics import CONTENT_TYPE, ActivatorMetrics, RevisionGauges
-from activator.proxy import forward, upstream_headers
+from activator.models import model_list, model_of
+from activator.proxy import forward_retrying, upstream_headers
 from activator.queue import QueueLimits, RevisionQueue
-from activator.routing import Local, Route, RouteTable, build_route_table, resolve
+from activator.routing import (
+    ByModel,
+    Local,
+    ModelList,
+    Route,
+    RouteTable,
+    build_route_table,
+    resolve,
+    route_model,
+)
 from torpor.bus.base import (
     ActivatorStats,
     Bus,
@@ -353,20 +361,49 @@ class Activator:
         if isinstance(route, Local):
             await self._local(route, send)
             return
+        if isinstance(route, ModelList):
+            self.metrics.count("", "", "", 200)
+            await _send_json(send, model_list(route.models, int(time.time())))
+            return
+        if isinstance(route, ByModel):
+            await self._by_model(scope, receive, send, route)
+            return
         await self._proxy(scope, receive, send, route)
 
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+    async def _by_model(self, scope: Scope, receive: Receive, send: Send, by: ByModel) -> None:
+        """The root URL: the body (read once, bounded) names the model, and so the revision."""
+        try:
+            body = await _read_body(scope, receive, self.config.max_body_bytes)
+            route = route_model(self._table, model_of(body), by.path, self._rng.random())
+        except ActivatorError as error:
+            self.metrics.count("", "", "", error.status)
+            await _send_error(send, error)
+            return
+        except ClientGone:
+            self.metrics.count("", "", "", CLIENT_CLOSED)
+            return
+        await self._proxy(scope, receive, send, route, body)
+
+    async def _proxy(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: Route,
+        body: bytes | None = None,
+    ) -> None:
         revision = route.revision
         labels = self._labels_for(revision.ref.key)
         queue = self._queue_for(revision)
         code = CLIENT_CLOSED
         try:
-            # Before the body is read: an unauthorised client costs nothing more. The key is
-            # dropped from what goes on to the replica.
+            # Before the body is read (unless the root URL needed it to route): an unauthorised
+            # client costs nothing more. The key is dropped from what goes on to the replica.
             allowed = authorize(self.config.key_store, revision, scope["headers"])
-            body = await _read_body(scope, receive, self.config.max_body_bytes)
+            if body is None:
+                body = await _read_body(scope, receive, self.config.max_body_bytes)
             headers = upstream_headers(allowed, scope.get("client"), scope["scheme"])
-            query = scope.get("query_string", b"")
+            query = strip_credentials(scope.get("query_string", b""))
             target = route.path + ("?" + query.decode("latin-1") if query else "")
             pool = self._pool
             if pool is None:
@@ -380,29 +417,10 @@ class Activator:
                 backend = await queue.acquire(deadline=deadline.when)
                 self.metrics.observe_wait(revision.ref.key, labels, loop.time() - started)
 
-                async def attempt(backend: Backend) -> int:
-                    try:
-                        return await forward(
-                            pool,
-                            backend.url,
-                            scope["method"],
-                            target,
-                            headers,
-                            body,
-                            send,
-                            deadline,
-                        )
-                    finally:
-                        queue.release(backend)
-
-                try:
-                    code = await attempt(backend)
-                except ConnectFailed:
-                    # Nothing reached that replica: one retry, on another one.
-                    retry = await queue.acquire(
-                        exclude=(backend.replica_id,), deadline=deadline.when
-                    )
-                    code = await attempt(retry)
+                # Retried while no byte of an answer went out (activator.proxy).
+                code = await forward_retrying(
+                    queue, backend, pool, scope["method"], target, headers, body, send, deadline
+                )
         except ActivatorError as error:
             code = error.status
             await _send_error(send, error)
@@ -467,6 +485,20 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _send_json(send: Send, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _send_error(send: Send, error: ActivatorError) -> None:

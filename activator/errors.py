@@ -94,6 +94,12 @@ class NotFound(ActivatorError):
     code = "not_found"
 
 
+class ModelNotFound(NotFound):
+    """A request at the root URL names a model no single service serves (OpenAI's own code)."""
+
+    code = "model_not_found"
+
+
 class BadRequest(ActivatorError):
     """The request cannot be routed safely (e.g. dot segments in the path)."""
 

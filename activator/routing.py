@@ -10,16 +10,35 @@ Two URL forms reach a revision (ARCHITECTURE.md, "Users and what they do"):
 The service URL splits by ``percent``; a tag URL always reaches its one revision, which is how a
 revision with 0% stays reachable. The caller passes the random ``roll`` so this stays pure and
 tests can check proportions.
+
+A third form has one URL for every model (issue 14): the OpenAI paths vLLM serves with a JSON
+body naming a ``model`` (``MODEL_PATHS``), sent to the activator's root, resolve to ``ByModel``;
+the caller reads the body and ``route_model`` picks the revision that serves that name. The rules:
+
+- a revision serves ``--served-model-name`` (or, without it, its ``--model`` as written), the
+  name vLLM itself checks the body against, so the body is forwarded unchanged;
+- a name routes through its service's URL split, restricted to the split's revisions that serve
+  it (a rollout that renames the model routes each name to its own revisions); revisions reached
+  only by a tag URL are not reachable by name;
+- a name must be served by exactly one service across all namespaces: a name two services serve
+  is refused at the root (404, no other service or namespace named) and stays reachable at each
+  service's own URL. No ``namespace/name`` spelling: served names often contain a slash
+  (``meta-llama/Llama-3.1-8B``), and vLLM would refuse a rewritten name anyway;
+- the root OpenAI paths win over the path form: a namespace called ``v1`` cannot have a service
+  reached at ``/v1/completions`` that way (its host form still works).
+
+``GET /v1/models`` at the root, under a path-form prefix, or on a host-form host resolves to
+``ModelList``: the activator answers it from the specs, without waking a replica.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from activator.errors import BadRequest, NotFound
+from activator.errors import BadRequest, ModelNotFound, NotFound
 from torpor.spec import RevisionSpec, ServiceSpec
 
 # Kubernetes names (RFC 1123 labels): anything else in a name position is not a route, which
@@ -53,6 +72,14 @@ class RouteTable:
 
     targets: dict[tuple[str, str], Target]
     domain: str
+    # served model name -> the services' URL splits restricted to revisions serving it; more
+    # than one entry: the name is ambiguous at the root.
+    models: dict[str, tuple[Split, ...]] = field(default_factory=dict)
+
+
+def served_name(revision: RevisionSpec) -> str:
+    """The name vLLM answers to for this revision (``runtime.args``: served name, else --model)."""
+    return revision.runtime.served_model_name or revision.runtime.model
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +97,50 @@ class Local:
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class ByModel:
+    """An OpenAI path at the root: the revision follows from the body's ``model`` field."""
+
+    path: str  # raw path to forward unchanged
+
+
+@dataclass(frozen=True, slots=True)
+class ModelList:
+    """``GET /v1/models``, answered by the activator: these served names, sorted."""
+
+    models: tuple[str, ...]
+
+
 LOCAL_PATHS = {"/healthz": "healthz", "/metrics": "metrics"}
+MODELS_PATH = "/v1/models"
+# vLLM's OpenAI-compatible (and Anthropic-, Cohere-style) endpoints whose JSON body names the
+# model (vllm 0.32's routers). Multipart ones (audio transcription) are not: their model is a
+# form field, and reading a multipart body to find it is more than a router should parse.
+MODEL_PATHS = frozenset(
+    {
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/rerank",
+        "/v2/rerank",
+        "/v1/score",
+        "/rerank",
+        "/score",
+        "/classify",
+        "/pooling",
+        "/tokenize",
+        "/detokenize",
+    }
+)
 
 
 def build_route_table(services: Sequence[ServiceSpec], domain: str) -> RouteTable:
     targets: dict[tuple[str, str], Target] = {}
     tags: dict[tuple[str, str], Target] = {}
+    models: dict[str, list[Split]] = {}
     for service in services:
         bounds: list[tuple[float, RevisionSpec]] = []
         total = 0.0
@@ -95,10 +160,41 @@ def build_route_table(services: Sequence[ServiceSpec], domain: str) -> RouteTabl
         if total > 0:
             scaled = tuple((b * 100.0 / total, r) for b, r in bounds)
             targets[(service.namespace, service.name)] = Split(service, scaled)
+            for name, split in _by_name(service, bounds).items():
+                models.setdefault(name, []).append(split)
     # A plain service name wins over a tag URL that spells the same name.
     for key, target in tags.items():
         targets.setdefault(key, target)
-    return RouteTable(targets, domain.lower().strip("."))
+    return RouteTable(
+        targets,
+        domain.lower().strip("."),
+        {name: tuple(splits) for name, splits in models.items()},
+    )
+
+
+def _by_name(service: ServiceSpec, bounds: list[tuple[float, RevisionSpec]]) -> dict[str, Split]:
+    """The service's split per served name, each over the revisions serving that name only."""
+    shares: dict[str, list[tuple[float, RevisionSpec]]] = {}
+    below = 0.0
+    for bound, revision in bounds:
+        shares.setdefault(served_name(revision), []).append((bound - below, revision))
+        below = bound
+    splits: dict[str, Split] = {}
+    for name, parts in shares.items():
+        total = sum(share for share, _ in parts)
+        running = 0.0
+        scaled: list[tuple[float, RevisionSpec]] = []
+        for share, revision in parts:
+            running += share
+            scaled.append((running * 100.0 / total, revision))
+        splits[name] = Split(service, tuple(scaled))
+    return splits
+
+
+def _names(target: Target) -> tuple[str, ...]:
+    if isinstance(target, Tagged):
+        return (served_name(target.revision),)
+    return tuple(sorted({served_name(r) for _, r in target.bounds}))
 
 
 def _pick(target: Target, roll: float) -> tuple[RevisionSpec, str | None]:
@@ -137,7 +233,10 @@ def _check_rest(rest: str) -> None:
         raise BadRequest("dot segments are not allowed in the request path")
 
 
-def resolve(table: RouteTable, host: str, raw_path: str, roll: float) -> Route | Local:
+Resolved = Route | Local | ByModel | ModelList
+
+
+def resolve(table: RouteTable, host: str, raw_path: str, roll: float) -> Resolved:
     """Match a request to a revision. ``raw_path`` is the path as sent (percent-encoded)."""
     if not raw_path.startswith("/"):
         raise BadRequest("request path must start with '/'")
@@ -146,6 +245,8 @@ def resolve(table: RouteTable, host: str, raw_path: str, roll: float) -> Route |
         target = table.targets.get(named)
         if target is None:
             raise NotFound(_missing(named[0], named[1], "host", host))
+        if raw_path == MODELS_PATH:
+            return ModelList(_names(target))
         _check_rest(raw_path)
         revision, tag = _pick(target, roll)
         return Route(target.service, revision, raw_path, tag)
@@ -153,6 +254,10 @@ def resolve(table: RouteTable, host: str, raw_path: str, roll: float) -> Route |
     local = LOCAL_PATHS.get(raw_path)
     if local is not None:
         return Local(local)
+    if raw_path == MODELS_PATH:
+        return ModelList(tuple(sorted(table.models)))
+    if raw_path in MODEL_PATHS:
+        return ByModel(raw_path)
     segments = raw_path.split("/", 3)  # "", namespace, name, rest
     if len(segments) < 3 or not _NAME.match(segments[1]) or not _NAME.match(segments[2]):
         raise NotFound(
@@ -164,9 +269,27 @@ def resolve(table: RouteTable, host: str, raw_path: str, roll: float) -> Route |
     if target is None:
         raise NotFound(_missing(namespace, name, "path", raw_path[:200]))
     rest = "/" + segments[3] if len(segments) == 4 else "/"
+    if rest == MODELS_PATH:
+        return ModelList(_names(target))
     _check_rest(rest)
     revision, tag = _pick(target, roll)
     return Route(target.service, revision, rest, tag)
+
+
+def route_model(table: RouteTable, model: str, path: str, roll: float) -> Route:
+    """The revision serving ``model`` for a ``ByModel`` request (see the module's rules)."""
+    splits = table.models.get(model)
+    shown = repr(model[:200])
+    if not splits:
+        raise ModelNotFound(f"model {shown} is not served here; GET /v1/models lists the models")
+    if len(splits) > 1:
+        # Which services and namespaces serve it is not the caller's to learn from here.
+        raise ModelNotFound(
+            f"model {shown} is served by more than one service; call it at its service's "
+            f"URL, /<namespace>/<service>/v1"
+        )
+    revision, tag = _pick(splits[0], roll)
+    return Route(splits[0].service, revision, path, tag)
 
 
 def _missing(namespace: str, name: str, form: str, what: str) -> str:

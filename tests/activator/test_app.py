@@ -79,10 +79,10 @@ async def test_host_form_and_tag_url(running_activator: ActivatorFactory) -> Non
         await running.bus.publish_endpoints(endpoints(r1.ref.key, u1))
         await running.bus.publish_endpoints(endpoints(r2.ref.key, u2))
         async with client(running) as c:
-            plain = await c.get("/v1/models", headers={"Host": "chat.default.models.test:8080"})
-            tagged = await c.get("/v1/models", headers={"Host": "beta-chat.default.models.test"})
-            by_path = await c.get("/default/beta-chat/v1/models")
-            missing = await c.get("/v1/models", headers={"Host": "gamma-chat.default.models.test"})
+            plain = await c.get("/v1/x", headers={"Host": "chat.default.models.test:8080"})
+            tagged = await c.get("/v1/x", headers={"Host": "beta-chat.default.models.test"})
+            by_path = await c.get("/default/beta-chat/v1/x")
+            missing = await c.get("/v1/x", headers={"Host": "gamma-chat.default.models.test"})
     assert plain.json()["replica"] == "one"
     assert tagged.json()["replica"] == "two"
     assert by_path.json()["replica"] == "two"
@@ -123,9 +123,9 @@ async def test_held_at_zero_pokes_then_released_when_a_replica_is_ready(
 async def test_queue_full_is_503_with_retry_after(running_activator: ActivatorFactory) -> None:
     spec = service(revisions=(revision("chat-00001", queue_depth=1),))
     async with running_activator((spec,)) as running, client(running) as c:
-        held = asyncio.create_task(c.get("/default/chat/v1/models"))
+        held = asyncio.create_task(c.get("/default/chat/v1/x"))
         await eventually(lambda: queued(running) == 1)
-        r = await c.get("/default/chat/v1/models")
+        r = await c.get("/default/chat/v1/x")
         held.cancel()
         await asyncio.gather(held, return_exceptions=True)
     assert r.status_code == 503
@@ -138,7 +138,7 @@ async def test_waiting_past_the_revision_timeout_is_504(
 ) -> None:
     spec = service(revisions=(revision("chat-00001", timeout_s=0.05),))
     async with running_activator((spec,)) as running, client(running) as c:
-        r = await c.get("/default/chat/v1/models")
+        r = await c.get("/default/chat/v1/x")
     assert r.status_code == 504
     assert r.json()["error"]["type"] == "server_error"
     assert queued(running) == 0
@@ -148,7 +148,7 @@ async def test_failed_start_answers_waiters_with_the_runtime_error(
     running_activator: ActivatorFactory,
 ) -> None:
     async with running_activator((CHAT,)) as running, client(running) as c:
-        held = asyncio.create_task(c.get("/default/chat/v1/models"))
+        held = asyncio.create_task(c.get("/default/chat/v1/x"))
         await eventually(lambda: queued(running) == 1)
         await running.bus.publish_endpoints(
             RevisionEndpoints(KEY, failure="ValueError: model /models/tiny not found")
@@ -164,7 +164,7 @@ async def test_disconnect_while_waiting_is_never_forwarded(
     upstream = Upstream()
     async with serve(upstream) as up, running_activator((CHAT,)) as running:
         async with client(running) as c:
-            held = asyncio.create_task(c.get("/default/chat/v1/models"))
+            held = asyncio.create_task(c.get("/default/chat/v1/x"))
             await eventually(lambda: queued(running) == 1)
             held.cancel()
             await asyncio.gather(held, return_exceptions=True)
@@ -258,7 +258,7 @@ async def test_container_concurrency_holds_the_excess(running_activator: Activat
         r = await streaming.__aenter__()
         chunks = r.aiter_bytes()  # kept: a dropped iterator closes the connection when collected
         await anext(chunks)
-        second = asyncio.create_task(c.get("/default/chat/v1/models"))
+        second = asyncio.create_task(c.get("/default/chat/v1/x"))
         await eventually(lambda: queued(running) == 1)
         assert [s.path for s in upstream.seen] == ["/stream"]
         upstream.gate.set()
@@ -297,8 +297,8 @@ async def test_stats_are_published_and_metrics_served(running_activator: Activat
         client(running) as c,
     ):
         await running.bus.publish_endpoints(endpoints(KEY, up))
-        assert (await c.get("/default/chat/v1/models")).status_code == 200
-        assert (await c.get("/default/nope/v1/models")).status_code == 404
+        assert (await c.get("/default/chat/v1/x")).status_code == 200
+        assert (await c.get("/default/nope/v1/x")).status_code == 404
 
         async def published() -> int:
             stats = (await running.bus.snapshot()).stats
@@ -324,11 +324,11 @@ async def test_services_published_later_become_routable(
 ) -> None:
     upstream = Upstream()
     async with serve(upstream) as up, running_activator(()) as running, client(running) as c:
-        before = await c.get("/default/chat/v1/models")
+        before = await c.get("/default/chat/v1/x")
         await running.bus.publish_services((CHAT,))
         await running.bus.publish_endpoints(endpoints(KEY, up))
         await eventually(lambda: bool(running.activator.stats()))
-        after = await c.get("/default/chat/v1/models")
+        after = await c.get("/default/chat/v1/x")
     assert before.status_code == 404
     assert after.status_code == 200
 

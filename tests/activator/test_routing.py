@@ -2,13 +2,23 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
-from activator.errors import BadRequest, NotFound
-from activator.routing import Local, Route, build_route_table, resolve
+from activator.errors import BadRequest, ModelNotFound, NotFound
+from activator.routing import (
+    ByModel,
+    Local,
+    ModelList,
+    Route,
+    RouteTable,
+    build_route_table,
+    resolve,
+    route_model,
+)
 from tests.activator.conftest import revision, service
-from torpor.spec import TrafficTarget
+from torpor.spec import RevisionSpec, TrafficTarget
 
 R1 = revision("chat-00001")
 R2 = revision("chat-00002")
@@ -25,8 +35,8 @@ OTHER = service("embed", namespace="team-a")
 TABLE = build_route_table([SPLIT, OTHER], "example.com")
 
 
-def route(host: str, path: str, roll: float = 0.0) -> Route:
-    result = resolve(TABLE, host, path, roll)
+def route(host: str, path: str, roll: float = 0.0, table: RouteTable | None = None) -> Route:
+    result = resolve(table or TABLE, host, path, roll)
     assert isinstance(result, Route)
     return result
 
@@ -41,8 +51,8 @@ def test_path_form_without_rest_forwards_root() -> None:
 
 
 def test_host_form_keeps_the_path_and_ignores_the_port() -> None:
-    r = route("Embed.Team-A.example.com:8080", "/v1/models")
-    assert (r.revision.ref.key, r.path) == ("team-a/embed-00001", "/v1/models")
+    r = route("Embed.Team-A.example.com:8080", "/v1/embeddings")
+    assert (r.revision.ref.key, r.path) == ("team-a/embed-00001", "/v1/embeddings")
 
 
 @pytest.mark.parametrize(
@@ -166,3 +176,95 @@ def test_traffic_naming_an_unknown_revision_is_skipped() -> None:
         r = resolve(table, "", "/default/chat/v1", roll)
         assert isinstance(r, Route)
         assert r.revision.ref.name == "chat-00001"
+
+
+# ---- one URL for every model (issue 14) ---------------------------------------------------------
+
+
+def _served(name: str, rev: str, service_name: str, namespace: str = "default") -> RevisionSpec:
+    base = revision(rev, service_name, namespace)
+    return replace(base, runtime=replace(base.runtime, served_model_name=name))
+
+
+LLAMA = service("llama", revisions=(_served("llama-3", "llama-00001", "llama"),))
+QWEN = service("qwen", "team-a", (_served("Qwen/Qwen3-8B", "qwen-00001", "qwen", "team-a"),))
+# The same name served by a service in another namespace: ambiguous at the root.
+TWIN_A = service("dup", "team-a", (_served("twin", "dup-00001", "dup", "team-a"),))
+TWIN_B = service("dup", "team-b", (_served("twin", "dup-00001", "dup", "team-b"),))
+# A rollout that renames the model: each name goes only to the revisions that serve it.
+RENAME = service(
+    "roll",
+    revisions=(
+        _served("old-name", "roll-00001", "roll"),
+        _served("new-name", "roll-00002", "roll"),
+        _served("new-name", "roll-00003", "roll"),
+        _served("next-name", "roll-00004", "roll"),
+    ),
+    traffic=(
+        TrafficTarget("roll-00001", 50),
+        TrafficTarget("roll-00002", 25),
+        TrafficTarget("roll-00003", 25),
+        TrafficTarget("roll-00004", 0, tag="next"),
+    ),
+)
+MODELS = build_route_table([LLAMA, QWEN, TWIN_A, TWIN_B, RENAME, OTHER], "example.com")
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"])
+def test_openai_paths_at_the_root_are_routed_by_model(path: str) -> None:
+    assert resolve(MODELS, "127.0.0.1:8080", path, 0.0) == ByModel(path)
+    r = route_model(MODELS, "Qwen/Qwen3-8B", path, 0.5)
+    assert (r.revision.ref.key, r.path, r.tag) == ("team-a/qwen-00001", path, None)
+
+
+def test_a_revision_without_a_served_name_serves_its_model_argument() -> None:
+    # OTHER's runtime has --model=/models/tiny and no --served-model-name, like vLLM's default.
+    assert route_model(MODELS, "/models/tiny", "/v1/completions", 0.0).service.name == "embed"
+
+
+def test_unknown_model_is_a_typed_404_naming_it() -> None:
+    with pytest.raises(ModelNotFound, match=r"'gpt-4'.*GET /v1/models") as caught:
+        route_model(MODELS, "gpt-4", "/v1/completions", 0.0)
+    assert (caught.value.status, caught.value.code) == (404, "model_not_found")
+
+
+def test_a_name_two_services_serve_is_refused_without_naming_them() -> None:
+    with pytest.raises(ModelNotFound, match="more than one service") as caught:
+        route_model(MODELS, "twin", "/v1/completions", 0.0)
+    assert "team-a" not in caught.value.message and "team-b" not in caught.value.message
+    # Each stays reachable at its own service URL.
+    twin_b = route("", "/team-b/dup/v1/completions", table=MODELS)
+    assert twin_b.revision.ref.key == "team-b/dup-00001"
+
+
+def test_a_renamed_model_routes_each_name_to_its_own_revisions() -> None:
+    rng = random.Random(5)
+    new = Counter(
+        route_model(MODELS, "new-name", "/v1/completions", rng.random()).revision.ref.name
+        for _ in range(2_000)
+    )
+    assert set(new) == {"roll-00002", "roll-00003"}
+    assert abs(new["roll-00002"] / 2_000 - 0.5) < 0.05
+    assert route_model(MODELS, "old-name", "/v1/x", 0.99).revision.ref.name == "roll-00001"
+    # A revision reached only through a tag URL has no name at the root.
+    with pytest.raises(ModelNotFound):
+        route_model(MODELS, "next-name", "/v1/completions", 0.0)
+
+
+def test_models_are_listed_at_the_root_and_per_service_without_a_revision() -> None:
+    every = ("/models/tiny", "Qwen/Qwen3-8B", "llama-3", "new-name", "old-name", "twin")
+    assert resolve(MODELS, "", "/v1/models", 0.0) == ModelList(every)
+    assert resolve(MODELS, "", "/default/roll/v1/models", 0.0) == ModelList(
+        ("new-name", "old-name")
+    )
+    assert resolve(MODELS, "", "/default/next-roll/v1/models", 0.0) == ModelList(("next-name",))
+    assert resolve(MODELS, "llama.default.example.com", "/v1/models", 0.0) == ModelList(
+        ("llama-3",)
+    )
+    # Other paths under a service still go to its replicas.
+    assert route("", "/default/llama/v1/models/llama-3", table=MODELS).path == "/v1/models/llama-3"
+
+
+def test_the_host_form_keeps_openai_paths_for_its_own_service() -> None:
+    r = route("llama.default.example.com", "/v1/completions", table=MODELS)
+    assert (r.revision.ref.key, r.path) == ("default/llama-00001", "/v1/completions")

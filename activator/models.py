@@ -1,0 +1,61 @@
+"""What the activator reads from, and answers about, OpenAI request bodies: pure functions.
+
+A request at the root URL is routed by its body's ``model`` (``activator.routing``); a streaming
+request held through a cold start gets keep-alive comments (``activator.keepalive``). Both look
+into the body the activator already read once (bounded by ``max_body_bytes``) and forward it
+unchanged. ``GET /v1/models`` is answered from the deployed specs in OpenAI's list shape, so
+listing models wakes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from activator.errors import BadRequest
+
+OWNED_BY = "torpor"
+
+
+def _object(body: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def model_of(body: bytes) -> str:
+    """The body's ``model``; a clear 400 when the body is not a JSON object naming one."""
+    parsed = _object(body)
+    if parsed is None:
+        raise BadRequest(
+            'a request at the root URL is routed by its body\'s "model": the body must be a '
+            "JSON object"
+        )
+    model = parsed.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest(
+            'a request at the root URL is routed by its body\'s "model": name one (a string); '
+            "GET /v1/models lists them"
+        )
+    return model
+
+
+def wants_stream(body: bytes) -> bool:
+    """Whether the body asks for a token stream (``"stream": true``); anything else is not."""
+    # A cheap look first: most bodies held long enough to ask are plain or small.
+    if b'"stream"' not in body:
+        return False
+    parsed = _object(body)
+    return parsed is not None and parsed.get("stream") is True
+
+
+def model_list(names: Iterable[str], created: int) -> bytes:
+    """OpenAI's ``GET /v1/models`` answer (the fields its clients parse, as vLLM sends them)."""
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": OWNED_BY, "root": name}
+        for name in names
+    ]
+    return json.dumps({"object": "list", "data": data}).encode()
