@@ -23,6 +23,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import unquote_to_bytes
 
 from activator.errors import ActivatorError
 from torpor.spec import RevisionSpec
@@ -179,3 +180,42 @@ def authorize(store: KeyStore | None, revision: RevisionSpec, headers: Headers) 
     if not matches(token, digests):
         raise Unauthorized(f"the API key is not valid for service {revision.service!r}")
     return [(n, v) for n, v in headers if n != b"authorization"]
+
+
+# Query parameters that carry credentials by common convention. Keys are only accepted in the
+# Authorization header, but clients (and some SDKs' ``?api_key=`` / ``?key=`` habits) put them in
+# the query string too; forwarded, a replica would log them with the request line (vLLM's access
+# log does). They are dropped before forwarding, compared case-insensitively after
+# percent-decoding the name. Documented in README's Reliability section.
+CREDENTIAL_PARAMS = frozenset(
+    {
+        "api_key",
+        "api-key",
+        "apikey",
+        "key",
+        "token",
+        "access_token",
+        "id_token",
+        "refresh_token",
+        "auth",
+        "authorization",
+        "password",
+        "secret",
+        "client_secret",
+    }
+)
+
+
+def strip_credentials(query: bytes) -> bytes:
+    """``query`` without its credential parameters (``CREDENTIAL_PARAMS``); the rest byte-exact."""
+    if not query:
+        return query
+    kept = [part for part in query.split(b"&") if not _is_credential(part)]
+    return b"&".join(kept)
+
+
+def _is_credential(part: bytes) -> bool:
+    name = part.split(b"=", 1)[0]
+    if b"%" in name or b"+" in name:
+        name = unquote_to_bytes(name.replace(b"+", b" "))
+    return name.strip().lower().decode("latin-1") in CREDENTIAL_PARAMS

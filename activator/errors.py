@@ -157,6 +157,14 @@ class ConnectFailed(UpstreamUnavailable):
     """The replica refused the connection before any request byte was sent (safe to retry)."""
 
 
+class EngineDead(UpstreamUnavailable):
+    """The replica answered, but its engine is gone (vLLM's ``EngineDeadError``: the API server
+    still runs, the engine core process does not). Nothing of it reached the client, so the
+    request is retried on another replica; answered as this only when no retry was possible."""
+
+    code = "engine_dead"
+
+
 class UpstreamCut(UpstreamUnavailable):
     """The replica failed after its answer had started (sent as an event inside the stream)."""
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from starlette.types import Send
 
+from activator.balancer import Backend
 from activator.deadlines import Deadline
 from activator.errors import (
     ConnectError,
     ConnectFailed,
+    EngineDead,
     UpstreamClosed,
     UpstreamCut,
     UpstreamUnavailable,
@@ -25,6 +28,9 @@ from activator.errors import (
     error_event,
 )
 from activator.http.upstream import Headers, Response, UpstreamPool
+from activator.queue import RevisionQueue
+
+log = logging.getLogger("torpor.activator")
 
 HOP_BY_HOP = frozenset(
     {
@@ -120,6 +126,17 @@ async def forward(
             raise UpstreamUnavailable(
                 f"replica at {base_url} failed before answering: {exc}"
             ) from exc
+        # The first body bytes are read before the start is sent: an answer saying that the
+        # replica's engine is dead (a plain 500, or a 200 stream whose first event is that
+        # error) has then reached no one, and is retried elsewhere (``forward_retrying``).
+        try:
+            first = await response.next_chunk()
+        except (UpstreamClosed, OSError) as exc:
+            raise UpstreamUnavailable(
+                f"replica at {base_url} failed before answering: {exc}"
+            ) from exc
+        if first and _engine_dead(response.status, first):
+            raise EngineDead(f"replica at {base_url} answered that its engine is dead")
         await send(
             {
                 "type": "http.response.start",
@@ -128,7 +145,8 @@ async def forward(
             }
         )
         started = True
-        while (chunk := await response.next_chunk()) is not None:
+        chunk = first
+        while chunk is not None:
             # The last chunk says so itself when it is known to be last (a small answer arrives
             # whole), which saves the server a separate write for the end of the body.
             last = response.complete
@@ -136,6 +154,7 @@ async def forward(
             tail = chunk or tail
             if last:
                 return response.status
+            chunk = await response.next_chunk()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return response.status
     except (UpstreamClosed, OSError) as exc:
@@ -178,3 +197,65 @@ def _is_event_stream(headers: Headers) -> bool:
 def _error_event(base_url: str, exc: BaseException, tail: bytes) -> bytes:
     error = UpstreamCut(f"replica at {base_url} failed in the middle of the response: {exc}")
     return error_event(error, tail)
+
+
+# What vLLM says when its engine core is gone but its API server still answers:
+# ``EngineDeadError`` ("EngineCore encountered an issue. See stack trace (above) for the root
+# cause.") as a 500 JSON body, or, for a stream, as the first event of a 200 (the error is raised
+# inside the streaming generator). vLLM's /health answers 503 from then on.
+_ENGINE_DEAD_MARKERS = (b"EngineCore encountered an issue", b"EngineDeadError")
+_STREAM_ERROR = b'data: {"error"'
+
+
+def _engine_dead(status: int, first: bytes) -> bool:
+    """Whether a response whose first body bytes are ``first`` says the engine is dead."""
+    if status >= 500 or (status == 200 and first.startswith(_STREAM_ERROR)):
+        return any(marker in first for marker in _ENGINE_DEAD_MARKERS)
+    return False
+
+
+MAX_ATTEMPTS = 4  # a request is sent at most this often, each time before any byte went back
+
+
+async def forward_retrying(
+    queue: RevisionQueue,
+    backend: Backend,
+    pool: UpstreamPool,
+    method: str,
+    path_and_query: str,
+    headers: Headers,
+    body: bytes,
+    send: Send,
+    deadline: Deadline,
+) -> int:
+    """``forward`` on ``backend`` (a slot of ``queue`` it holds), retried while no byte was sent.
+
+    A request that reached no byte of an answer to the client is sent again, all within the one
+    ``deadline``: if the replica refused the connection or answered that its engine is dead, to
+    a replica not tried yet, or held for the next one (``queue.acquire`` waits and pokes the
+    autoscaler when every serving replica was tried); a replica whose engine is dead is also
+    taken out of rotation for every later request. If the replica closed the connection before
+    answering, to any replica, the same one included: a pooled connection the replica had just
+    closed is no reason to shun it, and a replica that died answers the next try with a refused
+    connection. (A completion has no effect but its answer, so sending it again is safe.) Each
+    slot is released when its attempt ends. Once the answer has started nothing is retried.
+    """
+    shunned: list[str] = []
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return await forward(
+                pool, backend.url, method, path_and_query, headers, body, send, deadline
+            )
+        except UpstreamUnavailable as exc:
+            if isinstance(exc, EngineDead):
+                queue.take_out(backend, exc.message)
+            if isinstance(exc, ConnectFailed | EngineDead):
+                shunned.append(backend.replica_id)
+            if attempts >= MAX_ATTEMPTS:
+                raise
+            log.info("retrying a request for %s: %s", queue.revision, exc.message)
+        finally:
+            queue.release(backend)
+        backend = await queue.acquire(tuple(shunned), deadline.when, retry=True)

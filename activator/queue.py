@@ -5,7 +5,10 @@ has room it gets one at once; otherwise it waits, in arrival order, bounded in c
 revision's ``queue_depth``) and in time (its ``timeout_s``). The first waiter while the revision
 has no serving replica pokes the autoscaler at once rather than waiting for the next stats tick.
 A released slot or a new set of endpoints hands backends to waiters front first. A published
-failure answers every waiter with the runtime's own error.
+failure answers every waiter with a short reason (``failure_reason``: the first line of the
+runtime's error, e.g. "exited with code 2"); the rest of it, the runtime's log tail with its
+tracebacks, paths and expanded values, is for the operator only (``torpor status`` and this
+activator's log), never for a caller.
 """
 
 from __future__ import annotations
@@ -68,7 +71,20 @@ class RevisionQueue:
         return tuple(self._backends)
 
     def has_serving(self) -> bool:
-        return any(not b.draining for b in self._backends)
+        return any(not b.draining and not b.out for b in self._backends)
+
+    def take_out(self, backend: Backend, reason: str) -> None:
+        """Take ``backend`` out of rotation in this activator (its engine died: ``Backend.out``).
+
+        Requests already on it finish or fail on their own; new ones go elsewhere, or wait (and
+        poke the autoscaler) like requests at zero when it was the last one.
+        """
+        if backend.out:
+            return
+        backend.out = True
+        log.warning(
+            "replica %s of %s taken out of rotation: %s", backend.replica_id, self.revision, reason
+        )
 
     def set_endpoints(self, endpoints: RevisionEndpoints) -> None:
         """Replace the replica set (whole sets, idempotent; older versions are ignored)."""
@@ -85,9 +101,12 @@ class RevisionQueue:
             fresh.append(b)
         # Backends dropped here may still have leases out; those just release into the void.
         self._backends = fresh
+        previous = self._failure
         self._failure = endpoints.failure if not self.has_serving() else None
         self._failure_poked = False
         if self._failure is not None:
+            if self._failure != previous:
+                log.warning("revision %s failed to start: %s", self.revision, self._failure)
             self._fail_all(RevisionFailed(self._failure_message(self._failure)))
         else:
             self._dispatch()
@@ -97,14 +116,15 @@ class RevisionQueue:
         self._fail_all(error)
 
     async def acquire(
-        self, exclude: Collection[str] = (), deadline: float | None = None
+        self, exclude: Collection[str] = (), deadline: float | None = None, retry: bool = False
     ) -> Backend:
         """A backend with a slot reserved for the caller; pair with ``release``.
 
+        ``retry``: the caller already counted this request (a retry, excluding replicas or not).
         Waits until ``deadline`` (event-loop time: the request's whole ``timeoutSeconds``, which
         the wait shares with the answer) or, without one, ``timeout_s`` from now.
         """
-        self.requests_total += not exclude  # a retry is not a new request
+        self.requests_total += not (retry or exclude)  # a retry is not a new request
         if self._failure is not None:
             if not self._failure_poked:
                 # Once per published failure, so the autoscaler may try the start again.
@@ -121,7 +141,7 @@ class RevisionQueue:
         # republished yet. Wait for the replacement like a request at zero (bounded by the
         # timeout), and poke so the autoscaler looks now rather than at its next tick.
         refused_all = bool(exclude) and all(
-            b.replica_id in exclude for b in self._backends if not b.draining
+            b.replica_id in exclude for b in self._backends if not b.draining and not b.out
         )
         if len(self._waiters) >= self.limits.depth:
             raise QueueFull(
@@ -192,4 +212,20 @@ class RevisionQueue:
                 waiter.future.set_exception(error)
 
     def _failure_message(self, failure: str) -> str:
-        return f"revision {self.revision} failed to start: {failure}"
+        return f"revision {self.revision} failed to start: {failure_reason(failure)}"
+
+
+_MAX_REASON_CHARS = 160
+
+
+def failure_reason(failure: str) -> str:
+    """What a caller is told of a failed start: the first line of the runtime's error, bounded.
+
+    The actuators put the short reason first ("exited with code 2", "not ready after 600s",
+    Kubernetes' "CrashLoopBackOff: ...") and the runtime's log tail after it; the tail stays with
+    the operator.
+    """
+    first = next((line.strip() for line in failure.splitlines() if line.strip()), "")
+    if len(first) > _MAX_REASON_CHARS:
+        first = first[: _MAX_REASON_CHARS - 3] + "..."
+    return first or "no reason given"

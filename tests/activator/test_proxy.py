@@ -69,7 +69,7 @@ async def test_refused_connection_is_a_connect_failure() -> None:
         await pool.aclose()
 
 
-async def test_reset_before_an_answer_is_unavailable_but_not_retryable() -> None:
+async def test_reset_before_an_answer_is_unavailable_not_a_connect_failure() -> None:
     async def slam(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.close()
@@ -86,3 +86,23 @@ async def test_reset_before_an_answer_is_unavailable_but_not_retryable() -> None
         await pool.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_an_engine_dead_answer_raises_before_anything_is_sent() -> None:
+    """vLLM's answer once its engine core is gone: nothing of it may reach the client."""
+    from activator.errors import EngineDead
+
+    async def dead(scope: Any, receive: Any, send: Any) -> None:
+        body = b'{"error": {"message": "EngineCore encountered an issue. See stack trace"}}'
+        await send({"type": "http.response.start", "status": 500, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    send = Recorder()
+    async with serve(dead) as url:
+        pool = UpstreamPool()
+        try:
+            with pytest.raises(EngineDead):
+                await forward(pool, url, "POST", "/v1/completions", [], b"{}", send)
+        finally:
+            await pool.aclose()
+    assert send.messages == []

@@ -7,7 +7,7 @@ import pytest
 
 from activator.balancer import Backend
 from activator.errors import QueueFull, RevisionFailed, UpstreamUnavailable, WaitTimeout
-from activator.queue import QueueLimits, RevisionQueue
+from activator.queue import QueueLimits, RevisionQueue, failure_reason
 from torpor.bus.base import Endpoint, RevisionEndpoints
 
 KEY = "default/chat-00001"
@@ -110,13 +110,13 @@ async def test_waiting_past_the_timeout_fails_and_leaves_the_queue() -> None:
     assert queue.queued == 0
 
 
-async def test_failure_answers_every_waiter_and_later_requests_with_the_runtimes_error() -> None:
+async def test_failure_answers_every_waiter_and_later_requests_with_its_short_reason() -> None:
     queue, pokes = make()
     tasks = [asyncio.create_task(queue.acquire()) for _ in range(3)]
     await settle()
-    queue.set_endpoints(RevisionEndpoints(KEY, failure="CUDA out of memory"))
+    queue.set_endpoints(RevisionEndpoints(KEY, failure="CUDA out of memory\nTraceback: /opt/x.py"))
     for t in tasks:
-        with pytest.raises(RevisionFailed, match="CUDA out of memory"):
+        with pytest.raises(RevisionFailed, match=r"CUDA out of memory$"):
             await t
     with pytest.raises(RevisionFailed, match="CUDA out of memory"):
         await queue.acquire()
@@ -236,3 +236,32 @@ async def test_a_deadline_shared_with_the_answer_bounds_the_wait_instead_of_time
     with pytest.raises(WaitTimeout):
         await queue.acquire(deadline=deadline)
     assert queue.queued == 0
+
+
+async def test_a_replica_taken_out_gets_no_requests_and_the_next_ones_wait_for_a_new_one() -> None:
+    queue, pokes = make()
+    queue.set_endpoints(ready("a", "b"))
+    a = next(b for b in queue.backends if b.replica_id == "a")
+    queue.take_out(a, "engine dead")
+    picked = [await queue.acquire() for _ in range(4)]
+    assert {b.replica_id for b in picked} == {"b"}
+    for b in picked:
+        queue.release(b)
+    # The same endpoints published again keep it out (the autoscaler has not noticed yet).
+    queue.set_endpoints(ready("a", "b", version=1))
+    b = next(b for b in queue.backends if b.replica_id == "b")
+    queue.take_out(b, "engine dead")
+    assert not queue.has_serving()
+    waiter = asyncio.create_task(queue.acquire())
+    await settle()
+    assert pokes.calls == [KEY]  # like a request at zero
+    queue.set_endpoints(ready("c", version=2))
+    assert (await waiter).replica_id == "c"
+
+
+def test_a_failure_reason_is_the_first_line_bounded() -> None:
+    assert failure_reason("exited with code 2\nTraceback\n  /etc/secret") == "exited with code 2"
+    assert failure_reason("\n\n  not ready after 600s  \nlog") == "not ready after 600s"
+    assert failure_reason("") == "no reason given"
+    long = failure_reason("x" * 500)
+    assert len(long) == 160 and long.endswith("...")
