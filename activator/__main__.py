@@ -2,7 +2,9 @@
 
 Settings come from flags or the ``torpor-defaults`` ConfigMap's environment: ``TORPOR_BUS_URL``,
 ``TORPOR_DOMAIN``, ``TORPOR_ACTIVATOR_ID`` (the pod name), ``TORPOR_SECRETS_DIR`` (mounted
-per-service API key Secrets, ``<dir>/<namespace>/<secret>``), ``TORPOR_ACTIVATOR_WORKERS``.
+per-service API key Secrets, ``<dir>/<namespace>/<secret>``), ``TORPOR_ACTIVATOR_WORKERS``,
+``TORPOR_KEEPALIVE_INTERVAL`` (seconds between SSE comments to a held stream, ``activator
+.keepalive``).
 
 ``--workers N`` (N > 1) runs N activator processes on the one port, each a whole activator with
 id ``<id>-<k>`` and its own bus connection, under a supervisor (``activator.http.workers``);
@@ -70,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="client connections per activator process (default: from the open-file limit)",
     )
+    p.add_argument(
+        "--keepalive-interval",
+        type=float,
+        default=float(env.get("TORPOR_KEEPALIVE_INTERVAL", "5")),
+        help="seconds between SSE comments to a streaming request held for a replica; 0: none",
+    )
     # A worker started by the supervisor serves the listening socket it inherited.
     p.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     return p
@@ -79,7 +87,12 @@ async def _serve(args: argparse.Namespace) -> None:
     bus = await RedisBus.connect(args.bus)
     try:
         keys = FileKeyStore(args.secrets_dir) if args.secrets_dir else None
-        config = ActivatorConfig(activator_id=args.id, domain=args.domain, key_store=keys)
+        config = ActivatorConfig(
+            activator_id=args.id,
+            domain=args.domain,
+            key_store=keys,
+            keepalive_s=args.keepalive_interval,
+        )
         activator = build_activator(bus, config)
         server = uvicorn.Server(
             uvicorn_config(
@@ -120,6 +133,7 @@ def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]
         f"--drain-timeout={args.drain_timeout}",
         f"--head-timeout={args.head_timeout}",
         f"--body-idle-timeout={args.body_idle_timeout}",
+        f"--keepalive-interval={args.keepalive_interval}",
     ]
     if args.max_connections is not None:
         argv.append(f"--max-connections={args.max_connections}")

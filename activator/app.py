@@ -8,6 +8,10 @@ in progress: the wait, or the upstream call. The revision's ``timeoutSeconds`` b
 and the answer together (``activator.deadlines``): 504 before the answer starts, a ``timeout``
 error event in a token stream that has.
 
+The root URL routes OpenAI paths by the body's ``model`` and ``GET /v1/models`` is answered here
+from the specs (``activator.routing``, ``activator.models``); a token stream held waiting for a
+replica gets SSE comments every ``keepalive_s`` (``activator.keepalive``).
+
 ``Activator.running()`` owns everything that runs beside requests: the bus subscription that
 keeps routes and endpoints current, the stats publisher, and the pooled HTTP client.
 """
@@ -40,6 +44,7 @@ from activator.errors import (
 )
 from activator.http.extensions import DISCONNECT_EXTENSION
 from activator.http.upstream import UpstreamPool
+from activator.keepalive import HeldStream, would_wait
 from activator.metrics import CONTENT_TYPE, ActivatorMetrics, RevisionGauges
 from activator.models import model_list, model_of
 from activator.proxy import forward_retrying, upstream_headers
@@ -80,6 +85,10 @@ class ActivatorConfig:
     seed: int | None = None  # traffic-split and balancing randomness, for tests
     connect_timeout_s: float = 5.0  # to a replica; refused connections fail at once anyway
     retry_after_s: int = 1  # Retry-After on 503 queue full
+    # SSE comment interval for a streaming request held waiting for a replica (activator
+    # .keepalive); 0 sends none. 5 s: well inside the common 60 s idle timeouts of proxies,
+    # at a cost of 25 bytes a comment.
+    keepalive_s: float = 5.0
     # Where per-service API keys are read (``torpor.dev/api-keys-secret``); None: a service that
     # asks for keys is refused (fail closed), services without keys are unaffected.
     key_store: KeyStore | None = None
@@ -91,6 +100,8 @@ class ActivatorConfig:
             raise ValueError("stats_interval_s must be positive")
         if self.max_body_bytes < 0:
             raise ValueError("max_body_bytes must not be negative")
+        if self.keepalive_s < 0:
+            raise ValueError("keepalive_s must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +407,7 @@ class Activator:
         labels = self._labels_for(revision.ref.key)
         queue = self._queue_for(revision)
         code = CLIENT_CLOSED
+        held: HeldStream | None = None
         try:
             # Before the body is read (unless the root URL needed it to route): an unauthorised
             # client costs nothing more. The key is dropped from what goes on to the replica.
@@ -414,7 +426,18 @@ class Activator:
                 # ``timeoutSeconds`` bounds the whole request, as Knative's does: the wait for a
                 # replica and the answer share one deadline.
                 deadline = self._deadlines.at(started + queue.limits.timeout_s)
-                backend = await queue.acquire(deadline=deadline.when)
+                if self.config.keepalive_s > 0 and would_wait(queue):
+                    # A token stream held long enough gets SSE comments (activator.keepalive).
+                    held = HeldStream(send, body, self.config.keepalive_s)
+                    held.arm()
+                    try:
+                        backend = await queue.acquire(deadline=deadline.when)
+                    finally:
+                        await held.settle()
+                    if held.committed:
+                        send = held.relay
+                else:
+                    backend = await queue.acquire(deadline=deadline.when)
                 self.metrics.observe_wait(revision.ref.key, labels, loop.time() - started)
 
                 # Retried while no byte of an answer went out (activator.proxy).
@@ -423,7 +446,12 @@ class Activator:
                 )
         except ActivatorError as error:
             code = error.status
-            await _send_error(send, error)
+            if held is not None and held.committed:
+                # The 200 went out with the first keep-alive: the failure is an event now.
+                with contextlib.suppress(Exception):
+                    await held.fail(error)
+            else:
+                await _send_error(send, error)
         except ClientGone:
             code = CLIENT_CLOSED
         except (UpstreamClosed, OSError) as exc:
