@@ -45,6 +45,7 @@ from activator.errors import (
 from activator.http.extensions import DISCONNECT_EXTENSION
 from activator.http.upstream import UpstreamPool
 from activator.keepalive import HeldStream, would_wait
+from activator.limits import live_activators, shared_limits
 from activator.metrics import CONTENT_TYPE, ActivatorMetrics, RevisionGauges
 from activator.models import model_list, model_of
 from activator.proxy import forward_retrying, upstream_headers
@@ -193,6 +194,12 @@ class Activator:
         self._table: RouteTable = build_route_table((), config.domain)
         self._queues: dict[str, RevisionQueue] = {}
         self._labels: dict[str, _Labels] = {}
+        # Limits across activators (activator.limits): how many serve each revision, the spec
+        # each share is taken of, and requests_total at the last look (what makes one busy).
+        self._specs: dict[str, RevisionSpec] = {}
+        self._sharers: dict[str, int] = {}
+        self._seen_total: dict[str, int] = {}
+        self._default_sharers = 1
         self._pool: UpstreamPool | None = None
         self._deadlines = Deadlines()
         self.metrics = ActivatorMetrics(self._gauges)
@@ -217,11 +224,15 @@ class Activator:
                 key = revision.ref.key
                 live.add(key)
                 self._labels[key] = _Labels(revision.ref.namespace, service.name, revision.ref.name)
-                self._queue_for(revision).limits = QueueLimits.of(revision)
+                self._specs[key] = revision
+                self._queue_for(revision).limits = self._limits_for(revision)
         for key in list(self._queues):
             if key not in live:
                 self._queues.pop(key).close(NotFound(f"revision {key} was deleted"))
                 self._labels.pop(key, None)
+                self._specs.pop(key, None)
+                self._sharers.pop(key, None)
+                self._seen_total.pop(key, None)
 
     def apply_endpoints(self, endpoints: RevisionEndpoints) -> None:
         queue = self._queues.get(endpoints.revision)
@@ -235,9 +246,41 @@ class Activator:
         key = revision.ref.key
         queue = self._queues.get(key)
         if queue is None:
-            queue = RevisionQueue(key, QueueLimits.of(revision), self._bus.poke, self._rng)
+            queue = RevisionQueue(key, self._limits_for(revision), self._bus.poke, self._rng)
             self._queues[key] = queue
         return queue
+
+    def _limits_for(self, revision: RevisionSpec) -> QueueLimits:
+        n = self._sharers.get(revision.ref.key, self._default_sharers)
+        return shared_limits(revision, n)
+
+    def limits(self, revision: str) -> QueueLimits | None:
+        """The limits this activator enforces for ``revision`` now (its share of the spec's)."""
+        queue = self._queues.get(revision)
+        return queue.limits if queue is not None else None
+
+    async def refresh_shares(self) -> None:
+        """Re-read how many activators serve each revision this one has traffic on, and take
+        its share of their limits (``activator.limits``). One ``revision_stats`` read per busy
+        revision per stats interval; idle revisions keep their last share."""
+        measured = 0
+        for key, queue in list(self._queues.items()):
+            spec = self._specs.get(key)
+            total = queue.requests_total
+            busy = queue.queued or queue.in_flight or total != self._seen_total.get(key)
+            self._seen_total[key] = total
+            if spec is None or not busy:
+                continue
+            n = live_activators(await self._bus.revision_stats(key), self.config.activator_id)
+            measured = max(measured, n)
+            if n != self._sharers.get(key):
+                self._sharers[key] = n
+                # A larger share reaches waiters at the next release (there is one coming:
+                # a share only holds requests back while others are in flight).
+                queue.limits = shared_limits(spec, n)
+        if measured:
+            # A revision that gets its first request here starts from the latest count seen.
+            self._default_sharers = measured
 
     def _labels_for(self, key: str) -> _Labels:
         labels = self._labels.get(key)
@@ -337,6 +380,10 @@ class Activator:
                 await self._bus.publish_stats(self.stats())
             except Exception:
                 log.warning("could not publish stats", exc_info=True)
+            try:
+                await self.refresh_shares()
+            except Exception:
+                log.warning("could not read the activators sharing limits", exc_info=True)
 
     # ---- requests -------------------------------------------------------------------------
 
