@@ -75,6 +75,7 @@ log = logging.getLogger("torpor.activator")
 CLIENT_CLOSED = 499  # nginx's convention for "client went away before the answer"
 _RESUBSCRIBE_DELAY_S = 0.5
 WATCH_AFTER_S = 0.002  # when a request starts watching for its client's disconnect
+SHARE_REFRESH_S = 10.0  # an idle revision's activator count is re-read this often (the stats TTL)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ class Activator:
         self._specs: dict[str, RevisionSpec] = {}
         self._sharers: dict[str, int] = {}
         self._seen_total: dict[str, int] = {}
+        self._share_read: dict[str, float] = {}  # monotonic time of the last count read
         self._default_sharers = 1
         self._pool: UpstreamPool | None = None
         self._deadlines = Deadlines()
@@ -233,6 +235,7 @@ class Activator:
                 self._specs.pop(key, None)
                 self._sharers.pop(key, None)
                 self._seen_total.pop(key, None)
+                self._share_read.pop(key, None)
 
     def apply_endpoints(self, endpoints: RevisionEndpoints) -> None:
         queue = self._queues.get(endpoints.revision)
@@ -262,15 +265,20 @@ class Activator:
     async def refresh_shares(self) -> None:
         """Re-read how many activators serve each revision this one has traffic on, and take
         its share of their limits (``activator.limits``). One ``revision_stats`` read per busy
-        revision per stats interval; idle revisions keep their last share."""
+        revision per stats interval, and one per ``SHARE_REFRESH_S`` for a revision that had
+        traffic here before (so its next burst starts from a fresh count); revisions that never
+        had any cost nothing."""
         measured = 0
+        now = time.monotonic()
         for key, queue in list(self._queues.items()):
             spec = self._specs.get(key)
             total = queue.requests_total
             busy = queue.queued or queue.in_flight or total != self._seen_total.get(key)
             self._seen_total[key] = total
-            if spec is None or not busy:
+            stale = total > 0 and now - self._share_read.get(key, 0.0) >= SHARE_REFRESH_S
+            if spec is None or not (busy or stale):
                 continue
+            self._share_read[key] = now
             n = live_activators(await self._bus.revision_stats(key), self.config.activator_id)
             measured = max(measured, n)
             if n != self._sharers.get(key):
