@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         default=float(env.get("TORPOR_KEEPALIVE_INTERVAL", "5")),
         help="seconds between SSE comments to a streaming request held for a replica; 0: none",
     )
+    p.add_argument(
+        "--engine-load-interval",
+        type=float,
+        default=1.0,
+        help="seconds between scrapes of replicas' vLLM load for balancing; 0: in-flight only",
+    )
     # A worker started by the supervisor serves the listening socket it inherited.
     p.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     return p
@@ -92,6 +98,7 @@ async def _serve(args: argparse.Namespace) -> None:
             domain=args.domain,
             key_store=keys,
             keepalive_s=args.keepalive_interval,
+            engine_load_s=args.engine_load_interval,
         )
         activator = build_activator(bus, config)
         server = uvicorn.Server(
@@ -134,6 +141,7 @@ def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]
         f"--head-timeout={args.head_timeout}",
         f"--body-idle-timeout={args.body_idle_timeout}",
         f"--keepalive-interval={args.keepalive_interval}",
+        f"--engine-load-interval={args.engine_load_interval}",
     ]
     if args.max_connections is not None:
         argv.append(f"--max-connections={args.max_connections}")

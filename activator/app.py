@@ -31,6 +31,7 @@ from types import TracebackType
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from activator import engine_load
 from activator.auth import KeyStore, authorize, strip_credentials
 from activator.deadlines import Deadlines
 from activator.errors import (
@@ -47,7 +48,7 @@ from activator.http.upstream import UpstreamPool
 from activator.keepalive import HeldStream, would_wait
 from activator.limits import live_activators, shared_limits
 from activator.metrics import CONTENT_TYPE, ActivatorMetrics, RevisionGauges
-from activator.models import model_list, model_of
+from activator.models import model_list, model_of, prefix_key
 from activator.proxy import forward_retrying, upstream_headers
 from activator.queue import QueueLimits, RevisionQueue
 from activator.routing import (
@@ -60,6 +61,7 @@ from activator.routing import (
     resolve,
     route_model,
 )
+from activator.traffic_report import TrafficReport
 from torpor.bus.base import (
     ActivatorStats,
     Bus,
@@ -91,6 +93,10 @@ class ActivatorConfig:
     # .keepalive); 0 sends none. 5 s: well inside the common 60 s idle timeouts of proxies,
     # at a cost of 25 bytes a comment.
     keepalive_s: float = 5.0
+    # How often replicas' vLLM load is scraped for the balancer (activator.engine_load: only
+    # revisions with a choice to make and traffic here); 0: none, power-of-two choices on
+    # in-flight counts alone.
+    engine_load_s: float = 1.0
     # Where per-service API keys are read (``torpor.dev/api-keys-secret``); None: a service that
     # asks for keys is refused (fail closed), services without keys are unaffected.
     key_store: KeyStore | None = None
@@ -104,6 +110,8 @@ class ActivatorConfig:
             raise ValueError("max_body_bytes must not be negative")
         if self.keepalive_s < 0:
             raise ValueError("keepalive_s must not be negative")
+        if self.engine_load_s < 0:
+            raise ValueError("engine_load_s must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +339,16 @@ class Activator:
         ready = asyncio.Event()
         follower = asyncio.create_task(self._follow_bus(ready), name="activator-bus")
         stats = asyncio.create_task(self._publish_stats(), name="activator-stats")
+        tasks = [follower, stats]
+        if self.config.engine_load_s > 0:
+            tasks.append(
+                asyncio.create_task(
+                    engine_load.follow(
+                        lambda: self._pool, self._queues.values, self.config.engine_load_s
+                    ),
+                    name="activator-engine-load",
+                )
+            )
         try:
             ready_wait = asyncio.create_task(ready.wait())
             done, _ = await asyncio.wait({ready_wait, follower}, return_when="FIRST_COMPLETED")
@@ -340,9 +358,9 @@ class Activator:
                 follower.result()  # surface why the subscription failed
             yield
         finally:
-            for task in (follower, stats):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(follower, stats, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             pool, self._pool = self._pool, None
             await pool.aclose()
 
@@ -382,10 +400,11 @@ class Activator:
                 await events.aclose()  # type: ignore[attr-defined]
 
     async def _publish_stats(self) -> None:
+        report = TrafficReport(self.config.activator_id)  # revisions with traffic only
         while True:
             await asyncio.sleep(self.config.stats_interval_s)
             try:
-                await self._bus.publish_stats(self.stats())
+                await self._bus.publish_stats(report.select(self._queues, time.time()))
             except Exception:
                 log.warning("could not publish stats", exc_info=True)
             try:
@@ -481,18 +500,24 @@ class Activator:
                 # ``timeoutSeconds`` bounds the whole request, as Knative's does: the wait for a
                 # replica and the answer share one deadline.
                 deadline = self._deadlines.at(started + queue.limits.timeout_s)
+                # Prefix affinity (activator.balancer) only where there is a choice to make.
+                affinity = (
+                    prefix_key(body)
+                    if self.config.engine_load_s > 0 and len(queue.backends) > 1
+                    else None
+                )
                 if self.config.keepalive_s > 0 and would_wait(queue):
                     # A token stream held long enough gets SSE comments (activator.keepalive).
                     held = HeldStream(send, body, self.config.keepalive_s)
                     held.arm()
                     try:
-                        backend = await queue.acquire(deadline=deadline.when)
+                        backend = await queue.acquire(deadline=deadline.when, affinity=affinity)
                     finally:
                         await held.settle()
                     if held.committed:
                         send = held.relay
                 else:
-                    backend = await queue.acquire(deadline=deadline.when)
+                    backend = await queue.acquire(deadline=deadline.when, affinity=affinity)
                 self.metrics.observe_wait(revision.ref.key, labels, loop.time() - started)
 
                 # Retried while no byte of an answer went out (activator.proxy).

@@ -10,12 +10,18 @@ listing models wakes nothing.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
 from activator.errors import BadRequest
 
 OWNED_BY = "torpor"
+# How much of a prompt decides its replica (activator.balancer's prefix affinity): 256 bytes of
+# JSON, some 50-60 tokens of English. Requests that share this much go to the same replica,
+# where vLLM's prefix cache (16-token blocks) likely holds it.
+PREFIX_BYTES = 256
+_PROMPT_FIELDS = (b'"messages"', b'"prompt"', b'"input"')
 
 
 def _object(body: bytes) -> dict[str, Any] | None:
@@ -59,3 +65,18 @@ def model_list(names: Iterable[str], created: int) -> bytes:
         for name in names
     ]
     return json.dumps({"object": "list", "data": data}).encode()
+
+
+def prefix_key(body: bytes) -> int | None:
+    """A key for the start of the body's prompt (``messages``, ``prompt`` or ``input``), or None.
+
+    No JSON parse, on the request path: the ``PREFIX_BYTES`` after the field's name, as the
+    client serialised them. The same prompt start gives the same key from any activator; a short
+    prompt's window also covers the fields after it, which only costs affinity where there is
+    little prefix to reuse.
+    """
+    for field in _PROMPT_FIELDS:
+        at = body.find(field)
+        if at >= 0:
+            return zlib.crc32(body[at : at + len(field) + PREFIX_BYTES])
+    return None

@@ -44,6 +44,7 @@ class QueueLimits:
 class _Waiter:
     future: asyncio.Future[Backend]
     exclude: Collection[str] = field(default=())
+    affinity: int | None = None  # the request's prefix key (activator.balancer)
 
 
 class RevisionQueue:
@@ -116,7 +117,11 @@ class RevisionQueue:
         self._fail_all(error)
 
     async def acquire(
-        self, exclude: Collection[str] = (), deadline: float | None = None, retry: bool = False
+        self,
+        exclude: Collection[str] = (),
+        deadline: float | None = None,
+        retry: bool = False,
+        affinity: int | None = None,
     ) -> Backend:
         """A backend with a slot reserved for the caller; pair with ``release``.
 
@@ -132,7 +137,14 @@ class RevisionQueue:
                 await self._poke_safely()
             raise RevisionFailed(self._failure_message(self._failure))
         if not self._waiters:
-            backend = pick(self._backends, self.limits.container_concurrency, self._rng, exclude)
+            backend = pick(
+                self._backends,
+                self.limits.container_concurrency,
+                self._rng,
+                exclude,
+                affinity=affinity,
+                now=asyncio.get_running_loop().time(),
+            )
             if backend is not None:
                 backend.in_flight += 1
                 self.in_flight += 1
@@ -148,7 +160,7 @@ class RevisionQueue:
                 f"revision {self.revision} has {len(self._waiters)} requests waiting, "
                 f"its queue limit; retry later"
             )
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude)
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude, affinity)
         self._waiters.append(waiter)
         try:
             if (len(self._waiters) == 1 and not self.has_serving()) or refused_all:
@@ -190,12 +202,17 @@ class RevisionQueue:
             self._dispatch()
 
     def _dispatch(self) -> None:
+        if not self._waiters:
+            return
         cc = self.limits.container_concurrency
+        now = asyncio.get_running_loop().time()
         for waiter in list(self._waiters):
             if waiter.future.done():
                 self._waiters.remove(waiter)
                 continue
-            backend = pick(self._backends, cc, self._rng, waiter.exclude)
+            backend = pick(
+                self._backends, cc, self._rng, waiter.exclude, affinity=waiter.affinity, now=now
+            )
             if backend is None:
                 if not waiter.exclude:
                     return  # nothing has room; later waiters cannot do better
