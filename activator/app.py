@@ -209,6 +209,7 @@ class Activator:
         self._sharers: dict[str, int] = {}
         self._seen_total: dict[str, int] = {}
         self._share_read: dict[str, float] = {}  # monotonic time of the last count read
+        self._traffic_at: dict[str, float] = {}  # monotonic time traffic was last seen here
         self._default_sharers = 1
         self._pool: UpstreamPool | None = None
         self._deadlines = Deadlines()
@@ -244,6 +245,7 @@ class Activator:
                 self._sharers.pop(key, None)
                 self._seen_total.pop(key, None)
                 self._share_read.pop(key, None)
+                self._traffic_at.pop(key, None)
 
     def apply_endpoints(self, endpoints: RevisionEndpoints) -> None:
         queue = self._queues.get(endpoints.revision)
@@ -281,10 +283,16 @@ class Activator:
         for key, queue in list(self._queues.items()):
             spec = self._specs.get(key)
             total = queue.requests_total
-            busy = queue.queued or queue.in_flight or total != self._seen_total.get(key)
+            seen = self._seen_total.get(key)
+            busy = queue.queued or queue.in_flight or total != seen
             self._seen_total[key] = total
+            if queue.queued or queue.in_flight or (seen is not None and total != seen):
+                self._traffic_at[key] = now
+            # Activators report a revision only while they have traffic on it (TrafficReport),
+            # so while this one does (within the stats TTL), another may start to: re-read.
+            recent = now - self._traffic_at.get(key, -SHARE_REFRESH_S) < SHARE_REFRESH_S
             stale = total > 0 and now - self._share_read.get(key, 0.0) >= SHARE_REFRESH_S
-            if spec is None or not (busy or stale):
+            if spec is None or not (busy or recent or stale):
                 continue
             self._share_read[key] = now
             n = live_activators(await self._bus.revision_stats(key), self.config.activator_id)
