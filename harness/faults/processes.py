@@ -95,3 +95,65 @@ def kill_groups(groups: set[int]) -> None:
     for g in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(g, signal.SIGKILL)
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])
+
+
+def listening_pid(port: int) -> int | None:
+    """The process that listens on loopback TCP ``port``: a replica, whoever launched it.
+
+    (A replica adopted from the warm pool keeps its standby command line, with no replica id in
+    it, so the address the platform publishes is the one sure way to find it.) Children that
+    inherited the socket share it; the group leader among the holders is the replica.
+    """
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    holders = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/fd/{fd}") in targets:
+                        holders.append(int(entry))
+                        break
+    found = [pid for pid in holders if _pgid(pid) == pid] or holders
+    return found[0] if found else None
+
+
+def engine_pids(replica: int) -> list[int]:
+    """vLLM's engine core under the replica process ``replica`` (titled ``VLLM::EngineCore``).
+
+    Killing only it leaves an API server that still answers, with a dead engine behind it
+    (issue 13 item 9).
+    """
+    children = [int(e) for e in os.listdir("/proc") if e.isdigit() and _ppid(int(e)) == replica]
+    titled = [pid for pid in children if b"EngineCore" in _cmdline(pid)]
+    return titled or children
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def signal_groups(groups: set[int], sig: signal.Signals) -> None:
+    """``sig`` to every process of ``groups`` (SIGSTOP freezes a replica, SIGCONT thaws it)."""
+    for g in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(g, sig)
