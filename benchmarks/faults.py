@@ -112,7 +112,7 @@ async def main() -> int:
         "--min-requests", type=int, default=10_000, help="load before the last fault until then"
     )
     parser.add_argument(
-        "--top-up-until", type=float, default=900.0, help="... or until this many seconds in"
+        "--top-up-until", type=float, default=780.0, help="... or until this many seconds in"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
