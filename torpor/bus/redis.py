@@ -60,6 +60,12 @@ _TRANSIENT: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeou
 # one: every command here is O(revisions)). Never longer than the caller's retry budget.
 _COMMAND_TIMEOUT_S = 2.0
 
+# Commands in flight at once per instance; the rest wait their turn. redis-py's pool holds 100
+# connections and refuses the 101st (MaxConnectionsError); 10,000 revision loops starting together
+# each read their stats, and without this bound most failed, were logged, and polled again every
+# tick: the autoscaler spun at a whole core (benchmarks/control_plane_scale.py, N = 10,000).
+_MAX_COMMANDS_IN_FLIGHT = 64
+
 _PUBLISH_SERVICES = """
 -- KEYS[1] services; ARGV[1] body, ARGV[2] channel, ARGV[3] '1' = only if missing
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -186,6 +192,7 @@ class RedisBus:
         self._snapshot_script = self._redis.register_script(_SNAPSHOT)
         self._revision_stats_script = self._redis.register_script(_REVISION_STATS)
         self._fanout = Fanout(subscriber_bound)
+        self._slots = asyncio.Semaphore(_MAX_COMMANDS_IN_FLIGHT)
         # What this instance published, to put back after the server lost it.
         self._own_services: tuple[ServiceSpec, ...] | None = None
         self._own_endpoints: dict[str, RevisionEndpoints] = {}
@@ -376,7 +383,8 @@ class RedisBus:
         delay = 0.02
         while True:
             try:
-                return await op()
+                async with self._slots:
+                    return await op()
             except _TRANSIENT as error:
                 if self._closed or loop.time() + delay > deadline:
                     raise BusUnavailable(f"{what}: redis at {self.url} unavailable: {error}") from (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from tests.torpor.bus.helpers import (
     stats,
 )
 from torpor.bus import (
+    ActivatorStats,
     BusEvent,
     BusUnavailable,
     EndpointsChanged,
@@ -294,3 +296,14 @@ async def _publish_ok(bus: RedisBus) -> bool:
     except BusUnavailable:
         return False
     return True
+
+
+async def test_thousands_of_concurrent_reads_wait_their_turn_instead_of_failing(
+    open_bus: Open,
+) -> None:
+    """10,000 revision loops start at once and each reads its stats: more than the connection
+    pool holds (100). They queue; none fails."""
+    bus = await open_bus(retry_for_s=0.1)  # no time to retry its way past a full pool
+    await bus.publish_stats([ActivatorStats("a1", REV, 1, 0, time.time())])
+    reads = await asyncio.gather(*(bus.revision_stats(REV) for _ in range(2000)))
+    assert all(len(r) == 1 for r in reads)
