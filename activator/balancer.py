@@ -35,7 +35,12 @@ from dataclasses import dataclass
 _FIRST_FREE_MAX_CC = 3
 MAX_LOAD_AGE_S = 3.0  # scrapes come every second; three missed and the counts take over
 KV_FULL = 0.9  # vLLM starts preempting requests as its KV cache fills up
-AFFINITY_SLACK = 4  # load units a prefix's replica may carry above the least loaded one
+# Load units a prefix's replica may carry above the least loaded one. 1: affinity only where
+# it costs at most one request of imbalance. At 4 (more than the benchmark's concurrency, so
+# pure affinity) benchmarks/routing.py measured 1.3-4.5x the TTFT of power of two choices on
+# the 2-core machine, where a prefix hit on the tiny model saves little (benchmarks/results/
+# routing.md); a larger slack pays where prefill is expensive, which has not run here.
+AFFINITY_SLACK = 1
 
 
 @dataclass(slots=True, eq=False)
