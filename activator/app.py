@@ -1,12 +1,12 @@
 """The activator: one pure ASGI app in front of every revision, built by ``build_activator``.
 
-Per request (ARCHITECTURE.md, "The flow of one request"): route host or path to a revision, read
-the body once (bounded), take a slot on a replica from the revision's queue (waiting, bounded,
-while none has room and poking the autoscaler on the first waiter at zero), forward and stream
-the answer, then give the slot back. A disconnect at any point after the body cancels the work
-in progress: the wait, or the upstream call. The revision's ``timeoutSeconds`` bounds the wait
-and the answer together (``activator.deadlines``): 504 before the answer starts, a ``timeout``
-error event in a token stream that has.
+Per request (docs/architecture.md, "The path of one request"): route host or path to a revision,
+read the body once (bounded), take a slot on a replica from the revision's queue (waiting,
+bounded, while none has room and poking the autoscaler on the first waiter at zero), forward and
+stream the answer, then give the slot back. A disconnect at any point after the body cancels the
+work in progress: the wait, or the upstream call. The revision's ``timeoutSeconds`` bounds the
+wait and the answer together (``activator.deadlines``): 504 before the answer starts, a
+``timeout`` error event in a token stream that has.
 
 The root URL routes OpenAI paths by the body's ``model`` and ``GET /v1/models`` is answered here
 from the specs (``activator.routing``, ``activator.models``); a token stream held waiting for a

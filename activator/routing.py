@@ -1,6 +1,6 @@
 """Request -> revision: a pure function of a route table and the request's host and path.
 
-Two URL forms reach a revision (ARCHITECTURE.md, "Users and what they do"):
+Two URL forms reach a revision (docs/architecture.md, "The path of one request"):
 
 - host form, Knative's: ``<service>.<namespace>.<domain>`` or
   ``<tag>-<service>.<namespace>.<domain>`` (the path is forwarded unchanged);
