@@ -28,7 +28,7 @@ unit is an annotation and adds no suffix, and UpDownCounters are gauges (no ``_t
 The delay from a request reaching Knative's activator to the callback is at most ``interval_s``
 plus one scrape (``scrape_timeout_s`` bounds it) on >= 1.22; before 1.22 add up to 1 s for the
 activator's own report tick (5 s on <= 1.18). Measured on loopback against the harness that
-imitates Knative's activator (tests/autoscaler/actuators/fake_knative_activator.py, 2 shared
+imitates Knative's activator (harness/knative_activator.py, 2 shared
 cores), request arrival to callback at ``interval_s=1.0``: 0.53 s mean, 1.00 s worst of 20
 requests; one scrape and parse: 2.4 ms median, 17 ms worst of 50.
 """

@@ -23,7 +23,7 @@ from autoscaler.actuators.knative_demand import (
     HttpMetricsFetcher,
     knative_demand,
 )
-from tests.autoscaler.actuators.fake_knative_activator import FakeKnativeActivator
+from harness.knative_activator import FakeKnativeActivator
 from tests.autoscaler.fakes import eventually, revision, service
 from torpor.bus import MemoryBus, Poked
 

@@ -1,7 +1,9 @@
 """A test harness imitating Knative's activator (knative/serving ``cmd/activator``): not Knative.
 
-It does the two things of Knative's activator that torpor's Knative demand poller relies on,
-over real HTTP on loopback:
+Used by the Knative demand poller's tests (``tests/autoscaler/actuators/test_knative_demand_http``,
+``tests/integration/test_knative_front_door_wake``) and ``benchmarks/knative_wake.py``. It does the
+two things of Knative's activator that torpor's Knative demand poller relies on, over real HTTP on
+loopback:
 
 - holds every proxied request, the way Knative's activator holds one for a revision at zero,
   identifying the revision by the ``Knative-Serving-Namespace`` / ``Knative-Serving-Revision``
