@@ -4,6 +4,11 @@ Two implementations: ``autoscaler.actuators.local`` (replicas are local runtime 
 embedded platform) and ``autoscaler.actuators.knative`` (a revision's Deployment scaled through the
 scale subresource). The loop decides *how many*; when it scales down it also says *which* replica
 goes, after draining it.
+
+A replica may also be *suspended* (issue 17): frozen in place, holding its memory and its loaded
+model, serving nothing, woken in milliseconds by ``resume``. What freezing means is each
+actuator's own: the local one stops the replica's whole process group (CPU saved, memory not);
+the Knative one has no such operation and raises ``SuspendUnsupported``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,13 @@ class Phase(StrEnum):
     STARTING = "starting"
     READY = "ready"
     FAILED = "failed"  # exited or never became ready; see Replica.error
+    # Frozen by ``Actuator.suspend``: never published, scraped or health-checked (a frozen
+    # process would time every probe out); ``resume`` makes it READY again.
+    SUSPENDED = "suspended"
+
+
+class SuspendUnsupported(Exception):
+    """The actuator cannot suspend a replica; the loop stops asking and scales as without."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +45,7 @@ class Replica:
     ready_at: float | None = None
     error: str | None = None  # exit code and the runtime's last log lines, when FAILED
     cold_start: ColdStart | None = None
+    suspended_at: float | None = None  # wall clock, while SUSPENDED
 
 
 class Actuator(Protocol):
@@ -42,6 +55,16 @@ class Actuator(Protocol):
 
     async def stop(self, revision: RevisionSpec, replica_id: str) -> None:
         """Stop one replica the loop has already drained."""
+        ...
+
+    async def suspend(self, revision: RevisionSpec, replica_id: str) -> None:
+        """Freeze a READY replica that holds no request: it becomes SUSPENDED. Raises
+        ``SuspendUnsupported`` where the platform has no such state."""
+        ...
+
+    async def resume(self, revision: RevisionSpec, replica_id: str) -> None:
+        """Wake a SUSPENDED replica; returns once it answers its health check again (READY).
+        A replica that does not wake is FAILED, and the loop replaces it like a crash."""
         ...
 
     def replicas(self, revision: str) -> Sequence[Replica]:

@@ -14,6 +14,11 @@ change or a change of leadership wakes it. Anything it still waits for (a scale-
 start-up backoff, requests held at zero) keeps it out of rest, so it ticks. Serverless means most
 revisions sit at zero: before this, 10,000 of them cost the embedded platform's process every
 core it had doing nothing (benchmarks/results/control_plane_scale.md).
+
+Suspended replicas (issue 17) are never scraped or published: ``decide`` sees them as idle
+capacity (``plan.suspended_load``), ``plan`` says when to freeze and wake them. A replica is taken
+out of the endpoints before it is frozen, and frozen only if it is still idle then; a wake runs
+inside the tick, so it is single-flight per revision, and the woken replica is published at once.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 
-from autoscaler.actuator import Actuator, Phase, Replica
+from autoscaler.actuator import Actuator, Phase, Replica, SuspendUnsupported
 from autoscaler.decide import Decision, Observation, ReplicaLoad, ScalerState, decide
 from autoscaler.metrics import AutoscalerMetrics
 from autoscaler.plan import (
@@ -34,6 +39,7 @@ from autoscaler.plan import (
     Plan,
     StartPolicy,
     StartRecord,
+    Suspension,
     announcement,
     arrivals_since,
     plan,
@@ -42,6 +48,8 @@ from autoscaler.plan import (
     revision_state,
     serving,
     spec_changed,
+    suspended_load,
+    track_idle,
 )
 from autoscaler.scrape import HttpScraper, Scraper
 from torpor.bus import (
@@ -169,6 +177,9 @@ class _RevisionLoop:
         # As of the last tick (None before the first); a standby observes but never writes.
         self.leading: bool | None = None
         self.resting = False  # as of the last tick: see ``at_rest``
+        self.idle_since: dict[str, float] = {}  # serving replica -> since when it had no work
+        self.suspending: set[str] = set()  # withdrawn from the endpoints, being frozen
+        self.suspend_unsupported = False  # the actuator said so: scale as without the tier
 
     @property
     def spec(self) -> RevisionSpec:
@@ -254,7 +265,9 @@ class _RevisionLoop:
 
         ready = self._serving(live)
         starting = [r for r in live if r.phase is Phase.STARTING]
+        parked = [r for r in live if r.phase is Phase.SUSPENDED]
         loads = await self._scrape(ready)
+        loads += [suspended_load(r.replica_id) for r in parked]
         stats = await deps.bus.revision_stats(self.key)
         queued, in_flight = activator_load(stats, now, deps.config.stats_fresh_s)
         arrived, reporting = arrivals_since(self.requests_seen, stats)
@@ -272,10 +285,21 @@ class _RevisionLoop:
             poked=poked,
             arrivals=arrived,
         )
+        self.idle_since = track_idle(
+            self.idle_since, self.obs, {r.replica_id for r in parked}, now
+        )
         before = self.decision.desired
         self.decision, self.state = decide(spec.autoscaling, self.obs, self.state, now)
         if self.leading:
-            steps = plan(self.decision, self.obs, live, tuple(self.draining), self.record, now)
+            a = spec.autoscaling
+            suspension = Suspension(
+                after_s=0.0 if self.suspend_unsupported else a.suspend_after_s,
+                stop_after_s=a.stop_suspended_after_s,
+                idle_since=self.idle_since,
+            )
+            steps = plan(
+                self.decision, self.obs, live, tuple(self.draining), self.record, now, suspension
+            )
             await self._execute(steps, spec, before)
         deps.metrics.record(
             self.key,
@@ -283,6 +307,8 @@ class _RevisionLoop:
             ready=len(ready),
             starting=len(starting),
             draining=len(self.draining),
+            suspended=len(parked),
+            now=now,
         )
         self.resting = at_rest(
             self.decision,
@@ -295,6 +321,8 @@ class _RevisionLoop:
         d, current = self.decision, self.obs.current
         if steps.republish:
             await self._publish(self._live(), force=True)
+        if steps.resume:
+            await self._resume(steps.resume, spec)
         for replica_id in steps.take_back:
             task = self.draining.pop(replica_id)
             task.cancel()
@@ -318,7 +346,7 @@ class _RevisionLoop:
             )
             if self._deps.leader():
                 await self._deps.actuator.start(spec, steps.start)
-        if d.desired < current:
+        if steps.stop or steps.drain:
             log.info("revision %s: %d -> %d (%s)", self.key, current, d.desired, d.reason)
             for replica_id in steps.stop:
                 if not self._deps.leader():
@@ -331,6 +359,50 @@ class _RevisionLoop:
             await self._publish(self._live())
         elif d.desired == current and d.desired != before:
             log.info("revision %s: desired %d (%s)", self.key, d.desired, d.reason)
+        if steps.suspend:
+            await self._suspend(steps.suspend, spec)
+
+    async def _resume(self, replica_ids: Sequence[str], spec: RevisionSpec) -> None:
+        """Wake suspended replicas (together: a held request waits on the first) and publish
+        them. One that does not wake is FAILED by the actuator and replaced as a crash is."""
+        if not self._deps.leader():
+            return
+        log.info("revision %s: waking %s", self.key, ", ".join(replica_ids))
+        results = await asyncio.gather(
+            *(self._deps.actuator.resume(spec, i) for i in replica_ids), return_exceptions=True
+        )
+        for replica_id, result in zip(replica_ids, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("revision %s: waking %s: %s", self.key, replica_id, result)
+        await self._publish(self._live())
+
+    async def _suspend(self, replica_ids: Sequence[str], spec: RevisionSpec) -> None:
+        """Withdraw idle replicas from the endpoints, then freeze each one still idle: a request
+        routed to it just before the withdrawal reached the activators keeps it awake."""
+        deps = self._deps
+        if not deps.leader():
+            return
+        self.suspending.update(replica_ids)
+        try:
+            await self._publish(self._live())
+            _, in_flight = await self._activator_load(deps.clock())
+            urls = {r.replica_id: r.url for r in self._live()}
+            for replica_id in replica_ids:
+                url = urls.get(replica_id)
+                load = await deps.scraper.scrape(replica_id, url) if url else None
+                if in_flight or load is None or load.work is None or load.work > 0:
+                    log.info("revision %s: %s got work; not suspending it", self.key, replica_id)
+                    continue
+                try:
+                    await deps.actuator.suspend(spec, replica_id)
+                except SuspendUnsupported as e:
+                    self.suspend_unsupported = True
+                    log.warning("revision %s: not suspending replicas: %s", self.key, e)
+                    break
+                log.info("revision %s: suspended %s (idle)", self.key, replica_id)
+        finally:
+            self.suspending.difference_update(replica_ids)
+            await self._publish(self._live())
 
     async def _drain(self, replica_id: str) -> None:
         """Wait until the replica holds no request (bounded by the revision's timeout), stop it."""
@@ -439,10 +511,11 @@ class _RevisionLoop:
         return [r for r in self._deps.actuator.replicas(self.key) if r.phase is not Phase.FAILED]
 
     def _serving(self, replicas: list[Replica]) -> list[Replica]:
-        return serving(replicas, self.draining.keys() | self.stopping)
+        return serving(replicas, self.draining.keys() | self.stopping | self.suspending)
 
     async def _publish(self, replicas: list[Replica], force: bool = False) -> None:
-        message = announcement(self.key, replicas, self.draining, self.stopping, self.record)
+        withdrawn = self.stopping | self.suspending
+        message = announcement(self.key, replicas, self.draining, withdrawn, self.record)
         if not publish_needed(self.published, message, force=force):
             return
         if not self._deps.leader():
@@ -454,8 +527,9 @@ class _RevisionLoop:
         replicas = list(self._deps.actuator.replicas(self.key))
         ready = self._serving(replicas)
         starting = [r for r in replicas if r.phase is Phase.STARTING]
+        parked = [r for r in replicas if r.phase is Phase.SUSPENDED]
         spec = self.target.spec
-        state, reason = revision_state(self.record, len(ready), len(starting))
+        state, reason = revision_state(self.record, len(ready), len(starting), len(parked))
         return RevisionStatus(
             revision=self.key,
             namespace=spec.ref.namespace,
@@ -465,6 +539,7 @@ class _RevisionLoop:
             ready_replicas=len(ready),
             starting_replicas=len(starting),
             draining_replicas=len(self.draining) + len(self.stopping),
+            suspended_replicas=len(parked),
             queued_requests=self.obs.activator_queued,
             in_flight_requests=self.obs.activator_in_flight,
             state=state,

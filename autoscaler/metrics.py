@@ -1,10 +1,15 @@
-"""The autoscaler's own Prometheus metrics, one series per revision, in a registry it owns."""
+"""The autoscaler's own Prometheus metrics, one series per revision, in a registry it owns.
+
+Replica-seconds are counted per tick, serving and suspended apart: a suspended replica holds its
+memory (and on Kubernetes its GPU) but no CPU, so it costs something, and never the same thing
+as one that serves (issue 17).
+"""
 
 from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from autoscaler.decide import Decision
 
@@ -27,6 +32,20 @@ class AutoscalerMetrics:
             "observed_concurrency", "Load averaged over the stable window, in the spec's metric"
         )
         self.kv_cache = gauge("kv_cache_usage_ratio", "Mean vLLM KV-cache usage over replicas")
+        self.suspended = gauge(
+            "suspended_replicas", "Replicas frozen in place: memory held, no CPU, no traffic"
+        )
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(f"torpor_autoscaler_{name}", doc, _LABELS, registry=self.registry)
+
+        self.serving_seconds = counter(
+            "serving_replica_seconds", "Seconds summed over replicas ready, starting or draining"
+        )
+        self.suspended_seconds = counter(
+            "suspended_replica_seconds", "Seconds summed over suspended replicas"
+        )
+        self._last: dict[str, float] = {}  # revision -> the previous record's ``now``
         self._all = (
             self.desired,
             self.ready,
@@ -35,12 +54,33 @@ class AutoscalerMetrics:
             self.panic,
             self.concurrency,
             self.kv_cache,
+            self.suspended,
+            self.serving_seconds,
+            self.suspended_seconds,
         )
 
     def record(
-        self, key: str, decision: Decision, *, ready: int, starting: int, draining: int
+        self,
+        key: str,
+        decision: Decision,
+        *,
+        ready: int,
+        starting: int,
+        draining: int,
+        suspended: int = 0,
+        now: float | None = None,
     ) -> None:
+        """One tick's counts. Given ``now``, the replicas of this tick are charged for the time
+        since the previous tick (the counts held over it, as far as a tick can tell)."""
         labels = key.split("/", 1)
+        if now is not None:
+            before = self._last.get(key)
+            self._last[key] = now
+            if before is not None and now > before:
+                dt = now - before
+                self.serving_seconds.labels(*labels).inc((ready + starting + draining) * dt)
+                self.suspended_seconds.labels(*labels).inc(suspended * dt)
+        self.suspended.labels(*labels).set(suspended)
         self.desired.labels(*labels).set(decision.desired)
         self.ready.labels(*labels).set(ready)
         self.starting.labels(*labels).set(starting)
@@ -51,6 +91,7 @@ class AutoscalerMetrics:
             self.kv_cache.labels(*labels).set(decision.kv_cache_usage)
 
     def forget(self, key: str) -> None:
+        self._last.pop(key, None)
         labels = tuple(key.split("/", 1))
         for g in self._all:
             with contextlib.suppress(KeyError):

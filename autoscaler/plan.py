@@ -14,10 +14,10 @@ No I/O, no clock, no logging.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from autoscaler.actuator import Phase, Replica
-from autoscaler.decide import Decision, Observation
+from autoscaler.decide import Decision, Observation, ReplicaLoad
 from torpor.bus import ActivatorStats, Endpoint, RevisionEndpoints
 
 
@@ -121,10 +121,46 @@ class Plan:
 
     take_back: tuple[str, ...] = ()  # draining replicas kept: their model is already loaded
     start: int = 0  # cold starts
-    stop: tuple[str, ...] = ()  # starting replicas given up: they hold no request
+    stop: tuple[str, ...] = ()  # starting replicas given up, suspended ones past their window
     drain: tuple[str, ...] = ()  # ready replicas to drain, and stop once they hold nothing
     held_back: str | None = None  # why starts the decision wants are not made
     republish: bool = False  # publish the endpoints (and failure) again even if unchanged
+    resume: tuple[str, ...] = ()  # suspended replicas to wake, before any cold start
+    suspend: tuple[str, ...] = ()  # idle ready replicas to freeze
+
+
+@dataclass(frozen=True, slots=True)
+class Suspension:
+    """The suspended tier's two windows (``AutoscalingSpec.suspend_after_s`` and
+    ``stop_suspended_after_s``) and when each ready replica last had work (``track_idle``)."""
+
+    after_s: float = 0.0  # 0: never suspend
+    stop_after_s: float = 300.0
+    idle_since: Mapping[str, float] = field(default_factory=dict)
+
+
+def suspended_load(replica_id: str) -> ReplicaLoad:
+    """How ``decide`` sees a suspended replica: ready and idle. It is capacity the revision has
+    (so ``decide`` neither cold-starts beside it nor wakes it on its window's memory of past
+    load) and it is not scraped: a frozen process would time the scrape out."""
+    return ReplicaLoad(replica_id, running=0.0, waiting=0.0)
+
+
+def track_idle(
+    previous: Mapping[str, float], obs: Observation, suspended: Collection[str], now: float
+) -> dict[str, float]:
+    """Since when each serving replica in ``obs.ready`` has had no work. A replica with work, or
+    whose scrape failed, is busy now; so is every replica while an activator holds, forwards or
+    has just accepted a request for the revision (its request may be on any of them). Suspended
+    replicas are left out: one that wakes starts a fresh idle window."""
+    busy_revision = obs.activator_queued > 0 or obs.activator_in_flight > 0 or obs.arrivals > 0
+    out: dict[str, float] = {}
+    for r in obs.ready:
+        if r.replica_id in suspended:
+            continue
+        busy = busy_revision or r.work is None or r.work > 0
+        out[r.replica_id] = now if busy else previous.get(r.replica_id, now)
+    return out
 
 
 def plan(
@@ -134,16 +170,42 @@ def plan(
     draining: Sequence[str],
     record: StartRecord,
     now: float,
+    suspension: Suspension | None = None,
 ) -> Plan:
     """Turn ``decision`` into replica-level steps.
 
-    ``obs`` is what the decision was made on (its ``ready`` loads name the serving replicas);
-    ``replicas`` are the actuator's non-failed replicas; ``draining`` the ones draining now, in
-    the order their drains began (the oldest is taken back first).
+    ``obs`` is what the decision was made on (its ``ready`` loads name the serving replicas, and
+    the suspended ones as ``suspended_load``); ``replicas`` are the actuator's non-failed
+    replicas; ``draining`` the ones draining now, in the order their drains began (the oldest is
+    taken back first).
+
+    Suspended replicas (``suspension``): ``decide`` counts them as idle capacity. They wake only
+    for work, never for the window's memory of past load: when a request is held and nothing
+    serves, or when the serving replicas are busy and ``decide`` wants more of them; a wake comes
+    before any cold start. They leave only by their own window (``stop_after_s`` frozen), and
+    only while ``decide`` wants fewer than the revision has: one that min-scale or the stable
+    window still counts on stays parked rather than be stopped and cold-started again. An idle
+    window (``after_s`` with no work) freezes a ready replica, never while there is work.
     """
     # Waiters held at zero get the reason at once instead of their timeout.
     republish = obs.poked and record.failed_reason is not None
     current = obs.current
+    sus = suspension or Suspension()
+    parked = sorted(
+        (r for r in replicas if r.phase is Phase.SUSPENDED),
+        key=lambda r: (-(r.suspended_at or 0.0), r.replica_id),  # the last one frozen first
+    )
+    parked_ids = {r.replica_id for r in parked}
+    serving_loads = [x for x in obs.ready if x.replica_id not in parked_ids]
+    serving_now = len(serving_loads) + obs.starting
+    held = obs.activator_queued > 0 or obs.poked
+    busy = any(x.work is None or x.work > 0 for x in serving_loads) or obs.activator_in_flight > 0
+    resume: tuple[str, ...] = ()
+    if parked and (held or busy):
+        short = decision.desired - serving_now
+        if held and serving_now == 0:
+            short = max(short, 1)
+        resume = tuple(r.replica_id for r in parked[: max(0, short)])
     if decision.desired > current:
         need = decision.desired - current
         # A replica still draining has a loaded model: take it back instead of a cold start.
@@ -158,7 +220,9 @@ def plan(
                 f" after {record.failures} failures"
             )
             need = 0
-        return Plan(take_back, need, held_back=held_back, republish=republish)
+        return Plan(take_back, need, held_back=held_back, republish=republish, resume=resume)
+    stop: tuple[str, ...] = ()
+    drain: tuple[str, ...] = ()
     if decision.desired < current:
         excess = current - decision.desired
         starting = [r for r in replicas if r.phase is Phase.STARTING]
@@ -167,13 +231,29 @@ def plan(
             r.replica_id for r in sorted(starting, key=lambda r: r.launched_at, reverse=True)
         )[:excess]
         excess -= len(stop)
+        # Then suspended ones past their window; the others absorb the excess where they stand.
+        staying = [r for r in parked if r.replica_id not in resume]
+        expired = tuple(
+            r.replica_id
+            for r in staying
+            if r.suspended_at is not None and now - r.suspended_at >= sus.stop_after_s
+        )[: max(0, excess)]
+        stop += expired
+        excess -= len(staying)
         # Then the ready one with the least work; one whose scrape failed is assumed busy.
         ready = sorted(
-            obs.ready, key=lambda x: (x.work is None, x.work if x.work is not None else 0.0)
+            serving_loads, key=lambda x: (x.work is None, x.work if x.work is not None else 0.0)
         )
         drain = tuple(x.replica_id for x in ready[: max(0, excess)])
-        return Plan(stop=stop, drain=drain, republish=republish)
-    return Plan(republish=republish)
+    suspend: tuple[str, ...] = ()
+    if sus.after_s > 0 and not (held or busy or resume):
+        suspend = tuple(
+            x.replica_id
+            for x in serving_loads
+            if x.replica_id not in drain
+            and now - sus.idle_since.get(x.replica_id, now) >= sus.after_s
+        )
+    return Plan(stop=stop, drain=drain, republish=republish, resume=resume, suspend=suspend)
 
 
 def announcement(
@@ -209,7 +289,9 @@ def publish_needed(
     return (last.endpoints, last.failure) != (message.endpoints, message.failure)
 
 
-def revision_state(record: StartRecord, ready: int, starting: int) -> tuple[str, str | None]:
+def revision_state(
+    record: StartRecord, ready: int, starting: int, suspended: int = 0
+) -> tuple[str, str | None]:
     """The state ``torpor status`` shows, and its reason."""
     if record.failed_reason is not None:
         return "failed", record.failed_reason
@@ -217,6 +299,8 @@ def revision_state(record: StartRecord, ready: int, starting: int) -> tuple[str,
         return "ready", None
     if starting:
         return "starting", record.last_error
+    if suspended:
+        return "suspended", None
     return "scaled-to-zero", record.last_error
 
 

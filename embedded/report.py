@@ -41,6 +41,7 @@ def status_document(
                     "ready_replicas": st.ready_replicas if st else 0,
                     "starting_replicas": st.starting_replicas if st else 0,
                     "draining_replicas": st.draining_replicas if st else 0,
+                    "suspended_replicas": st.suspended_replicas if st else 0,
                     "queued_requests": st.queued_requests if st else 0,
                     "in_flight_requests": st.in_flight_requests if st else 0,
                     "panic": st.panic if st else False,
@@ -96,7 +97,8 @@ def render_table(document: Mapping[str, Any]) -> str:
             "name": row["name"],
             "traffic": traffic,
             "state": row["state"] + (" (panic)" if row["panic"] else ""),
-            "ready": f"{row['ready_replicas']}/{row['desired_replicas']}",
+            "ready": f"{row['ready_replicas']}/{row['desired_replicas']}"
+            + (f" +{row['suspended_replicas']} suspended" if row.get("suspended_replicas") else ""),
             "queued_requests": str(row["queued_requests"]),
             "in_flight_requests": str(row["in_flight_requests"]),
             "cold": cold_text,
@@ -104,7 +106,11 @@ def render_table(document: Mapping[str, Any]) -> str:
         cells.append([values[key] for _, key in _COLUMNS])
         if row["reason"]:
             notes.append(f"  {row['name']}: {row['reason']}")
-        elif row.get("decision") and row["ready_replicas"] != row["desired_replicas"]:
+        elif (
+            row.get("decision")
+            and row["ready_replicas"] != row["desired_replicas"]
+            and not row.get("suspended_replicas")  # decide counts them: not scaling
+        ):
             # Scaling in progress: say why, in the autoscaler's words.
             notes.append(
                 f"  {row['name']}: scaling {row['ready_replicas']} -> {row['desired_replicas']}: "

@@ -78,6 +78,16 @@ class AutoscalingSpec:
     max_scale_down_rate: float = 2.0
     # KV-cache pressure guard: average vLLM kv_cache_usage_perc above this counts as a full replica.
     kv_cache_target: float = 0.8
+    # The suspended tier (issue 17): a ready replica that has had no work for ``suspend_after_s``
+    # is frozen in place (it keeps its memory, its model loaded, and on Kubernetes its GPU), and
+    # a frozen one is stopped after ``stop_suspended_after_s``; a request wakes it in
+    # milliseconds instead of a cold start. 0 turns suspension off, the default: a frozen
+    # replica saves CPU (or a GPU's compute), never memory, so parking every idle revision on a
+    # node would fill its memory with models nobody calls; a revision opts in where its memory is
+    # cheaper than its cold start. Suspended replicas leave only by their own window, not by the
+    # scale-to-zero of ``decide`` (which counts them as idle capacity).
+    suspend_after_s: float = 0.0
+    stop_suspended_after_s: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,9 +30,11 @@ class RevisionStatus:
     ready_replicas: int
     starting_replicas: int = 0
     draining_replicas: int = 0
+    # Frozen in place (issue 17): memory held, no CPU, no traffic; a request wakes one.
+    suspended_replicas: int = 0
     queued_requests: int = 0
     in_flight_requests: int = 0
-    # "ready", "scaled-to-zero", "starting", "failed"
+    # "ready", "scaled-to-zero", "starting", "suspended" (only suspended replicas), "failed"
     state: str = "scaled-to-zero"
     reason: str | None = None
     decision: str = ""  # why the autoscaler wants ``desired_replicas`` (its last decision)

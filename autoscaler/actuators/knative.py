@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from autoscaler.actuator import Replica
+from autoscaler.actuator import Replica, SuspendUnsupported
 from autoscaler.actuators.knative_errors import CONFLICT, NOT_FOUND, KubeError, NotLeader
 from autoscaler.actuators.knative_revision import is_placeholder, replicas_of
 from autoscaler.actuators.knative_victim import DELETION_COST, cost_decides, is_active
@@ -128,6 +128,23 @@ class KnativeActuator:
             else:
                 self._stopped.setdefault(ref.key, set()).add(replica_id)
         await self._scale_by(ref, -1)
+
+    async def suspend(self, revision: RevisionSpec, replica_id: str) -> None:
+        """Unsupported: Kubernetes has no suspended pod. A pod's containers cannot be frozen
+        through the API (the kubelet's cgroup freezer is not exposed; an ephemeral container
+        could SIGSTOP the process, but the pod would stay Ready in its EndpointSlice and keep
+        receiving Knative's probes, which would fail it). Even frozen, the pod keeps its node's
+        scheduling: its GPU and memory requests stay allocated in Kubernetes' accounting, so a
+        suspended pod saves compute, never capacity. The GPU form that fits is vLLM's sleep mode
+        inside a running pod (``POST /sleep?level=1``, ``/wake_up``, with
+        ``VLLM_SERVER_DEV_MODE=1``): the pod stays Ready and scheduled, its GPU memory is freed
+        for nothing else Kubernetes knows of. Until that is wired in, the loop, told this,
+        scales such revisions as without the tier: idle pods are drained and removed."""
+        raise SuspendUnsupported("the Knative actuator cannot suspend a pod (see its docstring)")
+
+    async def resume(self, revision: RevisionSpec, replica_id: str) -> None:
+        """Unsupported, as ``suspend``: no replica of this actuator is ever suspended."""
+        raise SuspendUnsupported("the Knative actuator has no suspended pods to resume")
 
     def replicas(self, revision: str) -> Sequence[Replica]:
         ref = RevisionRef.parse(revision)

@@ -6,6 +6,24 @@ process group so that stopping it also stops vLLM's engine-core child. Its stdou
 to ``home/logs/<namespace>/<revision>/<id>.log``, kept after it exits. It is READY once
 ``GET /health`` answers 200; if the process exits first
 (or at any time later) it is FAILED with its exit code and last log lines.
+
+``suspend`` freezes a ready replica with SIGSTOP to its whole process group (the runtime, vLLM's
+API server and its engine-core child, which share the group), ``resume`` sends SIGCONT and waits
+for ``/health``. What that saves is CPU: a frozen process is never scheduled (vLLM's engine core
+otherwise polls and its API server ticks even when idle). What it does not save is memory: the
+weights, the KV cache (``VLLM_CPU_KVCACHE_SPACE``) and the Python heaps stay resident, so a node
+holds as many suspended replicas as its memory holds running ones. The cgroup freezer would do
+the same without signals a process can observe (SIGCONT wakes ``SIGCHLD`` handlers in its
+parent); this machine's cgroup v1 freezer is writable, but moving a replica into its own cgroup
+needs its pid at launch, which the ``ReplicaHandle`` seam (and the warm pool behind it) does not
+give, so signals it is. Nothing else probes a frozen replica: the health check runs only until
+READY, and the loop never scrapes a suspended one.
+
+On a GPU, vLLM's own sleep mode would be the mechanism (``POST /sleep?level=1`` offloads weights
+to host memory and frees the GPU's; ``POST /wake_up`` restores them; both exist only when the
+server runs with ``VLLM_SERVER_DEV_MODE=1`` and ``--enable-sleep-mode``): ``SleepModeFreezer``
+below, selected with ``suspend_mode="vllm-sleep"``, prepared and untested here (vllm-cpu has no
+sleep mode, and this machine no GPU).
 """
 
 from __future__ import annotations
@@ -38,6 +56,7 @@ _LOG_TAIL_LINES = 20
 _HEALTH_POLL_S = 0.25
 _STARTUP_LINE_WAIT_S = 3.0
 _DRAIN_MARGIN_S = 3.0  # the runtime's drain ends this much before ``stop`` kills it
+_WAKE_TIMEOUT_S = 30.0  # a resumed replica that does not answer /health by then is FAILED
 # Where the shared manifests mount the models volume (the cache warmer's layout).
 MODELS_MOUNT = "/models"
 
@@ -197,6 +216,48 @@ def parse_startup_line(text: str, fallback: ColdStart) -> ColdStart | None:
     return replace(fallback, phases=report.phases, warm=report.warm)
 
 
+class Freezer(Protocol):
+    """How a replica is frozen and woken: the mechanism behind ``suspend`` and ``resume``."""
+
+    async def freeze(self, handle: ReplicaHandle, url: str) -> None: ...
+
+    async def thaw(self, handle: ReplicaHandle, url: str) -> None: ...
+
+
+class SignalFreezer:
+    """SIGSTOP / SIGCONT to the replica's process group: CPU freed, memory kept."""
+
+    async def freeze(self, handle: ReplicaHandle, url: str) -> None:
+        handle.signal(signal.SIGSTOP)
+
+    async def thaw(self, handle: ReplicaHandle, url: str) -> None:
+        handle.signal(signal.SIGCONT)
+
+
+class SleepModeFreezer:
+    """vLLM's sleep mode, for GPU replicas: level 1 moves the weights to host memory and frees
+    the GPU's memory (KV cache discarded); the process keeps running. The replica must run with
+    ``VLLM_SERVER_DEV_MODE=1`` and ``--enable-sleep-mode``. Prepared, not run on this CPU-only
+    machine (vllm-cpu has no sleep mode); ``benchmarks/gpu`` is where its wake time belongs."""
+
+    def __init__(self, client: httpx.AsyncClient, level: int = 1) -> None:
+        self._client = client
+        self._level = level
+
+    async def freeze(self, handle: ReplicaHandle, url: str) -> None:
+        response = await self._client.post(
+            f"{url}/sleep", params={"level": str(self._level)}, timeout=60.0
+        )
+        response.raise_for_status()
+
+    async def thaw(self, handle: ReplicaHandle, url: str) -> None:
+        response = await self._client.post(f"{url}/wake_up", timeout=120.0)
+        response.raise_for_status()
+
+
+SUSPEND_MODES = ("signals", "vllm-sleep")
+
+
 @dataclass(slots=True)
 class _Proc:
     replica: Replica
@@ -218,7 +279,11 @@ class LocalActuator:
         launcher: Launcher | None = None,
         command: Sequence[str] | None = None,
         clock: Callable[[], float] = time.time,
+        suspend_mode: str = "signals",
+        wake_timeout_s: float = _WAKE_TIMEOUT_S,
     ) -> None:
+        if suspend_mode not in SUSPEND_MODES:
+            raise ValueError(f"suspend_mode must be one of {SUSPEND_MODES}, not {suspend_mode!r}")
         self._home = Path(home)
         self._host = host
         self._ready_timeout_s = ready_timeout_s
@@ -232,6 +297,10 @@ class LocalActuator:
         # reach a replica that ``_stop`` has already taken out of ``_procs``.
         self._groups: dict[str, ReplicaHandle] = {}
         self._client = httpx.AsyncClient(timeout=1.0)
+        self._freezer: Freezer = (
+            SleepModeFreezer(self._client) if suspend_mode == "vllm-sleep" else SignalFreezer()
+        )
+        self._wake_timeout_s = wake_timeout_s
         self._closed = False
         self._abandoned: set[asyncio.Task[None]] = set()  # supervisors of interrupted stops
 
@@ -349,6 +418,8 @@ class LocalActuator:
         proc.stopping = True
         if proc.handle is not None and proc.handle.returncode is None:
             proc.handle.signal(signal.SIGTERM)
+            # A suspended replica handles the SIGTERM (pending meanwhile) once continued.
+            proc.handle.signal(signal.SIGCONT)
             try:
                 async with asyncio.timeout(self._stop_timeout_s):
                     await proc.handle.wait()
@@ -375,6 +446,50 @@ class LocalActuator:
             with contextlib.suppress(asyncio.CancelledError):
                 await proc.task
         log.info("replica %s of %s stopped", replica_id, key)
+
+    def _proc(self, key: str, replica_id: str, phase: Phase) -> tuple[_Proc, ReplicaHandle, str]:
+        proc = self._procs.get(key, {}).get(replica_id)
+        if proc is None:
+            raise LookupError(f"no replica {replica_id} of {key}")
+        if proc.replica.phase is not phase or proc.handle is None or proc.replica.url is None:
+            raise ValueError(f"replica {replica_id} is {proc.replica.phase}, not {phase}")
+        return proc, proc.handle, proc.replica.url
+
+    async def suspend(self, revision: RevisionSpec, replica_id: str) -> None:
+        proc, handle, url = self._proc(revision.ref.key, replica_id, Phase.READY)
+        await self._freezer.freeze(handle, url)
+        proc.replica = replace(proc.replica, phase=Phase.SUSPENDED, suspended_at=self._clock())
+        log.info("replica %s suspended", replica_id)
+
+    async def resume(self, revision: RevisionSpec, replica_id: str) -> None:
+        proc, handle, url = self._proc(revision.ref.key, replica_id, Phase.SUSPENDED)
+        started = time.monotonic()
+        try:
+            await self._freezer.thaw(handle, url)
+            awake = await self._answers(url, self._wake_timeout_s)
+        except Exception as e:
+            awake, error = False, f"{type(e).__name__}: {e}"
+        else:
+            error = f"no answer on /health {self._wake_timeout_s:g}s after waking"
+        if proc.replica.phase is not Phase.SUSPENDED:
+            return  # it exited meanwhile: the supervisor has said so
+        if not awake:
+            proc.replica = replace(proc.replica, phase=Phase.FAILED, error=error)
+            log.warning("replica %s did not wake: %s", replica_id, error)
+            return
+        proc.replica = replace(proc.replica, phase=Phase.READY, suspended_at=None)
+        log.info("replica %s woke in %.3fs", replica_id, time.monotonic() - started)
+
+    async def _answers(self, url: str, timeout_s: float) -> bool:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                if (await self._client.get(url + "/health")).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.005)
+        return False
 
     def replicas(self, revision: str) -> Sequence[Replica]:
         return [p.replica for p in self._procs.get(revision, {}).values()]

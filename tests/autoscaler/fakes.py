@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
-from autoscaler.actuator import Phase, Replica
+from autoscaler.actuator import Phase, Replica, SuspendUnsupported
 from autoscaler.decide import ReplicaLoad
 from torpor.spec import (
     AutoscalingSpec,
@@ -49,8 +49,12 @@ class FakeActuator:
 
     def __init__(self) -> None:
         self.live: dict[str, dict[str, Replica]] = {}
-        self.calls: list[tuple[str, str]] = []  # ("start"|"stop"|"forget", revision or id)
+        # ("start"|"stop"|"forget"|"suspend"|"resume", revision or id)
+        self.calls: list[tuple[str, str]] = []
         self._ids = itertools.count(1)
+        self.now = 0.0  # what ``suspended_at`` reads: the test's clock
+        self.suspend_unsupported = False
+        self.wake_fails = False
 
     async def start(self, revision: RevisionSpec, count: int) -> None:
         for _ in range(count):
@@ -63,6 +67,27 @@ class FakeActuator:
     async def stop(self, revision: RevisionSpec, replica_id: str) -> None:
         self.live.get(revision.ref.key, {}).pop(replica_id, None)
         self.calls.append(("stop", replica_id))
+
+    async def suspend(self, revision: RevisionSpec, replica_id: str) -> None:
+        if self.suspend_unsupported:
+            raise SuspendUnsupported("fake: no suspended state")
+        replicas = self.live[revision.ref.key]
+        replicas[replica_id] = replace(
+            replicas[replica_id], phase=Phase.SUSPENDED, suspended_at=self.now
+        )
+        self.calls.append(("suspend", replica_id))
+
+    async def resume(self, revision: RevisionSpec, replica_id: str) -> None:
+        replicas = self.live[revision.ref.key]
+        if self.wake_fails:
+            replicas[replica_id] = replace(
+                replicas[replica_id], phase=Phase.FAILED, error="did not wake"
+            )
+        else:
+            replicas[replica_id] = replace(
+                replicas[replica_id], phase=Phase.READY, suspended_at=None
+            )
+        self.calls.append(("resume", replica_id))
 
     def replicas(self, revision: str) -> Sequence[Replica]:
         return list(self.live.get(revision, {}).values())

@@ -32,6 +32,7 @@ WINDOW_MAX_S = 3600.0
 TARGET_MIN = 0.01
 MAX_INT32 = 2**31 - 1
 MAX_QUEUE_DEPTH = 100_000
+SUSPENDED_MAX_S = 86400.0  # a day: longer parks a replica's memory past any idle pattern
 
 # Knative's kebab-case names first, then the camelCase spellings it still accepts.
 _ALIASES: dict[str, tuple[str, ...]] = {
@@ -55,6 +56,8 @@ TORPOR_KEYS = frozenset(
         "kv-cache-target",
         "queue-depth",
         "api-keys-secret",
+        "suspend-after",
+        "stop-suspended-after",
     }
 )
 
@@ -267,6 +270,11 @@ def parse_template_annotations(
     down_rate = r.number("max-scale-down-rate", prefix=TORPOR, low=1, low_open=True)
     kv_target = r.number("kv-cache-target", prefix=TORPOR, low=0, high=1, low_open=True)
     queue_depth = r.int32("queue-depth", prefix=TORPOR, low=1, high=MAX_QUEUE_DEPTH)
+    # Suspended replicas (AutoscalingSpec.suspend_after_s): off unless asked for.
+    suspend_after = r.duration("suspend-after", prefix=TORPOR)
+    stop_suspended = r.duration(
+        "stop-suspended-after", prefix=TORPOR, low=1.0, high=SUSPENDED_MAX_S
+    )
     secret = r.get("api-keys-secret", prefix=TORPOR)
     if secret is not None:
         check_dns1123_subdomain(secret[1], r.field(secret[0]))
@@ -292,6 +300,8 @@ def parse_template_annotations(
         max_scale_up_rate=pick(up_rate, defaults.max_scale_up_rate),
         max_scale_down_rate=pick(down_rate, defaults.max_scale_down_rate),
         kv_cache_target=pick(kv_target, defaults.kv_cache_target),
+        suspend_after_s=pick(suspend_after, defaults.suspend_after_s),
+        stop_suspended_after_s=pick(stop_suspended, defaults.stop_suspended_after_s),
     )
     return TemplateAnnotations(
         autoscaling=spec,
