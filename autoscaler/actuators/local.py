@@ -92,7 +92,7 @@ def local_model_path(model: str, home: Path) -> str:
     """
     for prefix in (MODELS_MOUNT, "file://" + MODELS_MOUNT):
         if model == prefix or model.startswith(prefix + "/"):
-            return str(home / "models") + model[len(prefix):]
+            return str(home / "models") + model[len(prefix) :]
     return model
 
 
@@ -281,7 +281,10 @@ class LocalActuator:
         clock: Callable[[], float] = time.time,
         suspend_mode: str = "signals",
         wake_timeout_s: float = _WAKE_TIMEOUT_S,
+        freezer: Freezer | None = None,
     ) -> None:
+        """``suspend_mode``: ``signals`` (SIGSTOP/SIGCONT, CPU) or ``vllm-sleep`` (GPU, vLLM's
+        sleep mode); ``freezer`` overrides it with any other mechanism."""
         if suspend_mode not in SUSPEND_MODES:
             raise ValueError(f"suspend_mode must be one of {SUSPEND_MODES}, not {suspend_mode!r}")
         self._home = Path(home)
@@ -297,7 +300,7 @@ class LocalActuator:
         # reach a replica that ``_stop`` has already taken out of ``_procs``.
         self._groups: dict[str, ReplicaHandle] = {}
         self._client = httpx.AsyncClient(timeout=1.0)
-        self._freezer: Freezer = (
+        self._freezer: Freezer = freezer or (
             SleepModeFreezer(self._client) if suspend_mode == "vllm-sleep" else SignalFreezer()
         )
         self._wake_timeout_s = wake_timeout_s

@@ -153,6 +153,8 @@ def test_defaults() -> None:
     assert m.template.timeout_s == DEFAULT_TIMEOUT_S
     assert m.template.queue_depth == DEFAULT_QUEUE_DEPTH
     assert m.template.runtime.container_port == 8080
+    # The suspended tier is opt-in (torpor.spec.AutoscalingSpec.suspend_after_s says why).
+    assert m.template.autoscaling.suspend_after_s == 0.0
     assert m.template.runtime.served_model_name is None
     assert m.template.runtime.engine_args == ("--max-model-len=512",)
     assert m.source == "test.yaml"
@@ -293,6 +295,8 @@ def test_every_annotation_lands_in_the_spec() -> None:
             "torpor.dev/kv-cache-target": "0.9",
             "torpor.dev/queue-depth": "32",
             "torpor.dev/api-keys-secret": "chat-keys",
+            "torpor.dev/suspend-after": "20s",
+            "torpor.dev/stop-suspended-after": "10m",
             "example.com/unrelated": "ignored",
         },
     )
@@ -315,6 +319,8 @@ def test_every_annotation_lands_in_the_spec() -> None:
         max_scale_up_rate=10.0,
         max_scale_down_rate=4.0,
         kv_cache_target=0.9,
+        suspend_after_s=20.0,
+        stop_suspended_after_s=600.0,
     )
     assert t.queue_depth == 32
     assert t.api_keys_secret == "chat-keys"
@@ -396,6 +402,11 @@ def test_min_scale_above_unbounded_max_is_fine() -> None:
         ("torpor.dev/queue-depth", "100001"),
         ("torpor.dev/scale-to-zero-grace-period", "2h"),
         ("torpor.dev/api-keys-secret", "Not_A_Name"),
+        ("torpor.dev/suspend-after", "-1s"),
+        ("torpor.dev/suspend-after", "2h"),
+        ("torpor.dev/suspend-after", "10"),
+        ("torpor.dev/stop-suspended-after", "0s"),
+        ("torpor.dev/stop-suspended-after", "25h"),
         ("torpor.dev/min-scale", "1"),
     ],
 )
