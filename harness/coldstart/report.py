@@ -41,10 +41,12 @@ CLOCKS = {
     "runtime_warm": "standby assignment",
     "torpor_plain": "request sent to the activator, revision at zero, warm pool 0",
     "torpor_warm": "request sent to the activator, revision at zero, a ready standby in the pool",
+    "torpor_suspended": "request sent to the activator, the revision's only replica suspended",
 }
 TARGETS = (
     ("torpor_plain", 1.05, "(b) plain through the activator"),
     ("torpor_warm", 0.2, "(c) warm pool through the activator"),
+    ("torpor_suspended", 0.02, "(d) suspended replica woken through the activator (issue 17)"),
 )
 
 

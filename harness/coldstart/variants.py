@@ -302,12 +302,32 @@ async def torpor_warm(ctx: Context, run: int) -> RunResult:
     return await _torpor(ctx, "torpor_warm", run, warm_pool=1)
 
 
+async def torpor_suspended(ctx: Context, run: int) -> RunResult:
+    """A request at a revision whose only replica is suspended (issue 17), to its first token:
+    a fresh ``torpor up``, tiny-chat with ``torpor.dev/suspend-after: 3s`` cold-started by one
+    request, left idle until ``torpor status`` shows it suspended, then the request timed. The
+    wake is the autoscaler's poke, SIGCONT to the replica's process group, /health, publishing."""
+    from harness.coldstart.suspended import suspended_first_token
+
+    assert ctx.home is not None
+    platform = await asyncio.to_thread(
+        Platform.start, ctx.home, extra=("--warm-pool", "0"), timeout_s=120
+    )
+    try:
+        wake, _ = await suspended_first_token(platform, ctx.work, first_token)
+    finally:
+        await asyncio.to_thread(platform.stop)
+        await asyncio.sleep(1)
+    return RunResult("torpor_suspended", run, round(wake, 4), round(wake, 4), {})
+
+
 VARIANTS: dict[str, Callable[[Context, int], Awaitable[RunResult]]] = {
     "bare_vllm": bare_vllm,
     "runtime_plain": runtime_plain,
     "runtime_warm": runtime_warm,
     "torpor_plain": torpor_plain,
     "torpor_warm": torpor_warm,
+    "torpor_suspended": torpor_suspended,
 }
 
 
