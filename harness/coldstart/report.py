@@ -70,7 +70,9 @@ def write_markdown(
     for v, row in summary.items():
 
         def cell(k: str, row: dict[str, float] = row) -> str:
-            return f"{row[k]:.2f}" if k in row else "-"
+            if k not in row:
+                return "-"
+            return f"{row[k]:.3f}" if abs(row[k]) < 0.1 else f"{row[k]:.2f}"  # a wake's scale
 
         lines.append(
             f"| {v} | {cell('first_token_s')} | {cell('ratio_to_bare')} | "
@@ -90,6 +92,19 @@ def write_markdown(
         "autoscaler's share (request to the replica's launch); `ready` is when the platform saw "
         "/health 200; `ready → first token` is the rest (readiness reaching the activator, "
         "proxying, the token).",
+    ]
+    if "torpor_suspended" in summary:
+        lines += [
+            "",
+            "torpor_suspended deploys tiny-chat with `torpor.dev/suspend-after: 3s` instead "
+            "(`harness/coldstart/suspended.py`), cold-starts it with one request (warm pool 0), "
+            "waits until `torpor status` shows it `suspended` (its replica's process group "
+            "SIGSTOPped, withdrawn from the endpoints) and 1 s more, then times one streamed "
+            "request: the activator holds it and pokes, the autoscaler sends SIGCONT and sees "
+            "/health 200, publishes the replica, the activator releases the request. Its "
+            "`ready` is that request's first token (the platform's wake is inside it). What it "
+            "costs meanwhile: the replica's memory, none of its CPU "
+            "(`tests/e2e/test_suspend.py` checks utime+stime from /proc).",
     ]
     base = summary.get("bare_vllm", {}).get("first_token_s")
     if base:
