@@ -19,6 +19,8 @@ Suspended replicas (issue 17) are never scraped or published: ``decide`` sees th
 capacity (``plan.suspended_load``), ``plan`` says when to freeze and wake them. A replica is taken
 out of the endpoints before it is frozen, and frozen only if it is still idle then; a wake runs
 inside the tick, so it is single-flight per revision, and the woken replica is published at once.
+An activator that had not yet heard of the withdrawal (bus latency, milliseconds) may still send
+a request to the frozen replica: its in-flight count wakes the replica on the next tick.
 """
 
 from __future__ import annotations
