@@ -106,17 +106,21 @@ def _wait_for(client: ControlClient, service: str, pred: str, timeout_s: float) 
 
 
 def _shown(path: Path) -> str:
-    """A path as the person who ran the demo would type it: relative to where they are."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    """A path as the person who ran the demo would type it: relative to where they are, or
+    under ``~``."""
+    resolved = path.resolve()
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        try:
+            return prefix + str(resolved.relative_to(base))
+        except ValueError:
+            continue
+    return str(path)
 
 
 def run_demo(*, home: Path, manifest: Path, port: int, control_port: int) -> int:
     state = StateDir(home).ensure()
     model_dir = state.models / "tiny-llama"
-    _step(f"Making the tiny Llama in {model_dir} (torpor models make-tiny)")
+    _step(f"Making the tiny Llama in {_shown(model_dir)} (torpor models make-tiny)")
     from runtime.tinymodel import make_tiny_llama
 
     make_tiny_llama(model_dir)
@@ -130,7 +134,7 @@ def run_demo(*, home: Path, manifest: Path, port: int, control_port: int) -> int
     finally:
         _step("Stopping the platform (SIGTERM to torpor up)")
         code = stop_up(up, timeout_s=60)
-        print(f"   torpor up exited with code {code}; its log is {log_path}", flush=True)
+        print(f"   torpor up exited with code {code}; its log is {_shown(log_path)}", flush=True)
 
 
 def _tour(client: ControlClient, manifest: Path, port: int) -> int:
