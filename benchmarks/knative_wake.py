@@ -50,7 +50,7 @@ import httpx
 from autoscaler.actuator import Phase, Replica
 from autoscaler.actuators.knative_demand import DemandConfig, knative_demand
 from autoscaler.loop import Autoscaler, LoopConfig
-from harness.knative_activator import FakeKnativeActivator
+from harness.knative_activator import ActivatorSlices, FakeKnativeActivator
 from harness.manifests import TINY_CHAT
 from torpor.bus import MemoryBus, Poked
 from torpor.manifest import apply_manifest, parse_service
@@ -96,23 +96,6 @@ class RecordingActuator:
     async def aclose(self) -> None:
         self._replicas.clear()
 
-
-class ActivatorSlices:
-    """The imitated API server: ``activator-service``'s EndpointSlices name the harness's port."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-
-    async def list(self, resource: Any, *, label_selector: str | None = None) -> dict[str, Any]:
-        return {
-            "items": [
-                {
-                    "metadata": {"namespace": "knative-serving", "name": "activator-service-x"},
-                    "ports": [{"name": "http-metrics", "port": self.port}],
-                    "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
-                }
-            ]
-        }
 
 
 def _service() -> ServiceSpec:

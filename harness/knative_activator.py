@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Literal
+from typing import Any, Literal
 
 SCOPE = (
     'otel_scope_name="knative.dev/serving/pkg/activator",'
@@ -150,3 +150,22 @@ class FakeKnativeActivator:
                         f'k8s_namespace_name="{ns}",kn_revision_name="{rev}",{SCOPE}}} {value}'
                     )
         return "\n".join(lines) + "\n"
+
+
+class ActivatorSlices:
+    """The imitated API server's answer for ``activator-service``'s EndpointSlices: one ready
+    endpoint, this harness's address and metrics port (``knative_demand.SliceLister``)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def list(self, resource: Any, *, label_selector: str | None = None) -> dict[str, Any]:
+        return {
+            "items": [
+                {
+                    "metadata": {"namespace": "knative-serving", "name": "activator-service-x"},
+                    "ports": [{"name": "http-metrics", "port": self.port}],
+                    "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+                }
+            ]
+        }

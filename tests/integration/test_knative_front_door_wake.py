@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
 
 from autoscaler.actuators.knative_demand import DemandConfig, knative_demand
 from autoscaler.loop import Autoscaler, LoopConfig
-from harness.knative_activator import FakeKnativeActivator
+from harness.knative_activator import ActivatorSlices, FakeKnativeActivator
 from tests.autoscaler.fakes import FakeActuator, eventually, revision, service
 from torpor.bus import BusEvent, MemoryBus, Poked
 from torpor.spec import RevisionSpec
@@ -47,23 +46,6 @@ class RecordingActuator(FakeActuator):
         self.starts.append((revision.ref.key, count, time.monotonic()))
         await super().start(revision, count)
 
-
-class ActivatorSlices:
-    """The API server's answer for ``activator-service``'s EndpointSlices: the harness's port."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-
-    async def list(self, resource: Any, *, label_selector: str | None = None) -> dict[str, Any]:
-        return {
-            "items": [
-                {
-                    "metadata": {"namespace": "knative-serving", "name": "activator-service-x"},
-                    "ports": [{"name": "http-metrics", "port": self.port}],
-                    "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
-                }
-            ]
-        }
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
 import pytest
@@ -23,7 +23,7 @@ from autoscaler.actuators.knative_demand import (
     HttpMetricsFetcher,
     knative_demand,
 )
-from harness.knative_activator import FakeKnativeActivator
+from harness.knative_activator import ActivatorSlices, FakeKnativeActivator
 from tests.autoscaler.fakes import eventually, revision, service
 from torpor.bus import MemoryBus, Poked
 
@@ -114,23 +114,6 @@ async def test_a_request_held_by_knatives_activator_wakes_torpors_revision(
             await asyncio.gather(polling, return_exceptions=True)
             await fetcher.aclose()
 
-
-class ActivatorSlices:
-    """The API server's answer for ``activator-service``'s EndpointSlices: the harness's port."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-
-    async def list(self, resource: Any, *, label_selector: str | None = None) -> dict[str, Any]:
-        return {
-            "items": [
-                {
-                    "metadata": {"namespace": "knative-serving", "name": "activator-service-x"},
-                    "ports": [{"name": "http-metrics", "port": self.port}],
-                    "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
-                }
-            ]
-        }
 
 
 async def test_the_wiring_pokes_torpors_revision_and_publishes_its_load_on_the_bus(
