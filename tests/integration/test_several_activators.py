@@ -8,7 +8,6 @@ activator wakes the autoscaler, endpoint updates reach both, stats from both add
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +18,7 @@ import pytest
 
 from autoscaler.actuators.local import LocalActuator
 from autoscaler.loop import Autoscaler
-from harness.ports import free_port
+from harness.activators import activators as start_activators
 from harness.redis_server import RedisServer
 from torpor.bus.redis import RedisBus
 from torpor.manifest import apply_manifest, parse_service
@@ -32,48 +31,10 @@ KEY = "default/tiny-chat-00001"
 pytestmark = pytest.mark.redis
 
 
-def _activator(url: str, ident: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = tmp_path / f"{ident}.log"
-    with log.open("wb") as f:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "activator",
-                "--bus",
-                url,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--id",
-                ident,
-            ],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError(f"activator {ident} did not start: {log.read_text()}")
-
-
 @pytest.fixture
 def activators(redis_server: RedisServer, tmp_path: Path) -> Iterator[list[str]]:
-    procs = [_activator(redis_server.url, f"act-{i}", tmp_path) for i in (1, 2)]
-    try:
-        yield [base for _, base in procs]
-    finally:
-        for proc, _ in procs:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with start_activators(redis_server.url, tmp_path) as bases:
+        yield bases
 
 
 @pytest.fixture

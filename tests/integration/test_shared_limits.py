@@ -9,8 +9,6 @@ together, and each activator holds 1 and refuses the next (without the share: 4 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.ports import free_port
+from harness.activators import activators
 from harness.redis_server import RedisServer
 from tests.activator.conftest import Upstream, endpoints, revision, serve, service
 from torpor.bus.redis import RedisBus
@@ -28,39 +26,10 @@ KEY = "default/chat-00001"
 pytestmark = pytest.mark.redis
 
 
-def _start(url: str, ident: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = tmp_path / f"{ident}.log"
-    with log.open("wb") as f:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "activator", "--bus", url, "--host", "127.0.0.1"),
-                *("--port", str(port), "--id", ident),
-            ],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError(f"activator {ident} did not start: {log.read_text()}")
-
-
 @pytest.fixture
 def two_activators(redis_server: RedisServer, tmp_path: Path) -> Iterator[list[str]]:
-    procs = [_start(redis_server.url, f"act-{i}", tmp_path) for i in (1, 2)]
-    try:
-        yield [base for _, base in procs]
-    finally:
-        for proc, _ in procs:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with activators(redis_server.url, tmp_path) as bases:
+        yield bases
 
 
 async def _until(check: object, timeout_s: float = 15.0) -> None:
