@@ -32,8 +32,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from harness.trace.azure import TraceRequest, read_trace, split
 from harness.trace.kpa import KpaConfig
 from harness.trace.policies import KpaPolicy, Policy, TorporPolicy

@@ -25,15 +25,12 @@ import argparse
 import asyncio
 import json
 import random
-import sys
 import tempfile
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 from autoscaler_trace import PARAMS, RESULTS, load_replica, summarise

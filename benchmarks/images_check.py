@@ -23,7 +23,7 @@ host as their bus (the ConfigMap's bus host name resolves to the host through /e
 no Kubernetes API server here: the autoscaler gets kubelet's ``KUBERNETES_SERVICE_*`` variables
 and a service account token (in-cluster configuration, as in a pod), first pointing at an address
 where nothing listens (this records what it does), then at the controller tests' API server
-emulator (tests/autoscaler/actuators/kube_emulator.py) served over TLS there, whose Lease shows
+emulator (harness/kube_emulator.py) served over TLS there, whose Lease shows
 which pod leads.
 
 The runtime pod as tiny-chat.yaml has it gets the container runtimes' 64 MiB /dev/shm, where vLLM's
@@ -62,10 +62,9 @@ from typing import Any
 import httpx
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from runtime.tinymodel import make_tiny_llama
 
-from runtime.tinymodel import make_tiny_llama  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "benchmarks" / "results"
 NETNS = "torpor-imgchk"
@@ -581,12 +580,12 @@ def autoscaler_pod(name: str, ca_pem: str) -> PodSpec:
 
 @contextlib.contextmanager
 def kube_api_over_tls(work: Path) -> Iterator[Callable[[], str | None]]:
-    """tests/autoscaler/actuators/kube_emulator.py (the controller tests' API server emulator,
+    """harness/kube_emulator.py (the controller tests' API server emulator,
     real wire format, no Knative controllers behind it) served over TLS on KUBE_PORT, in a thread
     of its own; yields a function reading the autoscaler Lease's holder."""
     from aiohttp import web
 
-    from tests.autoscaler.actuators.kube_emulator import KubeEmulator
+    from harness.kube_emulator import KubeEmulator
 
     emulator = KubeEmulator()
     loop = asyncio.new_event_loop()

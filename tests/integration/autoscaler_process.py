@@ -1,6 +1,6 @@
 """``python -m autoscaler`` as a child process, reaching the API emulator through a kubeconfig.
 
-The emulator (tests/autoscaler/actuators/kube_emulator.py) is a test harness imitating a cluster;
+The emulator (harness/kube_emulator.py) is a test harness imitating a cluster;
 each process gets its own address on it (``KubeEmulator.listen()``), so a test can tell its
 requests apart. Lease settings are short, so a takeover happens within seconds.
 """

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tests.autoscaler.actuators.kube_emulator import KubeEmulator
+from harness.kube_emulator import KubeEmulator
 
 Json = dict[str, Any]
 PA = "apis/autoscaling.internal.knative.dev/v1alpha1"

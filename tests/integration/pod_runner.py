@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from tests.autoscaler.actuators.kube_emulator import KubeEmulator
+from harness.kube_emulator import KubeEmulator
 
 Json = dict[str, Any]
 GRACE_S = 30.0

@@ -1,7 +1,7 @@
 """Two ``python -m autoscaler`` processes, one Lease: exactly one acts.
 
 Real parts: both autoscalers are the real entry point in their own processes, reaching the
-Kubernetes API emulator (tests/autoscaler/actuators/kube_emulator.py, a test harness imitating a
+Kubernetes API emulator (harness/kube_emulator.py, a test harness imitating a
 cluster) over HTTP through a kubeconfig, and a real ``redis-server`` as the bus. Each process has
 its own address on the emulator and its own TCP tap in front of redis, so what each one writes
 to either is known. The test plays Knative (it creates the revision's objects), the kubelet (it
@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
+from harness.kube_emulator import KubeEmulator
 from tests.autoscaler.actuators.knative_world import APPS, COORD, NS, eventually, seed_revision
-from tests.autoscaler.actuators.kube_emulator import KubeEmulator
 from tests.fixtures.redis_server import RedisServer
 from tests.integration.autoscaler_process import AutoscalerProcess
 from torpor.bus import EndpointsChanged, ServicesChanged

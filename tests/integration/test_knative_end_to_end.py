@@ -4,7 +4,7 @@ Everything torpor runs is real and in its own process: ``python -m autoscaler`` 
 controller, actuator and loop), ``python -m activator``, ``python -m runtime serve`` replicas of
 the tiny Llama on vLLM's CPU build, a real ``redis-server`` as the bus, and the official ``openai``
 client. The cluster is imitated by test harnesses: the API emulator
-(tests/autoscaler/actuators/kube_emulator.py, with its ReplicaSet), Knative Serving's object
+(harness/kube_emulator.py, with its ReplicaSet), Knative Serving's object
 creation (``knative_serving``) and the kubelet (``pod_runner``, which turns pods into runtime
 processes on loopback addresses).
 
@@ -29,10 +29,10 @@ import pytest
 from openai import AsyncOpenAI
 
 from autoscaler.actuators.knative_status import condition
+from harness.kube_emulator import KubeEmulator
 from harness.manifests import TINY_CHAT
 from harness.ports import free_port
 from tests.autoscaler.actuators.knative_world import APPS, PA, eventually
-from tests.autoscaler.actuators.kube_emulator import KubeEmulator
 from tests.fixtures.redis_server import RedisServer
 from tests.integration.autoscaler_process import AutoscalerProcess
 from tests.integration.knative_serving import apply_service

@@ -19,10 +19,9 @@ from autoscaler.actuators.knative_kube import Kube
 from autoscaler.actuators.knative_lease import LeaseConfig
 from autoscaler.actuators.knative_status import condition
 from autoscaler.actuators.knative_watch import Backoff
+from harness.kube_emulator import KubeEmulator
 from torpor.bus.memory import MemoryBus
 from torpor.spec import RevisionSpec, ServiceSpec
-
-from .kube_emulator import KubeEmulator
 
 PA = "apis/autoscaling.internal.knative.dev/v1alpha1"
 SKS = "apis/networking.internal.knative.dev/v1alpha1"

@@ -1,6 +1,6 @@
 """The Knative controller and actuator against an API server emulator speaking the real wire format.
 
-The official ``kubernetes`` client talks HTTP to ``KubeEmulator`` (tests/autoscaler/actuators/
+The official ``kubernetes`` client talks HTTP to ``KubeEmulator`` (harness/
 kube_emulator.py); nothing in the controller is patched. The emulator plays Knative's and
 Kubernetes' other controllers by hand: the test creates the PA, Revision and Deployment Knative
 would create, and the pods and EndpointSlices the ReplicaSet and endpoint controllers would.
@@ -25,6 +25,7 @@ from autoscaler.actuators.knative_status import condition
 from autoscaler.actuators.knative_watch import Backoff
 from autoscaler.decide import ReplicaLoad
 from autoscaler.loop import Autoscaler
+from harness.kube_emulator import KubeEmulator
 from torpor.bus.base import ActivatorStats
 from torpor.bus.memory import MemoryBus
 
@@ -50,7 +51,6 @@ from .knative_world import (
     seed_revision,
     spec_of,
 )
-from .kube_emulator import KubeEmulator
 
 __all__ = ["actuator", "bus", "controller", "emulator"]  # fixtures
 

@@ -16,6 +16,7 @@ import httpx
 from autoscaler.actuator import Phase
 from autoscaler.actuators.knative import KnativeActuator
 from autoscaler.actuators.knative_controller import KnativeController
+from harness.kube_emulator import KubeEmulator
 from torpor.bus.memory import MemoryBus
 
 from .knative_world import (
@@ -32,7 +33,6 @@ from .knative_world import (
     seed_revision,
     spec_of,
 )
-from .kube_emulator import KubeEmulator
 
 __all__ = ["actuator", "bus", "controller", "emulator"]  # fixtures
 

@@ -12,6 +12,7 @@ import pytest
 from autoscaler.actuators import knative_controller
 from autoscaler.actuators.knative_controller import KnativeController
 from autoscaler.actuators.knative_kube import Kube
+from harness.kube_emulator import KubeEmulator
 from torpor.bus.memory import MemoryBus
 
 from .knative_world import (
@@ -26,7 +27,6 @@ from .knative_world import (
     seed_pod,
     seed_revision,
 )
-from .kube_emulator import KubeEmulator
 
 __all__ = ["bus", "emulator"]  # fixtures
 

@@ -588,10 +588,10 @@ class KubeEmulator:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    event = await watcher.queue.get()
-                    if event is None:
+                    queued = await watcher.queue.get()
+                    if queued is None:
                         break
-                    await send(event)
+                    await send(queued)
         except (TimeoutError, ConnectionResetError):
             pass
         finally:
