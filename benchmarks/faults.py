@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.faults.scenario import Plan, run_faults
+from harness.faults.scenario import FaultRun, Plan, run_faults
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -140,8 +140,14 @@ async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="torpor-faults-") as tmp:
         home = Path(tmp) / "home"
         make_tiny_llama(home / "models" / "tiny-llama")
-        run = await run_faults(home, Path(tmp), plan)
+        run = FaultRun()
+        failure = None
+        try:
+            await run_faults(home, Path(tmp), plan, run)
+        except Exception as exc:  # a broken run still reports what it saw
+            failure = f"{type(exc).__name__}: {exc}"
         report = run.report()
+        report["run_failed"] = failure
     seconds = time.monotonic() - started
     command = "flock /tmp/torpor-vllm.lock .venv/bin/python benchmarks/faults.py " + " ".join(
         sys.argv[1:]
@@ -152,7 +158,7 @@ async def main() -> int:
     (args.out / "faults.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "faults.md").write_text(markdown(report, plan, seconds, command.strip()))
     print(markdown(report, plan, seconds, command.strip()))
-    return 1 if report["lost"] or report["raw_engine_500s"] else 0
+    return 1 if report["lost"] or report["raw_engine_500s"] or failure else 0
 
 
 if __name__ == "__main__":

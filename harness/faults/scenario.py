@@ -239,8 +239,9 @@ async def _await_scale_down(control: Control, service: str, timeout_s: float) ->
     return False
 
 
-async def run_faults(home: Path, tmp: Path, plan: Plan) -> FaultRun:
-    run = FaultRun()
+async def run_faults(home: Path, tmp: Path, plan: Plan, run: FaultRun | None = None) -> FaultRun:
+    """Run the scenario; ``run`` (when given) holds what happened even if the run fails."""
+    run = run if run is not None else FaultRun()
     platform = await asyncio.to_thread(Platform.start, home)
     control = Control(platform)
     client = httpx.AsyncClient(timeout=plan.timeout_s)
@@ -263,12 +264,12 @@ async def run_faults(home: Path, tmp: Path, plan: Plan) -> FaultRun:
 
         def load(targets: list[Target], count: int, **kw: Any) -> Load:
             kw.setdefault("concurrency", plan.concurrency)
+            kw.setdefault("deadline_s", plan.timeout_s * 2)
             return Load(
                 targets,
                 count,
                 max_tokens=plan.max_tokens,
                 timeout_s=plan.timeout_s,
-                deadline_s=plan.timeout_s * 2,
                 **kw,
             )
 
