@@ -5,6 +5,7 @@ The platform itself is ``harness.platform.Platform``, shared with the fault runs
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +24,17 @@ def tiny_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def platform(tiny_home: Path) -> Iterator[Platform]:
-    p = Platform.start(tiny_home, timeout_s=60)
+def home(tiny_home: Path, tmp_path: Path) -> Path:
+    """A fresh state directory per test holding a copy of the tiny model: services a test
+    deploys persist in its home, so a shared one would carry them into the next test."""
+    home = tmp_path / "torpor-home"
+    shutil.copytree(tiny_home / "models", home / "models")
+    return home
+
+
+@pytest.fixture
+def platform(home: Path) -> Iterator[Platform]:
+    p = Platform.start(home, timeout_s=60)
     try:
         yield p
     finally:

@@ -62,10 +62,10 @@ def _at_rest(platform: Platform) -> None:
 
 
 @pytest.fixture
-def cold_platform(tiny_home: Path) -> Iterator[Platform]:
+def cold_platform(home: Path) -> Iterator[Platform]:
     """``torpor up --warm-pool 0``: every cold start imports vLLM (15-35 s here), long enough
     for several keep-alives at the default 5 s interval (with a warm standby it took < 5 s)."""
-    p = Platform.start(tiny_home, extra=["--warm-pool", "0"], timeout_s=60)
+    p = Platform.start(home, extra=["--warm-pool", "0"], timeout_s=60)
     try:
         yield p
     finally:
@@ -93,7 +93,13 @@ def test_one_url_lists_without_waking_and_routes_by_model(
     per_service = openai.OpenAI(
         base_url=f"{platform.url}/default/tiny-two/v1", api_key="unused", max_retries=0
     )
-    assert [m.id for m in per_service.models.list()] == ["tiny-two"]
+    with per_service:
+        assert [m.id for m in per_service.models.list()] == ["tiny-two"]
+    with client:
+        _call_at_the_root(platform, client, tee)
+
+
+def _call_at_the_root(platform: Platform, client: openai.OpenAI, tee: _Tee) -> None:
     time.sleep(2)  # two autoscaler ticks: a listing that had poked anything would show by now
     _at_rest(platform)
 
