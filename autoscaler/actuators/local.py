@@ -61,10 +61,6 @@ _WAKE_TIMEOUT_S = 30.0  # a resumed replica that does not answer /health by then
 MODELS_MOUNT = "/models"
 
 
-def expand_vars(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion: unknown names stay as written; ``$$`` is one ``$``."""
-    return expand(text, env)
-
 
 def own_env(revision: RevisionSpec, home: Path) -> dict[str, str]:
     """The replica's own environment, the only one its ``$(VAR)`` references read: the
@@ -108,7 +104,7 @@ def runtime_args(
 ) -> list[str]:
     """The arguments after ``-m runtime serve`` (``runtime.contract.ServeArgs``)."""
     rt = revision.runtime
-    model = expand_vars(rt.model, env)
+    model = expand(rt.model, env)
     home = env.get(ENV_HOME)
     return ServeArgs(
         model=local_model_path(model, Path(home)) if home else model,
@@ -118,7 +114,7 @@ def runtime_args(
         replica_id=replica_id,
         launched_at=launched_at,
         drain_timeout_s=drain_timeout_s,
-        engine_args=tuple(expand_vars(a, env) for a in rt.engine_args),
+        engine_args=tuple(expand(a, env) for a in rt.engine_args),
     ).encode()
 
 

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from harness.kube_emulator import KubeEmulator
+from harness.redis_server import RedisServer
 from tests.autoscaler.actuators.knative_world import APPS, COORD, NS, eventually, seed_revision
-from tests.fixtures.redis_server import RedisServer
 from tests.integration.autoscaler_process import AutoscalerProcess
 from torpor.bus import EndpointsChanged, ServicesChanged
 from torpor.bus.base import ActivatorStats, BusEvent

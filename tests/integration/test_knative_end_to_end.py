@@ -32,8 +32,8 @@ from autoscaler.actuators.knative_status import condition
 from harness.kube_emulator import KubeEmulator
 from harness.manifests import TINY_CHAT
 from harness.ports import free_port
+from harness.redis_server import RedisServer
 from tests.autoscaler.actuators.knative_world import APPS, PA, eventually
-from tests.fixtures.redis_server import RedisServer
 from tests.integration.autoscaler_process import AutoscalerProcess
 from tests.integration.knative_serving import apply_service
 from tests.integration.pod_runner import PodRunner

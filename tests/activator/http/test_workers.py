@@ -29,8 +29,8 @@ from activator.http.workers import (
     restart_delay,
 )
 from harness.ports import free_port
+from harness.redis_server import RedisServer
 from tests.activator.conftest import endpoints, serve, service
-from tests.fixtures.redis_server import RedisServer
 from torpor.bus.redis import RedisBus
 
 _START_TIMEOUT_S = 30.0

@@ -14,7 +14,6 @@ import pytest
 from autoscaler.actuator import Phase, Replica
 from autoscaler.actuators.local import (
     LocalActuator,
-    expand_vars,
     local_model_path,
     parse_startup_line,
     replica_env,
@@ -23,6 +22,7 @@ from autoscaler.actuators.local import (
 from autoscaler.scrape import HttpScraper
 from runtime.contract import ServeArgs
 from tests.autoscaler.fakes import eventually, revision
+from torpor.manifest.env import expand
 from torpor.spec import RevisionSpec, RuntimeSpec
 from torpor.status import ColdStart
 
@@ -81,7 +81,7 @@ def pid_alive(pid: int) -> bool:
 )
 def test_expand_vars_like_kubernetes(text: str, want: str) -> None:
     env = {"TORPOR_HOME": "/srv/torpor", "A": "1", "B": "2"}
-    assert expand_vars(text, env) == want
+    assert expand(text, env) == want
 
 
 def test_env_values_may_refer_to_earlier_ones(tmp_path: Path) -> None:

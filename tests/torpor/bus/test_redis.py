@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from tests.fixtures.redis_server import RedisServer
+from harness.redis_server import RedisServer
 from tests.torpor.bus.helpers import (
     REV,
     WAIT_S,
