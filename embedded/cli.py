@@ -148,6 +148,15 @@ def _cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_tiny_adapter(args: argparse.Namespace) -> int:
+    from runtime.tinyadapter import make_tiny_adapter
+
+    out = args.out or StateDir(args.home).models / args.name
+    path = make_tiny_adapter(out, seed=args.seed, rank=args.rank)
+    print(f"tiny LoRA adapter ready in {path} (declare it as {args.name}=/models/{args.name})")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from embedded.demo import run_demo
 
@@ -235,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="default: $TORPOR_HOME/models/tiny-llama"
     )
     tiny.set_defaults(func=_cmd_make_tiny)
+    adapter = models_sub.add_parser(
+        "make-tiny-adapter",
+        help="make a random LoRA adapter (PEFT format) for the tiny Llama",
+    )
+    adapter.add_argument("name", help="directory name under $TORPOR_HOME/models")
+    adapter.add_argument("--seed", type=int, default=1, help="different seeds, different answers")
+    adapter.add_argument("--rank", type=int, default=8, help="LoRA rank r (default 8)")
+    adapter.add_argument("--out", type=Path, default=None, help="default: $TORPOR_HOME/models/NAME")
+    adapter.set_defaults(func=_cmd_make_tiny_adapter)
 
     demo = sub.add_parser(
         "demo",

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from embedded.state import StateDir
 from torpor.bus import Bus
 from torpor.manifest import ManifestError, apply_manifest, parse_service
+from torpor.manifest.adapter_files import TEMPLATE_ANNOTATIONS, check_adapter_files
 from torpor.manifest.limits import ScaleLimits, check_total, clamp_service
+from torpor.manifest.lora import check_adapter_names
 from torpor.spec import ServiceSpec
 
 log = logging.getLogger("embedded.controlplane")
@@ -37,8 +40,17 @@ class UnknownService(LookupError):
 
 class ControlPlane:
     def __init__(
-        self, bus: Bus, state: StateDir, *, domain: str, limits: ScaleLimits | None = None
+        self,
+        bus: Bus,
+        state: StateDir,
+        *,
+        domain: str,
+        limits: ScaleLimits | None = None,
+        local_path: Callable[[str], str] = str,
     ) -> None:
+        """``local_path`` maps a path as a pod sees it (``/models/...``) to this machine's, for
+        the deploy-time check of LoRA adapter directories."""
+        self._local_path = local_path
         self._bus = bus
         self._state = state
         self._domain = domain
@@ -75,6 +87,11 @@ class ControlPlane:
             after = {**self._services, key: service}
             try:
                 check_total(self._services.values(), after.values(), self._limits)
+                # LoRA adapters: no name another model answers to, and usable files.
+                check_adapter_names(service, self._services.values(), TEMPLATE_ANNOTATIONS)
+                lora = service.latest_revision.lora
+                if lora is not None:
+                    await asyncio.to_thread(check_adapter_files, lora, self._local_path)
             except ManifestError as e:
                 raise e.with_source(source) from None
             created = previous is None or len(service.revisions) > len(previous.revisions)

@@ -24,7 +24,7 @@ import uvicorn
 from activator.app import ActivatorConfig, build_activator
 from activator.auth import FileKeyStore
 from activator.http.server import uvicorn_config
-from autoscaler.actuators.local import LocalActuator, SubprocessLauncher
+from autoscaler.actuators.local import LocalActuator, SubprocessLauncher, local_model_path
 from autoscaler.actuators.warmpool import WarmPool, WarmPoolLauncher
 from autoscaler.loop import Autoscaler
 from embedded.control_api import build_control_app
@@ -93,7 +93,13 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[RunningPlat
     _check_port_free(config.host, config.port, "activator")
     _check_port_free(config.control_host, config.control_port, "control API")
 
-    control = ControlPlane(bus, state, domain=config.domain, limits=config.limits)
+    control = ControlPlane(
+        bus,
+        state,
+        domain=config.domain,
+        limits=config.limits,
+        local_path=lambda path: local_model_path(path, state.root),
+    )
     keys = FileKeyStore(state.root / "secrets")  # torpor.dev/api-keys-secret: NAME
     activator = build_activator(
         bus, ActivatorConfig(activator_id="embedded", domain=config.domain, key_store=keys)

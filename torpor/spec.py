@@ -106,6 +106,35 @@ class RuntimeSpec:
     container_port: int = 8080
 
 
+DEFAULT_LORA_IDLE_WINDOW_S = 60.0
+"""How long a LoRA adapter stays loaded on a replica with no request for it
+(``torpor.dev/lora-idle-window``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterSpec:
+    """One LoRA adapter served on its base revision's replicas, called by its own model name.
+
+    ``source`` is the adapter's directory as the manifest wrote it (``/models/<name>`` on the
+    models volume, or a ``file://`` URI); the runtime copies it through the weight cache."""
+
+    name: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoraSpec:
+    """The adapters of a revision (``torpor.dev/lora-adapters``) and vLLM's LoRA limits."""
+
+    adapters: tuple[AdapterSpec, ...]
+    idle_window_s: float = DEFAULT_LORA_IDLE_WINDOW_S
+    max_loras: int = 1  # vLLM's --max-loras: adapters one replica holds at once
+    max_lora_rank: int = 16  # vLLM's --max-lora-rank
+
+    def adapter(self, name: str) -> AdapterSpec | None:
+        return next((a for a in self.adapters if a.name == name), None)
+
+
 @dataclass(frozen=True, slots=True)
 class RevisionSpec:
     """One immutable revision of a service: a snapshot of ``spec.template``."""
@@ -120,6 +149,7 @@ class RevisionSpec:
     queue_depth: int = DEFAULT_QUEUE_DEPTH
     template_digest: str = ""  # sha256 of the normalised template; same digest, same revision
     api_keys_secret: str | None = None  # reserved for per-service API keys
+    lora: LoraSpec | None = None  # LoRA adapters served on this revision's replicas
 
 
 @dataclass(frozen=True, slots=True)

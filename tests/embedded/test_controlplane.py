@@ -90,3 +90,40 @@ def test_torpor_up_refuses_inconsistent_caps_before_starting(
 
     assert main(["up", "--max-scale-per-revision", "8", "--max-replicas", "4"]) == 2
     assert "at least the per-revision cap" in capsys.readouterr().err
+
+
+LORA = (REPO / "manifests/examples/tiny-lora.yaml").read_text()
+LORA_FIELD = 'spec.template.metadata.annotations["torpor.dev/lora-adapters"]'
+
+
+async def test_adapters_are_checked_on_disk_at_deploy_and_a_refusal_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    from runtime.tinyadapter import make_tiny_adapter
+
+    models = tmp_path / "models"
+    bus = MemoryBus()
+    control = ControlPlane(
+        bus, StateDir(tmp_path / "home").ensure(), domain="example.com",
+        local_path=lambda p: str(models) + p.removeprefix("/models"),
+    )
+    await control.start()
+    make_tiny_adapter(models / "tiny-sql", seed=1, rank=8)
+    with pytest.raises(ManifestError, match=r"'tiny-poet'.*no such directory") as info:
+        await control.apply(LORA)
+    assert info.value.field == LORA_FIELD
+    assert control.services() == ()
+    make_tiny_adapter(models / "tiny-poet", seed=2, rank=16)  # above --max-lora-rank=8
+    with pytest.raises(ManifestError, match=r"rank 16 is above --max-lora-rank 8"):
+        await control.apply(LORA)
+    assert control.services() == ()
+    (models / "tiny-poet" / ".torpor-adapter-complete").unlink()
+    make_tiny_adapter(models / "tiny-poet", seed=2, rank=8)
+    applied = await control.apply(LORA)
+    lora = applied.service.latest_revision.lora
+    assert lora is not None and [a.name for a in lora.adapters] == ["tiny-sql", "tiny-poet"]
+    # Another service may not serve a model named like one of these adapters.
+    clash = TINY_CHAT.replace("--served-model-name=tiny-chat", "--served-model-name=tiny-sql")
+    with pytest.raises(ManifestError, match="already an adapter of service default/tiny-lora"):
+        await control.apply(clash)
+    assert [s.name for s in control.services()] == ["tiny-lora"]

@@ -58,6 +58,8 @@ TORPOR_KEYS = frozenset(
         "api-keys-secret",
         "suspend-after",
         "stop-suspended-after",
+        "lora-adapters",  # torpor.manifest.lora
+        "lora-idle-window",
     }
 )
 

@@ -91,4 +91,5 @@ def _revision(
         queue_depth=template.queue_depth,
         template_digest=template.digest,
         api_keys_secret=template.api_keys_secret,
+        lora=template.lora,
     )

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torpor.spec import DEFAULT_QUEUE_DEPTH, DEFAULT_TIMEOUT_S, AutoscalingSpec, RuntimeSpec
+from torpor.spec import (
+    DEFAULT_QUEUE_DEPTH,
+    DEFAULT_TIMEOUT_S,
+    AutoscalingSpec,
+    LoraSpec,
+    RuntimeSpec,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +28,7 @@ class RevisionTemplate:
     timeout_s: float = DEFAULT_TIMEOUT_S
     queue_depth: int = DEFAULT_QUEUE_DEPTH
     api_keys_secret: str | None = None
+    lora: LoraSpec | None = None  # torpor.dev/lora-adapters (torpor.manifest.lora)
     digest: str = ""  # sha256 of the normalised template; see torpor.manifest.digest
 
 

@@ -16,9 +16,11 @@ from torpor.manifest.fields import (
     get_list,
     get_mapping,
     get_str,
+    item,
     string_map,
 )
 from torpor.manifest.limits import DEFAULT_MAX_SCALE_PER_REVISION
+from torpor.manifest.lora import parse_lora
 from torpor.manifest.model import RevisionTemplate, ServiceManifest
 from torpor.manifest.names import LABEL_MAX, check_dns1035_label, check_dns1123_label
 from torpor.manifest.traffic import parse_traffic
@@ -104,9 +106,15 @@ def _template(t: Any, service: str, max_timeout_s: int, max_scale_limit: int) ->
 
     pod_path = child(path, "spec")
     pod = get_mapping(t, "spec", path, required=True)
-    runtime = parse_container(
-        get_list(pod, "containers", pod_path, required=True), child(pod_path, "containers")
+    containers_path = child(pod_path, "containers")
+    runtime = parse_container(get_list(pod, "containers", pod_path, required=True), containers_path)
+    lora, engine_args = parse_lora(
+        string_map(meta.get("annotations"), annotations_path),
+        annotations_path,
+        runtime.engine_args,
+        child(item(containers_path, 0), "args"),
     )
+    runtime = dataclasses.replace(runtime, engine_args=engine_args)
     concurrency = get_int(
         pod, "containerConcurrency", pod_path, low=0, high=MAX_CONTAINER_CONCURRENCY
     )
@@ -120,5 +128,6 @@ def _template(t: Any, service: str, max_timeout_s: int, max_scale_limit: int) ->
         timeout_s=DEFAULT_TIMEOUT_S if timeout is None else float(timeout),
         queue_depth=annotations.queue_depth,
         api_keys_secret=annotations.api_keys_secret,
+        lora=lora,
     )
     return dataclasses.replace(template, digest=template_digest(template))
