@@ -68,6 +68,11 @@ class RevisionQueue:
         return len(self._waiters)
 
     @property
+    def busy_replicas(self) -> tuple[str, ...]:
+        """The replicas this activator has requests in flight to."""
+        return tuple(b.replica_id for b in self._backends if b.in_flight > 0)
+
+    @property
     def backends(self) -> tuple[Backend, ...]:
         return tuple(self._backends)
 

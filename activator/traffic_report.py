@@ -33,6 +33,9 @@ class Counts(Protocol):
     @property
     def requests_total(self) -> int: ...
 
+    @property
+    def busy_replicas(self) -> tuple[str, ...]: ...
+
 
 class TrafficReport:
     """``select`` once per publication; it remembers what it reported."""
@@ -54,7 +57,8 @@ class TrafficReport:
                 self._totals[key] = total
             elif key not in self._busy:
                 continue  # quiet, and said so already (or never had traffic)
-            out.append(ActivatorStats(self._id, key, queued, in_flight, now, total))
+            busy_replicas = q.busy_replicas if in_flight else ()
+            out.append(ActivatorStats(self._id, key, queued, in_flight, now, total, busy_replicas))
         self._busy = busy
         if len(self._totals) > len(queues):  # revisions deleted since
             self._totals = {k: v for k, v in self._totals.items() if k in queues}

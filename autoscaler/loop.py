@@ -75,6 +75,10 @@ class LoopConfig:
     tick_s: float = 2.0
     stats_fresh_s: float = 5.0  # activator stats older than this are ignored
     drain_poll_s: float = 0.5
+    # A draining replica is stopped once it has looked idle this long without a break: longer
+    # than the activators' stats interval (1 s), so a request on its way to the replica when it
+    # first looked idle shows in vLLM's gauges or an activator's report before the stop.
+    drain_quiet_s: float = 1.5
     ready_poll_s: float = 0.05  # how often starting replicas are checked for readiness
     max_failures: int = 5  # consecutive start-up failures before the revision is marked failed
     backoff_base_s: float = 1.0
@@ -84,6 +88,8 @@ class LoopConfig:
         for name in ("tick_s", "stats_fresh_s", "drain_poll_s", "ready_poll_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"LoopConfig.{name} must be positive, not {getattr(self, name)}")
+        if not self.drain_quiet_s >= 0:
+            raise ValueError(f"LoopConfig.drain_quiet_s must not be negative: {self.drain_quiet_s}")
         self.start_policy()  # validates the rest
 
     def start_policy(self) -> StartPolicy:
@@ -108,9 +114,16 @@ class LoopDeps:
     leader: Callable[[], bool]  # whether this autoscaler may publish and actuate right now
 
 
+def fresh_stats(
+    stats: Sequence[ActivatorStats], now: float, fresh_s: float
+) -> list[ActivatorStats]:
+    """The activators' reports measured within ``fresh_s`` of ``now``."""
+    return [s for s in stats if s.at >= now - fresh_s]
+
+
 def activator_load(stats: Sequence[ActivatorStats], now: float, fresh_s: float) -> tuple[int, int]:
     """Queued and in-flight requests summed over the activators whose stats are fresh."""
-    fresh = [s for s in stats if s.at >= now - fresh_s]
+    fresh = fresh_stats(stats, now, fresh_s)
     return sum(s.queued for s in fresh), sum(s.in_flight for s in fresh)
 
 
@@ -410,14 +423,24 @@ class _RevisionLoop:
         """Wait until the replica holds no request (bounded by the revision's timeout), stop it."""
         deps = self._deps
         deadline = deps.clock() + self.target.spec.timeout_s
+        quiet_since: float | None = None
         try:
             while deps.clock() < deadline:
                 try:
-                    if await self._drained(replica_id):
-                        break
+                    state = await self._drain_state(replica_id)
                 except Exception:
                     # A bus or scrape hiccup must not strand the replica half-drained.
                     log.exception("revision %s: checking drain of %s", self.key, replica_id)
+                    state = "busy"
+                now = deps.clock()
+                if state == "gone":
+                    break
+                if state == "busy":
+                    quiet_since = None
+                elif quiet_since is None:
+                    quiet_since = now
+                if quiet_since is not None and now - quiet_since >= deps.config.drain_quiet_s:
+                    break
                 await asyncio.sleep(deps.config.drain_poll_s)
             else:
                 log.warning(
@@ -448,29 +471,39 @@ class _RevisionLoop:
             await self._publish(self._live())
         self.wake.set()
 
-    async def _drained(self, replica_id: str) -> bool:
+    async def _drain_state(self, replica_id: str) -> str:
+        """``gone`` (exited or failed), ``quiet`` (nothing on it as far as can be seen) or
+        ``busy``. ``_drain`` stops a replica once it stays quiet for ``drain_quiet_s``."""
         deps = self._deps
         current = {r.replica_id: r for r in deps.actuator.replicas(self.key)}
         replica = current.get(replica_id)
         if replica is None or replica.phase is Phase.FAILED:
-            return True
+            return "gone"
         if replica.url is None:
-            return False
+            return "busy"
         load = await deps.scraper.scrape(replica_id, replica.url)
         if load is None or load.work is None or load.work > 0:
-            return False
+            return "busy"
+        stats = fresh_stats(
+            await deps.bus.revision_stats(self.key), deps.clock(), deps.config.stats_fresh_s
+        )
+        # An activator still streaming from it (vLLM finished, the last bytes are on their way),
+        # or a request sent to it that vLLM has not counted yet.
+        if any(replica_id in s.busy for s in stats):
+            return "busy"
         # vLLM may have finished while the activator still streams the last bytes: the
         # activators' in-flight must be covered by the replicas that keep serving.
-        _, in_flight = await self._activator_load(deps.clock())
+        in_flight = sum(s.in_flight for s in stats)
         if in_flight == 0:
-            return True
+            return "quiet"
         others = [r for r in self._serving(list(current.values())) if r.url]
         loads = await asyncio.gather(
             *(deps.scraper.scrape(r.replica_id, r.url or "") for r in others)
         )
         if any(x is None or x.work is None for x in loads):
-            return False
-        return in_flight <= sum(x.work or 0.0 for x in loads if x is not None)
+            return "busy"
+        covered = in_flight <= sum(x.work or 0.0 for x in loads if x is not None)
+        return "quiet" if covered else "busy"
 
     async def _scrape(self, ready: list[Replica]) -> list[ReplicaLoad]:
         async def one(r: Replica) -> ReplicaLoad:

@@ -91,6 +91,16 @@ async def test_release_respects_container_concurrency() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def test_busy_replicas_name_those_with_requests_in_flight_draining_included() -> None:
+    queue, _ = make()
+    queue.set_endpoints(ready("a"))
+    backend = await queue.acquire()
+    queue.set_endpoints(ready("a", "b", draining=("a",), version=1))
+    assert queue.busy_replicas == ("a",)  # a draining replica's requests still count
+    queue.release(backend)
+    assert queue.busy_replicas == ()
+
+
 async def test_full_queue_refuses_at_once() -> None:
     queue, _ = make(depth=2)
     tasks = [asyncio.create_task(queue.acquire()) for _ in range(2)]

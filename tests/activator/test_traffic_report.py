@@ -12,6 +12,7 @@ class Q:
     queued: int = 0
     in_flight: int = 0
     requests_total: int = 0
+    busy_replicas: tuple[str, ...] = ()
 
 
 def reported(report: TrafficReport, queues: dict[str, Q]) -> list[tuple[str, int, int, int]]:
@@ -62,3 +63,11 @@ def test_a_deleted_revision_is_forgotten() -> None:
     assert reported(report, {}) == []
     # Deployed again under the same name, its counter starts over: that is traffic too.
     assert reported(report, {"ns/a": Q(requests_total=1)}) == [("ns/a", 0, 0, 1)]
+
+
+def test_a_report_names_the_replicas_with_requests_in_flight() -> None:
+    report = TrafficReport("a1")
+    [stat] = report.select({"ns/a": Q(in_flight=2, busy_replicas=("r1", "r2"))}, now=1.0)
+    assert stat.busy == ("r1", "r2")
+    [zero] = report.select({"ns/a": Q(requests_total=0)}, now=2.0)
+    assert zero.busy == ()

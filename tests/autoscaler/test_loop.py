@@ -68,6 +68,8 @@ def scaler(
         kwargs["clock"] = clock
     if leader is not None:
         kwargs["leader"] = leader
+    # Most tests hold their clock still; the quiet period before a stop is tested on its own.
+    config.setdefault("drain_quiet_s", 0.0)
     return Autoscaler(
         bus,
         actuator,
@@ -177,6 +179,55 @@ async def test_drain_waits_for_activator_in_flight(
     assert actuator.calls.index(("draining", r.replica_id)) < actuator.calls.index(
         ("stop", r.replica_id)
     )
+
+
+async def test_drain_waits_while_an_activator_reports_requests_on_the_replica(
+    bus: RecordingBus, actuator: FakeActuator, scraper: FakeScraper
+) -> None:
+    clock = FakeClock()
+    rev = revision(metric="llm", window_s=0.05, scale_to_zero_grace_s=0)
+    await actuator.start(rev, 1)
+    r = actuator.make_ready(KEY)
+    scraper.set(r.replica_id, running=0)
+    # vLLM counts nothing yet (the request is still on its way in), and the in-flight count
+    # alone would say nothing is owed; the activator's report names the replica.
+    busy = ActivatorStats("a1", KEY, queued=0, in_flight=1, at=clock(), busy=(r.replica_id,))
+    await bus.publish_stats([busy])
+    await bus.publish_services([service(rev)])
+    async with scaler(bus, actuator, scraper, clock=clock).running():
+        await eventually(lambda: ("draining", r.replica_id) in actuator.calls)
+        await settle()
+        assert ("stop", r.replica_id) not in actuator.calls
+        await bus.publish_stats([ActivatorStats("a1", KEY, queued=0, in_flight=0, at=clock())])
+        await eventually(lambda: ("stop", r.replica_id) in actuator.calls)
+
+
+async def test_drain_stops_only_after_the_replica_stayed_quiet_for_drain_quiet_s(
+    bus: RecordingBus, actuator: FakeActuator, scraper: FakeScraper
+) -> None:
+    clock = FakeClock()
+    rev = revision(metric="llm", window_s=0.05, scale_to_zero_grace_s=0)
+    await actuator.start(rev, 1)
+    r = actuator.make_ready(KEY)
+    scraper.set(r.replica_id, running=0)
+    await bus.publish_services([service(rev)])
+    async with scaler(
+        bus, actuator, scraper, clock=clock, drain_quiet_s=1.5, drain_poll_s=0.01
+    ).running():
+        await eventually(lambda: ("draining", r.replica_id) in actuator.calls)
+        clock.now += 1.0
+        await settle()
+        assert ("stop", r.replica_id) not in actuator.calls
+        # Busy again before the quiet period ran out: the period starts over.
+        scraper.set(r.replica_id, running=1)
+        await settle()
+        scraper.set(r.replica_id, running=0)
+        await settle()
+        clock.now += 1.0
+        await settle()
+        assert ("stop", r.replica_id) not in actuator.calls
+        clock.now += 1.0
+        await eventually(lambda: ("stop", r.replica_id) in actuator.calls)
 
 
 async def test_start_up_failure_is_published_then_backs_off_then_marks_failed(

@@ -95,13 +95,19 @@ class Load:
                             await r.aread()
                             self.failures.append(f"{r.status_code}: {r.text[:300]}")
                             continue
-                        done, tokens = False, 0
+                        done, tokens, error = False, 0, None
                         async for line in sse_lines(r):
                             if line == "data: [DONE]":
                                 done = True
                             elif line.startswith("data: "):
-                                tokens += bool(json.loads(line[6:])["choices"][0]["text"])
-                        if done:
+                                event = json.loads(line[6:])
+                                if "error" in event:  # a typed error inside the stream
+                                    error = f"stream error after {tokens} chunks: {event['error']}"
+                                    break
+                                tokens += bool(event["choices"][0]["text"])
+                        if error is not None:
+                            self.failures.append(error)
+                        elif done:
                             self.ok += 1
                         else:
                             self.failures.append(f"stream cut after {tokens} chunks")

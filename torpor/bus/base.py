@@ -22,6 +22,10 @@ class ActivatorStats:
     # tests (tests/activator/test_app.py, tests/integration/test_several_activators.py) count
     # from the outside which activator served what.
     requests_total: int = 0
+    # Replicas this activator has requests in flight to, when measured. A draining replica is
+    # stopped only once no fresh report lists it (``autoscaler.loop``): vLLM's own gauges miss
+    # a request still on its way in.
+    busy: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
