@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/weight_load.py [--model-dir /tmp/torpor-1g] [--runs 3]
         [--with-vllm]   # also start the runtime once and read vLLM's "Loading weights took"
+    benchmarks/gpu/weight_load_gpu.sh   # the same on a GPU node: Llama-3-8B shape, into CUDA
 
 Measures, with the model already in the page cache (the warmer's job, `runtime cache warm`):
   floor     : read every byte of the cached files into memory (page cache -> user memory)
   cache hit : `WeightCache.ensure` on a hit (stat check + index) plus loading every tensor with
-              safetensors into torch tensors, as vLLM's default loader does on CPU
+              safetensors into torch tensors, as vLLM's default loader does on CPU (with
+              `--device cuda`: into GPU memory, synchronised, as its loader does on a GPU)
 and reports hit / floor. Writes weight_load.json and weight_load.md under benchmarks/results/.
 """
 
@@ -47,7 +49,9 @@ def read_fresh(path: Path) -> float:
     return time.perf_counter() - t
 
 
-def cache_hit_load(cache: WeightCache, source: Path) -> tuple[float, float, int]:
+def cache_hit_load(
+    cache: WeightCache, source: Path, device: str = "cpu"
+) -> tuple[float, float, int]:
     import torch
     from safetensors import safe_open
 
@@ -61,9 +65,12 @@ def cache_hit_load(cache: WeightCache, source: Path) -> tuple[float, float, int]
                 # get_tensor maps the file lazily; copying into a fresh tensor touches every
                 # byte, as vLLM's loader does when it copies into its parameters.
                 src = st.get_tensor(k)
-                dst = torch.empty_like(src)
+                dst = torch.empty_like(src, device=device)
                 dst.copy_(src)
                 total += dst.numel() * dst.element_size()
+                del dst
+    if device != "cpu":
+        torch.cuda.synchronize()
     return t_resolve, time.perf_counter() - t, total
 
 
@@ -103,10 +110,13 @@ def main() -> None:
     p.add_argument("--with-vllm", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     p.add_argument("--machine", default="2-core x86-64 CPU, local ext4 disk")
+    p.add_argument("--size", default="1g", help="a shape of runtime.tinymodel (1g, llama3-8b)")
+    p.add_argument("--device", default="cpu", help="where the tensors go: cpu or cuda")
+    p.add_argument("--name", default="weight_load", help="results file name, without suffix")
     ns = p.parse_args()
 
     t = time.perf_counter()
-    model = make_tiny_llama(ns.model_dir, size="1g")
+    model = make_tiny_llama(ns.model_dir, size=ns.size)
     made_s = time.perf_counter() - t
     cache_dir = ns.cache_dir or Path(tempfile.mkdtemp(prefix="torpor-wl-cache-"))
     cache = WeightCache(cache_dir, copy_file=copy_and_hash)
@@ -120,13 +130,15 @@ def main() -> None:
     for _ in range(ns.runs):
         floors.append(read_floor(path))
         fresh.append(read_fresh(path))
-        resolve_s, hit_s, loaded = cache_hit_load(cache, model)
+        resolve_s, hit_s, loaded = cache_hit_load(cache, model, ns.device)
         hits.append(hit_s)
         resolves.append(resolve_s)
     floor = statistics.median(floors)
     hit = statistics.median(hits)
     result: dict[str, object] = {
         "machine": ns.machine,
+        "device": ns.device,
+        "size": ns.size,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model_bytes": nbytes,
         "loaded_bytes": loaded,
@@ -146,7 +158,7 @@ def main() -> None:
     if ns.with_vllm:
         result["vllm_loading_weights_s"] = vllm_load_seconds(model, cache_dir)
     ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "weight_load.json").write_text(json.dumps(result, indent=1) + "\n")
+    (ns.out / f"{ns.name}.json").write_text(json.dumps(result, indent=1) + "\n")
     md = [
         "# Weight loading from the node-local cache", "",
         f"Machine: {ns.machine}. Date: {result['date']}. Model: random Llama, "
@@ -157,7 +169,8 @@ def main() -> None:
         f"({result['floor_gib_per_s']} GiB/s) |",
         f"| floor 2: read them into newly allocated memory | {statistics.median(fresh):.3f} |",
         f"| cache hit: resolve (stat + index) | {statistics.median(resolves):.4f} |",
-        f"| cache hit: resolve + load every tensor (safetensors -> torch) | {hit:.3f} |",
+        f"| cache hit: resolve + load every tensor (safetensors -> torch, {ns.device}) "
+        f"| {hit:.3f} ({nbytes / hit / 2**30:.2f} GiB/s) |",
         f"| **ratio hit / floor** | **{result['ratio_hit_to_floor']}** |",
         f"| ratio hit / floor 2 | {result['ratio_hit_to_fresh_memory_floor']} |",
         f"| bytes loaded per hit | {result['loaded_bytes']} |",
@@ -166,7 +179,7 @@ def main() -> None:
     if ns.with_vllm:
         md.append(f"| vLLM's own 'Loading weights took' via the runtime | "
                   f"{result['vllm_loading_weights_s']} |")
-    (ns.out / "weight_load.md").write_text("\n".join(md) + "\n")
+    (ns.out / f"{ns.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -1,6 +1,8 @@
 """Cold start on an NVIDIA GPU: bare vLLM vs torpor plain vs torpor warm, Llama-3-8B shape.
 
-Not run yet (no GPU machine so far). Needs the GPU build (`pip install -e '.[gpu,dev]'`).
+Not run yet: the one GPU machine lent so far (an H200, 2026-11-30) had no vLLM build and no
+package registry; weight_load_gpu.sh and sleep_floor.py ran there instead. Needs the GPU build
+(`pip install -e '.[gpu,dev]'`).
 Makes a random-weight model with Llama-3-8B's layers (no download; ~15 GiB), fills the
 node-local cache, then runs the same variants as benchmarks/coldstart.py (harness.coldstart)
 with GPU settings: no --enforce-eager (torch.compile and CUDA graphs stay on, as in a real
