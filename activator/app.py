@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -48,7 +48,7 @@ from activator.http.upstream import UpstreamPool
 from activator.keepalive import HeldStream, would_wait
 from activator.limits import live_activators, shared_limits
 from activator.metrics import CONTENT_TYPE, ActivatorMetrics, RevisionGauges
-from activator.models import model_list, model_of, prefix_key
+from activator.models import model_in, model_list, model_of, prefix_key
 from activator.proxy import forward_retrying, upstream_headers
 from activator.queue import QueueLimits, RevisionQueue
 from activator.routing import (
@@ -57,6 +57,7 @@ from activator.routing import (
     ModelList,
     Route,
     RouteTable,
+    adapter_of,
     build_route_table,
     resolve,
     route_model,
@@ -413,13 +414,20 @@ class Activator:
         while True:
             await asyncio.sleep(self.config.stats_interval_s)
             try:
-                await self._bus.publish_stats(report.select(self._queues, time.time()))
+                stats = report.select(self._queues, time.time())
+                await self._bus.publish_stats([self._with_adapters(s) for s in stats])
             except Exception:
                 log.warning("could not publish stats", exc_info=True)
             try:
                 await self.refresh_shares()
             except Exception:
                 log.warning("could not read the activators sharing limits", exc_info=True)
+
+    def _with_adapters(self, stats: ActivatorStats) -> ActivatorStats:
+        """Per-adapter traffic (issue 16) on a revision's stats, when it has adapter traffic."""
+        queue = self._queues.get(stats.revision)
+        adapters = queue.adapter_traffic if queue is not None else ()
+        return replace(stats, adapters=adapters) if adapters else stats
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -457,7 +465,9 @@ class Activator:
             return
         if isinstance(route, ModelList):
             self.metrics.count("", "", "", 200)
-            await _send_json(send, model_list(route.models, int(time.time())))
+            await _send_json(
+                send, model_list(route.models, int(time.time()), dict(route.parents))
+            )
             return
         if isinstance(route, ByModel):
             await self._by_model(scope, receive, send, route)
@@ -491,12 +501,20 @@ class Activator:
         queue = self._queue_for(revision)
         code = CLIENT_CLOSED
         held: HeldStream | None = None
+        counted: str | None = None  # the adapter whose traffic this request counts in
         try:
             # Before the body is read (unless the root URL needed it to route): an unauthorised
             # client costs nothing more. The key is dropped from what goes on to the replica.
             allowed = authorize(self.config.key_store, revision, scope["headers"])
             if body is None:
                 body = await _read_body(scope, receive, self.config.max_body_bytes)
+            # A LoRA adapter of the revision, named by the body's model (root or per-model URL).
+            adapter = route.adapter
+            if adapter is None and revision.lora is not None:
+                adapter = adapter_of(revision, model_in(body))
+            if adapter is not None:
+                queue.adapter_started(adapter)
+                counted = adapter
             headers = upstream_headers(allowed, scope.get("client"), scope["scheme"])
             query = strip_credentials(scope.get("query_string", b""))
             target = route.path + ("?" + query.decode("latin-1") if query else "")
@@ -520,18 +538,31 @@ class Activator:
                     held = HeldStream(send, body, self.config.keepalive_s)
                     held.arm()
                     try:
-                        backend = await queue.acquire(deadline=deadline.when, affinity=affinity)
+                        backend = await queue.acquire(
+                            deadline=deadline.when, affinity=affinity, adapter=adapter
+                        )
                     finally:
                         await held.settle()
                     if held.committed:
                         send = held.relay
                 else:
-                    backend = await queue.acquire(deadline=deadline.when, affinity=affinity)
+                    backend = await queue.acquire(
+                        deadline=deadline.when, affinity=affinity, adapter=adapter
+                    )
                 self.metrics.observe_wait(revision.ref.key, labels, loop.time() - started)
 
                 # Retried while no byte of an answer went out (activator.proxy).
                 code = await forward_retrying(
-                    queue, backend, pool, scope["method"], target, headers, body, send, deadline
+                    queue,
+                    backend,
+                    pool,
+                    scope["method"],
+                    target,
+                    headers,
+                    body,
+                    send,
+                    deadline,
+                    adapter,
                 )
         except ActivatorError as error:
             code = error.status
@@ -548,6 +579,8 @@ class Activator:
             code = 502
             log.warning("replica failed mid-response for %s: %s", revision.ref.key, exc)
         finally:
+            if counted is not None:
+                queue.adapter_finished(counted)
             self.metrics.count(labels.namespace, labels.service, labels.revision, code)
 
     async def _local(self, route: Local, send: Send) -> None:

@@ -51,6 +51,7 @@ class Backend:
     url: str
     draining: bool = False
     in_flight: int = 0
+    adapters: frozenset[str] = frozenset()  # LoRA adapters loaded there (the endpoints say)
     # Taken out of rotation by this activator: the replica answered that its engine is dead
     # (unrecoverable in vLLM). It stays out until the published endpoints drop it or give its
     # id a new URL; the autoscaler replaces it once the process exits or its /health fails.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from activator.errors import BadRequest
@@ -49,6 +49,13 @@ def model_of(body: bytes) -> str:
     return model
 
 
+def model_in(body: bytes) -> str | None:
+    """The body's ``model`` if it is a JSON object naming one; None otherwise (no error)."""
+    parsed = _object(body)
+    model = parsed.get("model") if parsed is not None else None
+    return model if isinstance(model, str) else None
+
+
 def wants_stream(body: bytes) -> bool:
     """Whether the body asks for a token stream (``"stream": true``); anything else is not."""
     # A cheap look first: most bodies held long enough to ask are plain or small.
@@ -58,12 +65,21 @@ def wants_stream(body: bytes) -> bool:
     return parsed is not None and parsed.get("stream") is True
 
 
-def model_list(names: Iterable[str], created: int) -> bytes:
-    """OpenAI's ``GET /v1/models`` answer (the fields its clients parse, as vLLM sends them)."""
-    data = [
-        {"id": name, "object": "model", "created": created, "owned_by": OWNED_BY, "root": name}
-        for name in names
-    ]
+def model_list(
+    names: Iterable[str], created: int, parents: Mapping[str, str] | None = None
+) -> bytes:
+    """OpenAI's ``GET /v1/models`` answer (the fields its clients parse, as vLLM sends them).
+
+    A LoRA adapter carries ``parent``, its base model's name, as vLLM lists a loaded adapter."""
+    parents = parents or {}
+    data: list[dict[str, Any]] = []
+    for name in names:
+        entry: dict[str, Any] = {
+            "id": name, "object": "model", "created": created, "owned_by": OWNED_BY, "root": name
+        }
+        if name in parents:
+            entry["parent"] = parents[name]
+        data.append(entry)
     return json.dumps({"object": "list", "data": data}).encode()
 
 

@@ -227,6 +227,7 @@ async def forward_retrying(
     body: bytes,
     send: Send,
     deadline: Deadline,
+    adapter: str | None = None,
 ) -> int:
     """``forward`` on ``backend`` (a slot of ``queue`` it holds), retried while no byte was sent.
 
@@ -258,4 +259,4 @@ async def forward_retrying(
             log.info("retrying a request for %s: %s", queue.revision, exc.message)
         finally:
             queue.release(backend)
-        backend = await queue.acquire(tuple(shunned), deadline.when, retry=True)
+        backend = await queue.acquire(tuple(shunned), deadline.when, retry=True, adapter=adapter)

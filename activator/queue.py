@@ -17,15 +17,21 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from activator.balancer import Backend, pick
 from activator.errors import QueueFull, RevisionFailed, WaitTimeout
-from torpor.bus.base import RevisionEndpoints
+from torpor.bus.base import AdapterTraffic, RevisionEndpoints
 from torpor.spec import DEFAULT_QUEUE_DEPTH, DEFAULT_TIMEOUT_S, RevisionSpec
 
-Poke = Callable[[str], Awaitable[None]]
+
+class Poke(Protocol):
+    """The bus's ``poke``: the revision, and the LoRA adapter a request waits for, if any."""
+
+    def __call__(self, revision: str, adapter: str | None = None) -> Awaitable[None]: ...
+
 log = logging.getLogger("torpor.activator")
 
 
@@ -45,6 +51,7 @@ class _Waiter:
     future: asyncio.Future[Backend]
     exclude: Collection[str] = field(default=())
     affinity: int | None = None  # the request's prefix key (activator.balancer)
+    adapter: str | None = None  # a LoRA adapter: only replicas that have it loaded will do
 
 
 class RevisionQueue:
@@ -62,6 +69,9 @@ class RevisionQueue:
         self._version = -1
         self.in_flight = 0
         self.requests_total = 0
+        # Per LoRA adapter: requests held or in flight now, and accepted in all (stats).
+        self._adapter_active: dict[str, int] = {}
+        self._adapter_totals: dict[str, int] = {}
 
     @property
     def queued(self) -> int:
@@ -76,8 +86,29 @@ class RevisionQueue:
     def backends(self) -> tuple[Backend, ...]:
         return tuple(self._backends)
 
-    def has_serving(self) -> bool:
-        return any(not b.draining and not b.out for b in self._backends)
+    def has_serving(self, adapter: str | None = None) -> bool:
+        return any(not b.draining and not b.out for b in self._eligible(adapter))
+
+    def _eligible(self, adapter: str | None) -> Sequence[Backend]:
+        """The replicas a request may go to: all, or those with its LoRA adapter loaded."""
+        if adapter is None:
+            return self._backends
+        return [b for b in self._backends if adapter in b.adapters]
+
+    @property
+    def adapter_traffic(self) -> tuple[AdapterTraffic, ...]:
+        return tuple(
+            AdapterTraffic(name, self._adapter_active.get(name, 0), total)
+            for name, total in sorted(self._adapter_totals.items())
+        )
+
+    def adapter_started(self, adapter: str) -> None:
+        """A request for ``adapter`` arrived (pair with ``adapter_finished``)."""
+        self._adapter_totals[adapter] = self._adapter_totals.get(adapter, 0) + 1
+        self._adapter_active[adapter] = self._adapter_active.get(adapter, 0) + 1
+
+    def adapter_finished(self, adapter: str) -> None:
+        self._adapter_active[adapter] = self._adapter_active.get(adapter, 1) - 1
 
     def take_out(self, backend: Backend, reason: str) -> None:
         """Take ``backend`` out of rotation in this activator (its engine died: ``Backend.out``).
@@ -104,6 +135,7 @@ class RevisionQueue:
             if b is None or b.url != e.url:
                 b = Backend(e.replica_id, e.url)
             b.draining = e.draining
+            b.adapters = frozenset(e.adapters)
             fresh.append(b)
         # Backends dropped here may still have leases out; those just release into the void.
         self._backends = fresh
@@ -127,6 +159,7 @@ class RevisionQueue:
         deadline: float | None = None,
         retry: bool = False,
         affinity: int | None = None,
+        adapter: str | None = None,
     ) -> Backend:
         """A backend with a slot reserved for the caller; pair with ``release``.
 
@@ -141,9 +174,9 @@ class RevisionQueue:
                 self._failure_poked = True
                 await self._poke_safely()
             raise RevisionFailed(self._failure_message(self._failure))
-        if not self._waiters:
+        if not any(w.adapter == adapter for w in self._waiters):
             backend = pick(
-                self._backends,
+                self._eligible(adapter),
                 self.limits.container_concurrency,
                 self._rng,
                 exclude,
@@ -158,18 +191,23 @@ class RevisionQueue:
         # republished yet. Wait for the replacement like a request at zero (bounded by the
         # timeout), and poke so the autoscaler looks now rather than at its next tick.
         refused_all = bool(exclude) and all(
-            b.replica_id in exclude for b in self._backends if not b.draining and not b.out
+            b.replica_id in exclude
+            for b in self._eligible(adapter)
+            if not b.draining and not b.out
         )
         if len(self._waiters) >= self.limits.depth:
             raise QueueFull(
                 f"revision {self.revision} has {len(self._waiters)} requests waiting, "
                 f"its queue limit; retry later"
             )
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude, affinity)
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), exclude, affinity, adapter)
+        first_of_kind = sum(w.adapter == adapter for w in self._waiters) == 0
         self._waiters.append(waiter)
         try:
-            if (len(self._waiters) == 1 and not self.has_serving()) or refused_all:
-                await self._poke_safely()
+            if (first_of_kind and not self.has_serving(adapter)) or refused_all:
+                # For an adapter no replica has loaded, the poke names it: the autoscaler
+                # loads it (starting a replica first if there is none) and republishes.
+                await self._poke_safely(adapter)
             if deadline is None:
                 deadline = asyncio.get_running_loop().time() + self.limits.timeout_s
             async with asyncio.timeout_at(deadline):
@@ -192,11 +230,14 @@ class RevisionQueue:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
-    async def _poke_safely(self) -> None:
+    async def _poke_safely(self, adapter: str | None = None) -> None:
         # A poke only speeds a cold start up (the stats tick reports the queue anyway), so a bus
         # that cannot take it must not fail the request that is waiting.
         try:
-            await self._poke(self.revision)
+            if adapter is None:
+                await self._poke(self.revision)
+            else:
+                await self._poke(self.revision, adapter)
         except Exception:
             log.warning("could not poke the autoscaler for %s", self.revision, exc_info=True)
 
@@ -211,16 +252,24 @@ class RevisionQueue:
             return
         cc = self.limits.container_concurrency
         now = asyncio.get_running_loop().time()
+        blocked: set[str | None] = set()  # kinds (base, each adapter) with no room left
         for waiter in list(self._waiters):
             if waiter.future.done():
                 self._waiters.remove(waiter)
                 continue
+            if waiter.adapter in blocked:
+                continue
             backend = pick(
-                self._backends, cc, self._rng, waiter.exclude, affinity=waiter.affinity, now=now
+                self._eligible(waiter.adapter),
+                cc,
+                self._rng,
+                waiter.exclude,
+                affinity=waiter.affinity,
+                now=now,
             )
             if backend is None:
                 if not waiter.exclude:
-                    return  # nothing has room; later waiters cannot do better
+                    blocked.add(waiter.adapter)  # later waiters of its kind cannot do better
                 continue
             backend.in_flight += 1
             self.in_flight += 1

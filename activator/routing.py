@@ -75,11 +75,26 @@ class RouteTable:
     # served model name -> the services' URL splits restricted to revisions serving it; more
     # than one entry: the name is ambiguous at the root.
     models: dict[str, tuple[Split, ...]] = field(default_factory=dict)
+    # LoRA adapter name -> its base's served name (``GET /v1/models`` lists it as ``parent``).
+    parents: dict[str, str] = field(default_factory=dict)
 
 
 def served_name(revision: RevisionSpec) -> str:
     """The name vLLM answers to for this revision (``runtime.args``: served name, else --model)."""
     return revision.runtime.served_model_name or revision.runtime.model
+
+
+def model_names(revision: RevisionSpec) -> tuple[str, ...]:
+    """Every model name a revision answers to: its base, then its LoRA adapters (issue 16)."""
+    adapters = revision.lora.adapters if revision.lora is not None else ()
+    return (served_name(revision), *(a.name for a in adapters))
+
+
+def adapter_of(revision: RevisionSpec, model: str | None) -> str | None:
+    """``model`` when it names one of the revision's LoRA adapters, else None."""
+    if model is None or revision.lora is None or revision.lora.adapter(model) is None:
+        return None
+    return model
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +103,7 @@ class Route:
     revision: RevisionSpec
     path: str  # raw (still percent-encoded) path to forward, always starting with "/"
     tag: str | None = None
+    adapter: str | None = None  # the body's model is this LoRA adapter of the revision
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +125,7 @@ class ModelList:
     """``GET /v1/models``, answered by the activator: these served names, sorted."""
 
     models: tuple[str, ...]
+    parents: tuple[tuple[str, str], ...] = ()  # adapter -> base served name
 
 
 LOCAL_PATHS = {"/healthz": "healthz", "/metrics": "metrics"}
@@ -141,6 +158,7 @@ def build_route_table(services: Sequence[ServiceSpec], domain: str) -> RouteTabl
     targets: dict[tuple[str, str], Target] = {}
     tags: dict[tuple[str, str], Target] = {}
     models: dict[str, list[Split]] = {}
+    parents: dict[str, str] = {}
     for service in services:
         bounds: list[tuple[float, RevisionSpec]] = []
         total = 0.0
@@ -162,6 +180,9 @@ def build_route_table(services: Sequence[ServiceSpec], domain: str) -> RouteTabl
             targets[(service.namespace, service.name)] = Split(service, scaled)
             for name, split in _by_name(service, bounds).items():
                 models.setdefault(name, []).append(split)
+            for _, revision in bounds:
+                for adapter in model_names(revision)[1:]:
+                    parents[adapter] = served_name(revision)
     # A plain service name wins over a tag URL that spells the same name.
     for key, target in tags.items():
         targets.setdefault(key, target)
@@ -169,6 +190,7 @@ def build_route_table(services: Sequence[ServiceSpec], domain: str) -> RouteTabl
         targets,
         domain.lower().strip("."),
         {name: tuple(splits) for name, splits in models.items()},
+        parents,
     )
 
 
@@ -177,7 +199,8 @@ def _by_name(service: ServiceSpec, bounds: list[tuple[float, RevisionSpec]]) -> 
     shares: dict[str, list[tuple[float, RevisionSpec]]] = {}
     below = 0.0
     for bound, revision in bounds:
-        shares.setdefault(served_name(revision), []).append((bound - below, revision))
+        for name in model_names(revision):
+            shares.setdefault(name, []).append((bound - below, revision))
         below = bound
     splits: dict[str, Split] = {}
     for name, parts in shares.items():
@@ -193,8 +216,12 @@ def _by_name(service: ServiceSpec, bounds: list[tuple[float, RevisionSpec]]) -> 
 
 def _names(target: Target) -> tuple[str, ...]:
     if isinstance(target, Tagged):
-        return (served_name(target.revision),)
-    return tuple(sorted({served_name(r) for _, r in target.bounds}))
+        return model_names(target.revision)
+    return tuple(sorted({n for _, r in target.bounds for n in model_names(r)}))
+
+
+def _parents(table: RouteTable, names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((n, table.parents[n]) for n in names if n in table.parents)
 
 
 def _pick(target: Target, roll: float) -> tuple[RevisionSpec, str | None]:
@@ -246,7 +273,7 @@ def resolve(table: RouteTable, host: str, raw_path: str, roll: float) -> Resolve
         if target is None:
             raise NotFound(_missing(named[0], named[1], "host", host))
         if raw_path == MODELS_PATH:
-            return ModelList(_names(target))
+            return ModelList(_names(target), _parents(table, _names(target)))
         _check_rest(raw_path)
         revision, tag = _pick(target, roll)
         return Route(target.service, revision, raw_path, tag)
@@ -255,7 +282,8 @@ def resolve(table: RouteTable, host: str, raw_path: str, roll: float) -> Resolve
     if local is not None:
         return Local(local)
     if raw_path == MODELS_PATH:
-        return ModelList(tuple(sorted(table.models)))
+        names = tuple(sorted(table.models))
+        return ModelList(names, _parents(table, names))
     if raw_path in MODEL_PATHS:
         return ByModel(raw_path)
     segments = raw_path.split("/", 3)  # "", namespace, name, rest
@@ -270,7 +298,7 @@ def resolve(table: RouteTable, host: str, raw_path: str, roll: float) -> Resolve
         raise NotFound(_missing(namespace, name, "path", raw_path[:200]))
     rest = "/" + segments[3] if len(segments) == 4 else "/"
     if rest == MODELS_PATH:
-        return ModelList(_names(target))
+        return ModelList(_names(target), _parents(table, _names(target)))
     _check_rest(rest)
     revision, tag = _pick(target, roll)
     return Route(target.service, revision, rest, tag)
@@ -289,7 +317,7 @@ def route_model(table: RouteTable, model: str, path: str, roll: float) -> Route:
             f"URL, /<namespace>/<service>/v1"
         )
     revision, tag = _pick(splits[0], roll)
-    return Route(splits[0].service, revision, path, tag)
+    return Route(splits[0].service, revision, path, tag, adapter_of(revision, model))
 
 
 def _missing(namespace: str, name: str, form: str, what: str) -> str:

@@ -34,7 +34,15 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 
 from autoscaler.actuator import Actuator, Phase, Replica, SuspendUnsupported
+from autoscaler.adapters import (
+    AdapterReplica,
+    adapter_rows,
+    last_uses,
+    plan_adapters,
+    with_adapters,
+)
 from autoscaler.decide import Decision, Observation, ReplicaLoad, ScalerState, decide
+from autoscaler.lora_client import HttpLoraClient, LoraClient
 from autoscaler.metrics import AutoscalerMetrics
 from autoscaler.plan import (
     Failure,
@@ -112,6 +120,7 @@ class LoopDeps:
     clock: Callable[[], float]  # wall-clock seconds: activator stats are stamped with time.time()
     metrics: AutoscalerMetrics
     leader: Callable[[], bool]  # whether this autoscaler may publish and actuate right now
+    lora: LoraClient | None = None  # loads LoRA adapters on replicas (autoscaler.adapters)
 
 
 def fresh_stats(
@@ -195,6 +204,13 @@ class _RevisionLoop:
         self.idle_since: dict[str, float] = {}  # serving replica -> since when it had no work
         self.suspending: set[str] = set()  # withdrawn from the endpoints, being frozen
         self.suspend_unsupported = False  # the actuator said so: scale as without the tier
+        # LoRA adapters (issue 16; autoscaler.adapters): what each serving replica holds, what
+        # is being loaded, what requests wait for (pokes), when each was last used.
+        self.adapters_loaded: dict[str, frozenset[str]] = {}
+        self.adapters_loading: set[tuple[str, str]] = set()
+        self.adapters_wanted: set[str] = set()
+        self.adapter_last_used: dict[str, float] = {}
+        self.adapter_seen: dict[tuple[str, str], int] = {}  # (activator, adapter) -> total
 
     @property
     def spec(self) -> RevisionSpec:
@@ -208,8 +224,10 @@ class _RevisionLoop:
         self.target = target
         self.wake.set()  # a resting loop looks at its new spec (min-scale may now be 1)
 
-    def poke(self) -> None:
+    def poke(self, adapter: str | None = None) -> None:
         self.poked = True
+        if adapter is not None:
+            self.adapters_wanted.add(adapter)
         self.wake.set()
 
     async def run(self) -> None:
@@ -316,6 +334,8 @@ class _RevisionLoop:
                 self.decision, self.obs, live, tuple(self.draining), self.record, now, suspension
             )
             await self._execute(steps, spec, before)
+            if spec.lora is not None:
+                await self._place_adapters(spec, self._serving(self._live()), stats, now)
         deps.metrics.record(
             self.key,
             self.decision,
@@ -505,6 +525,83 @@ class _RevisionLoop:
         covered = in_flight <= sum(x.work or 0.0 for x in loads if x is not None)
         return "quiet" if covered else "busy"
 
+    async def _place_adapters(
+        self, spec: RevisionSpec, ready: list[Replica], stats: Sequence[ActivatorStats], now: float
+    ) -> None:
+        """Load and unload LoRA adapters as ``plan_adapters`` says, then republish."""
+        lora, client = spec.lora, self._deps.lora
+        if lora is None or client is None:
+            return
+        urls = {r.replica_id: r.url for r in ready if r.url}
+        self.adapters_loaded = {k: v for k, v in self.adapters_loaded.items() if k in urls}
+        declared = {a.name for a in lora.adapters}
+        used: set[str] = set(self.adapters_wanted)
+        active: set[str] = set()
+        for s in fresh_stats(stats, now, self._deps.config.stats_fresh_s):
+            for t in s.adapters:
+                seen_key = (s.activator_id, t.name)
+                if t.active > 0:
+                    active.add(t.name)
+                if t.active > 0 or self.adapter_seen.get(seen_key) != t.requests_total:
+                    used.add(t.name)
+                self.adapter_seen[seen_key] = t.requests_total
+        self.adapter_last_used = last_uses(self.adapter_last_used, used & declared, now)
+        wanted = (self.adapters_wanted | active) & declared
+        loads = {x.replica_id: x for x in self.obs.ready}
+        replicas = [
+            AdapterReplica(
+                rid,
+                self.adapters_loaded.get(rid, frozenset()),
+                overloaded=(loads[rid].waiting or 0) > 0 if rid in loads else False,
+                work=(loads[rid].work or 0.0) if rid in loads else 0.0,
+            )
+            for rid in sorted(urls)
+        ]
+        steps = plan_adapters(
+            replicas,
+            wanted,
+            self.adapter_last_used,
+            max_loras=lora.max_loras,
+            idle_window_s=lora.idle_window_s,
+            now=now,
+        )
+        for rid, name in steps.unloads:
+            try:
+                await client.unload(urls[rid] or "", name)
+            except Exception as e:
+                log.warning("revision %s: unloading adapter %s on %s: %s", self.key, name, rid, e)
+                continue
+            self.adapters_loaded[rid] = self.adapters_loaded.get(rid, frozenset()) - {name}
+            log.info("revision %s: adapter %s unloaded from %s (idle)", self.key, name, rid)
+
+        async def load(rid: str, name: str) -> None:
+            source = lora.adapter(name)
+            if source is None:
+                return
+            self.adapters_loading.add((rid, name))
+            try:
+                await client.load(urls[rid] or "", name, source.source)
+            except Exception as e:
+                log.warning("revision %s: loading adapter %s on %s: %s", self.key, name, rid, e)
+                return
+            finally:
+                self.adapters_loading.discard((rid, name))
+            self.adapters_loaded[rid] = self.adapters_loaded.get(rid, frozenset()) | {name}
+            self.adapter_last_used[name] = self._deps.clock()
+            log.info("revision %s: adapter %s loaded on %s", self.key, name, rid)
+
+        await asyncio.gather(*(load(rid, name) for rid, name in steps.loads))
+        held = {n for names in self.adapters_loaded.values() for n in names}
+        # A poke is answered once its adapter is loaded somewhere, or forgotten once nothing
+        # has asked for it for an idle window (its requests timed out or left).
+        self.adapters_wanted = {
+            a
+            for a in self.adapters_wanted - held
+            if now - self.adapter_last_used.get(a, now) < lora.idle_window_s
+        }
+        if steps.loads or steps.unloads:
+            await self._publish(self._live())
+
     async def _scrape(self, ready: list[Replica]) -> list[ReplicaLoad]:
         async def one(r: Replica) -> ReplicaLoad:
             load = await self._deps.scraper.scrape(r.replica_id, r.url or "")
@@ -551,6 +648,7 @@ class _RevisionLoop:
     async def _publish(self, replicas: list[Replica], force: bool = False) -> None:
         withdrawn = self.stopping | self.suspending
         message = announcement(self.key, replicas, self.draining, withdrawn, self.record)
+        message = with_adapters(message, self.adapters_loaded)
         if not publish_needed(self.published, message, force=force):
             return
         if not self._deps.leader():
@@ -583,6 +681,7 @@ class _RevisionLoop:
             panic=self.decision.panic,
             last_cold_start=self.last_cold_start,
             replicas=tuple(r.url for r in ready if r.url),
+            adapters=adapter_rows(spec.lora, self.adapters_loaded, self.adapters_loading),
         )
 
     async def aclose(self) -> None:
@@ -607,6 +706,7 @@ class Autoscaler:
         scrape: Scraper | None = None,
         config: LoopConfig | None = None,
         leader: Callable[[], bool] = always_leader,
+        lora: LoraClient | None = None,
     ) -> None:
         """``tick_s`` is a shorthand for ``config=LoopConfig(tick_s=...)``; given both, they
         must agree (a ``tick_s`` default used to override the config's silently).
@@ -629,6 +729,8 @@ class Autoscaler:
         self.config = config
         self._own_scraper = scrape is None
         self.scrape: Scraper = scrape or HttpScraper()
+        self._own_lora = lora is None
+        self.lora: LoraClient = lora or HttpLoraClient()
         self.metrics = AutoscalerMetrics()
         self.registry = self.metrics.registry
         self._deps = LoopDeps(
@@ -639,6 +741,7 @@ class Autoscaler:
             clock=clock,
             metrics=self.metrics,
             leader=leader,
+            lora=self.lora,
         )
         self._loops: dict[str, _RevisionLoop] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -670,6 +773,8 @@ class Autoscaler:
             await asyncio.gather(*(loop.aclose() for loop in self._loops.values()))
             if self._own_scraper and isinstance(self.scrape, HttpScraper):
                 await self.scrape.aclose()
+            if self._own_lora and isinstance(self.lora, HttpLoraClient):
+                await self.lora.aclose()
 
     async def _watch_leadership(self) -> None:
         """Wake every loop when leadership changes: a resting loop must republish its endpoints
@@ -720,7 +825,7 @@ class Autoscaler:
                 elif isinstance(event, Poked):
                     loop = self._loops.get(event.revision)
                     if loop is not None:
-                        loop.poke()
+                        loop.poke(event.adapter)
                 elif isinstance(event, EndpointsChanged):
                     pass  # our own publications
                 pending = asyncio.ensure_future(iterator.__anext__())

@@ -46,6 +46,16 @@ def status_document(
                     "in_flight_requests": st.in_flight_requests if st else 0,
                     "panic": st.panic if st else False,
                     "replica_urls": list(st.replicas) if st else [],
+                    # LoRA adapters (issue 16): per replica, loaded or loading; idle: none.
+                    "adapters": [
+                        {"name": a.name, "state": a.state, "replica_id": a.replica_id}
+                        for a in st.adapters
+                    ]
+                    if st
+                    else [
+                        {"name": a.name, "state": "idle", "replica_id": None}
+                        for a in (revision.lora.adapters if revision.lora else ())
+                    ],
                     "min_scale": revision.autoscaling.min_scale,
                     "max_scale": revision.autoscaling.max_scale,
                     "last_cold_start": None
@@ -104,6 +114,9 @@ def render_table(document: Mapping[str, Any]) -> str:
             "cold": cold_text,
         }
         cells.append([values[key] for _, key in _COLUMNS])
+        for a in row.get("adapters") or ():
+            where = f" on {a['replica_id']}" if a.get("replica_id") else ""
+            notes.append(f"  {row['name']}: adapter {a['name']} {a['state']}{where}")
         if row["reason"]:
             notes.append(f"  {row['name']}: {row['reason']}")
         elif (

@@ -27,6 +27,7 @@ from activator.http.server import uvicorn_config
 from autoscaler.actuators.local import LocalActuator, SubprocessLauncher, local_model_path
 from autoscaler.actuators.warmpool import WarmPool, WarmPoolLauncher
 from autoscaler.loop import Autoscaler
+from autoscaler.lora_client import HttpLoraClient
 from embedded.control_api import build_control_app
 from embedded.controlplane import ControlPlane
 from embedded.state import ControlAddress, StateDir
@@ -109,7 +110,9 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[RunningPlat
         pool, SubprocessLauncher((sys.executable, "-m", "runtime", "serve"))
     )
     actuator = LocalActuator(home=state.root, launcher=launcher)
-    scaler = Autoscaler(bus, actuator, tick_s=config.tick_s)
+    # LoRA adapters are loaded from the manifest's /models/<name>, this machine's <home>/models.
+    lora = HttpLoraClient(lambda path: local_model_path(path, state.root))
+    scaler = Autoscaler(bus, actuator, tick_s=config.tick_s, lora=lora)
 
     def statuses() -> list[RevisionStatus]:
         # The autoscaler's rows with this activator's live counts: the autoscaler only sees the
@@ -139,6 +142,7 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[RunningPlat
     address = ControlAddress(control_url=control_url, activator_url=activator_url, pid=os.getpid())
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(pool.aclose)
+        stack.push_async_callback(lora.aclose)
         stack.push_async_callback(actuator.aclose)
         stack.push_async_callback(bus.aclose)
         await stack.enter_async_context(scaler.running())

@@ -190,9 +190,15 @@ def vllm_argv(cfg: LaunchConfig, model_path: Path, *, cpu: bool) -> list[str]:
     return argv
 
 
-def runtime_env(env: Mapping[str, str], *, cpu: bool) -> dict[str, str]:
+def runtime_env(
+    env: Mapping[str, str], *, cpu: bool, engine_args: Sequence[str] = ()
+) -> dict[str, str]:
     """Environment variables to add before vLLM is imported (never overriding the caller's)."""
     add: dict[str, str] = {}
+    if _has_flag(engine_args, "--enable-lora", "--enable_lora"):
+        # LoRA adapters are loaded on demand (the autoscaler calls /v1/load_lora_adapter),
+        # which vLLM serves only with this set.
+        add["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     if cpu and "VLLM_CPU_KVCACHE_SPACE" not in env:
         add["VLLM_CPU_KVCACHE_SPACE"] = "1"  # GiB; the default share of host memory fails here
     return add

@@ -41,6 +41,7 @@ from runtime.sources import (
     SourceError,
     SourceFactory,
     SourceFile,
+    check_adapter,
     check_model,
     open_source,
 )
@@ -164,8 +165,11 @@ class WeightCache:
 
     # ---- public API -------------------------------------------------------------------------
 
-    def ensure(self, source: str, *, full_verify: bool = False) -> Path:
-        """Return the cached copy of `source`, copying it in first if needed."""
+    def ensure(self, source: str, *, full_verify: bool = False, adapter: bool = False) -> Path:
+        """Return the cached copy of `source`, copying it in first if needed.
+
+        ``adapter``: the source is a LoRA adapter (``runtime.sources.check_adapter``), not a
+        model; it is cached, verified and evicted like one."""
         src = open_source(source, self._kinds)
         key = hashlib.sha256(src.uri.encode()).hexdigest()
         # One copier per source across processes; others wait here and then find the entry.
@@ -177,7 +181,7 @@ class WeightCache:
                 if digest is not None and self._usable(digest, full_verify=full_verify):
                     self._touch(digest)
                     return self._model_dir(digest)
-            tmp, files = self._copy_in(src, self._model_files(src))
+            tmp, files = self._copy_in(src, self._model_files(src, adapter=adapter))
             digest = manifest_digest(files)
             with self._lock("cache"):
                 entry = self.root / "objects" / digest
@@ -277,10 +281,10 @@ class WeightCache:
         _atomic_write_json(entry / "manifest.json", data)
         return True
 
-    def _model_files(self, src: Source) -> list[SourceFile]:
-        """What will be copied, once checked to be a model within the size limit."""
+    def _model_files(self, src: Source, *, adapter: bool = False) -> list[SourceFile]:
+        """What will be copied, once checked to be a model (or adapter) within the size limit."""
         listed = src.files()
-        check_model(src.uri, listed, self.max_model_bytes)
+        (check_adapter if adapter else check_model)(src.uri, listed, self.max_model_bytes)
         return listed
 
     def _copy_in(self, src: Source, listed: list[SourceFile]) -> tuple[Path, list[FileEntry]]:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from runtime.adapter_load import AdapterCacheMiddleware
 from runtime.args import LaunchConfig, runtime_env, vllm_argv
 from runtime.cache import WeightCache
 from runtime.contract import ContractError
@@ -63,6 +64,15 @@ def resolve_model(cfg: LaunchConfig) -> Path:
         src = open_source(cfg.source)
         return Path(getattr(src, "root", cfg.source))
     return WeightCache(cfg.cache_dir, cfg.cache_budget_bytes).ensure(cfg.source)
+
+
+def resolve_adapter(cfg: LaunchConfig, source: str) -> Path:
+    """A LoRA adapter's directory through the weight cache (or as is, with ``--no-cache``)."""
+    if not cfg.use_cache:
+        from runtime.sources import LocalDirSource
+
+        return LocalDirSource.from_uri(source).root
+    return WeightCache(cfg.cache_dir, cfg.cache_budget_bytes).ensure(source, adapter=True)
 
 
 async def _wait_healthy(host: str, port: int, stop: asyncio.Event) -> bool:
@@ -143,6 +153,10 @@ async def serve(cfg: LaunchConfig, recorder: PhaseRecorder) -> None:
             if app.middleware_stack is None:
                 app.middleware_stack = app.build_middleware_stack()
             app.middleware_stack = FirstTokenMiddleware(app.middleware_stack, first_token)
+            # An adapter's lora_path is copied through the weight cache, as --model is.
+            app.middleware_stack = AdapterCacheMiddleware(
+                app.middleware_stack, lambda source: resolve_adapter(cfg, source)
+            )
             kwargs: dict[str, Any] = {}
             log_config = get_uvicorn_log_config(args)
             if log_config is not None:
@@ -180,11 +194,14 @@ def _write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def prepare_environment(env: MutableMapping[str, str]) -> None:
+def prepare_environment(
+    env: MutableMapping[str, str], cfg: LaunchConfig | None = None
+) -> None:
     """Fast-start defaults, set before vLLM reads its environment."""
     from runtime.engine import is_cpu_build
 
-    env.update(runtime_env(env, cpu=is_cpu_build()))
+    engine_args = cfg.engine_args if cfg is not None else ()
+    env.update(runtime_env(env, cpu=is_cpu_build(), engine_args=engine_args))
 
 
 def run(cfg: LaunchConfig, recorder: PhaseRecorder) -> int:
@@ -221,7 +238,7 @@ def serve_main(argv: list[str], *, started: float | None = None) -> int:
     except SourceError as e:
         print(f"torpor runtime: {e}", file=sys.stderr, flush=True)
         return 2
-    prepare_environment(os.environ)
+    prepare_environment(os.environ, cfg)
     recorder = PhaseRecorder(replica_id=cfg.replica_id,
                              launched_at=cfg.launched_at or started, warm=False,
                              labels=cfg.identity.labels())

@@ -88,6 +88,21 @@ def check_model(uri: str, files: list[SourceFile], max_bytes: int) -> None:
         raise ModelTooLarge(uri, size, max_bytes)
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def check_adapter(uri: str, files: list[SourceFile], max_bytes: int) -> None:
+    """As ``check_model``, for a LoRA adapter: PEFT's ``adapter_config.json`` and weights."""
+    top = {f.path for f in files if "/" not in f.path}
+    if ADAPTER_CONFIG not in top:
+        raise NotAModel(f"adapter source {uri} is not a PEFT adapter: no {ADAPTER_CONFIG}")
+    if not any(f.path.endswith(WEIGHT_SUFFIXES) for f in files):
+        raise NotAModel(f"adapter source {uri} is not a PEFT adapter: no weights files")
+    size = sum(f.size for f in files)
+    if size > max_bytes:
+        raise ModelTooLarge(uri, size, max_bytes)
+
+
 @dataclass(frozen=True)
 class LocalDirSource:
     root: Path

@@ -151,7 +151,7 @@ def standby_main(argv: list[str]) -> int:
         return 2
     conn.sendall(StandbyReply(accepted=True, pid=os.getpid()).encode())
     conn.close()
-    prepare_environment(os.environ)  # the assignment's env may have brought its own settings
+    prepare_environment(os.environ, cfg)  # the assignment's env may have brought its own settings
     recorder = PhaseRecorder(replica_id=cfg.replica_id,
                              launched_at=cfg.launched_at or assignment.received_at, warm=True,
                              labels=cfg.identity.labels())

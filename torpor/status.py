@@ -21,6 +21,15 @@ class ColdStart:
 
 
 @dataclass(frozen=True, slots=True)
+class AdapterStatus:
+    """One LoRA adapter of a revision (issue 16): where it is loaded, if anywhere."""
+
+    name: str
+    state: str  # "loaded", "loading" (on replica_id), "idle" (declared, on no replica)
+    replica_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RevisionStatus:
     revision: str  # RevisionRef.key
     namespace: str
@@ -41,3 +50,4 @@ class RevisionStatus:
     panic: bool = False
     last_cold_start: ColdStart | None = None
     replicas: tuple[str, ...] = field(default=())  # replica urls, for people debugging
+    adapters: tuple[AdapterStatus, ...] = ()  # one row per (adapter, replica); idle: no replica

@@ -8,6 +8,7 @@ activators). ``Bus`` is the one interface; ``MemoryBus`` serves the embedded pla
 
 from torpor.bus.base import (
     ActivatorStats,
+    AdapterTraffic,
     Bus,
     BusEvent,
     BusSnapshot,
@@ -23,6 +24,7 @@ from torpor.bus.redis import RedisBus
 
 __all__ = [
     "ActivatorStats",
+    "AdapterTraffic",
     "Bus",
     "BusEvent",
     "BusSnapshot",

@@ -10,6 +10,15 @@ from torpor.spec import ServiceSpec
 
 
 @dataclass(frozen=True, slots=True)
+class AdapterTraffic:
+    """One LoRA adapter's requests at one activator (``ActivatorStats.adapters``)."""
+
+    name: str
+    active: int  # held or in flight now
+    requests_total: int  # accepted since the activator started: a change is a use
+
+
+@dataclass(frozen=True, slots=True)
 class ActivatorStats:
     """One activator's view of one revision, sent at least every second."""
 
@@ -26,6 +35,9 @@ class ActivatorStats:
     # stopped only once no fresh report lists it (``autoscaler.loop``): vLLM's own gauges miss
     # a request still on its way in.
     busy: tuple[str, ...] = ()
+    # Per LoRA adapter of the revision (issue 16): how the autoscaler knows an adapter's last
+    # use, to unload it after its idle window. Counted in ``queued``/``in_flight`` too.
+    adapters: tuple[AdapterTraffic, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +47,9 @@ class Endpoint:
     replica_id: str
     url: str  # base URL, e.g. http://127.0.0.1:40123
     draining: bool = False
+    # LoRA adapters loaded on this replica (the autoscaler places them): a request for an
+    # adapter goes only to a replica listing it, and waits while none does.
+    adapters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +83,7 @@ class EndpointsChanged:
 @dataclass(frozen=True, slots=True)
 class Poked:
     revision: str  # RevisionRef.key
+    adapter: str | None = None  # a request waits for this LoRA adapter to be loaded
 
 
 BusEvent = ServicesChanged | EndpointsChanged | Poked
@@ -101,7 +117,7 @@ class Bus(Protocol):
 
     async def publish_stats(self, stats: Sequence[ActivatorStats]) -> None: ...
 
-    async def poke(self, revision: str) -> None: ...
+    async def poke(self, revision: str, adapter: str | None = None) -> None: ...
 
     async def snapshot(self) -> BusSnapshot: ...
 

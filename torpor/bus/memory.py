@@ -57,8 +57,8 @@ class MemoryBus:
         for s in stats:
             self._stats.setdefault(s.revision, {})[s.activator_id] = (s, expires)
 
-    async def poke(self, revision: str) -> None:
-        self._fanout.emit(Poked(revision))
+    async def poke(self, revision: str, adapter: str | None = None) -> None:
+        self._fanout.emit(Poked(revision, adapter))
 
     async def snapshot(self) -> BusSnapshot:
         now = self._clock()

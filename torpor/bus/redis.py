@@ -281,8 +281,11 @@ class RedisBus:
 
         await self._retrying("publish_stats", write)
 
-    async def poke(self, revision: str) -> None:
-        message = json.dumps({"t": "poke", "r": revision})
+    async def poke(self, revision: str, adapter: str | None = None) -> None:
+        doc = {"t": "poke", "r": revision}
+        if adapter is not None:
+            doc["a"] = adapter
+        message = json.dumps(doc)
 
         async def send() -> object:
             return await self._redis.publish(self._channel, message)
@@ -460,7 +463,8 @@ class RedisBus:
             doc = json.loads(data)
             kind = doc["t"]
             if kind == "poke":
-                return Poked(str(doc["r"]))
+                adapter = doc.get("a")
+                return Poked(str(doc["r"]), None if adapter is None else str(adapter))
             if kind == "services":
                 return ServicesChanged(_decode_services(doc["s"]))
             if kind == "endpoints":
