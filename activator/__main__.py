@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between scrapes of replicas' vLLM load for engine-aware balancing and "
         "prefix affinity (e.g. 1); 0, the default: power of two choices on in-flight requests",
     )
+    p.add_argument(
+        "--resync-interval",
+        type=float,
+        default=60.0,
+        help="seconds between full re-reads of the routing table from the bus, besides its "
+        "events; 0: never",
+    )
     # A worker started by the supervisor serves the listening socket it inherited.
     p.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     return p
@@ -100,6 +107,7 @@ async def _serve(args: argparse.Namespace) -> None:
             key_store=keys,
             keepalive_s=args.keepalive_interval,
             engine_load_s=args.engine_load_interval,
+            resync_s=args.resync_interval,
         )
         activator = build_activator(bus, config)
         server = uvicorn.Server(
@@ -143,6 +151,7 @@ def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]
         f"--body-idle-timeout={args.body_idle_timeout}",
         f"--keepalive-interval={args.keepalive_interval}",
         f"--engine-load-interval={args.engine_load_interval}",
+        f"--resync-interval={args.resync_interval}",
     ]
     if args.max_connections is not None:
         argv.append(f"--max-connections={args.max_connections}")

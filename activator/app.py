@@ -99,6 +99,11 @@ class ActivatorConfig:
     # in-flight counts alone. Off by default: on the 2-core machine the engine-aware policy
     # showed no gain over power of two choices (benchmarks/results/routing.md).
     engine_load_s: float = 0.0
+    # The routing table follows the bus's events; it is also re-read whole this often, so a
+    # change whose event was lost (a pub/sub message dropped without the subscription failing)
+    # is picked up within the interval. One snapshot per activator per interval: bounded, and
+    # proportional to the revisions deployed, not to traffic or ticks. 0: never.
+    resync_s: float = 60.0
     # Where per-service API keys are read (``torpor.dev/api-keys-secret``); None: a service that
     # asks for keys is refused (fail closed), services without keys are unaffected.
     key_store: KeyStore | None = None
@@ -114,6 +119,8 @@ class ActivatorConfig:
             raise ValueError("keepalive_s must not be negative")
         if self.engine_load_s < 0:
             raise ValueError("engine_load_s must not be negative")
+        if self.resync_s < 0:
+            raise ValueError("resync_s must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,14 +398,15 @@ class Activator:
         pending = asyncio.ensure_future(anext(events))
         try:
             await asyncio.sleep(0)
-            snapshot = await self._bus.snapshot()
-            self.apply_services(snapshot.services)
-            for endpoints in snapshot.endpoints.values():
-                self.apply_endpoints(endpoints)
+            await self.resync()
             ready.set()
             while True:
+                done, _ = await asyncio.wait({pending}, timeout=self.config.resync_s or None)
+                if not done:
+                    await self.resync()
+                    continue
                 try:
-                    event = await pending
+                    event = pending.result()
                 except StopAsyncIteration:
                     return
                 self.apply(event)
@@ -408,6 +416,13 @@ class Activator:
             await asyncio.gather(pending, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await events.aclose()  # type: ignore[attr-defined]
+
+    async def resync(self) -> None:
+        """Re-read the whole routing state from the bus (idempotent: whole sets, versions)."""
+        snapshot = await self._bus.snapshot()
+        self.apply_services(snapshot.services)
+        for endpoints in snapshot.endpoints.values():
+            self.apply_endpoints(endpoints)
 
     async def _publish_stats(self) -> None:
         report = TrafficReport(self.config.activator_id)  # revisions with traffic only

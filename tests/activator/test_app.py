@@ -333,6 +333,23 @@ async def test_services_published_later_become_routable(
     assert after.status_code == 200
 
 
+async def test_an_endpoints_event_lost_on_the_bus_is_picked_up_by_the_resync(
+    running_activator: ActivatorFactory,
+) -> None:
+    upstream = Upstream()
+    async with serve(upstream) as up, running_activator((CHAT,), resync_s=0.1) as running:
+        fanout = running.bus._fanout  # the seam: drop the next event, as a lost message would be
+        emit = fanout.emit
+        fanout.emit = lambda event: None  # type: ignore[method-assign]
+        await running.bus.publish_endpoints(endpoints(KEY, up))
+        fanout.emit = emit  # type: ignore[method-assign]
+        async with client(running) as c:
+            response = await c.get("/default/chat/v1/x")  # held until the resync, then served
+    assert response.status_code == 200
+
+
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="activator_id"):
         ActivatorConfig(activator_id="")
+    with pytest.raises(ValueError, match="resync_s"):
+        ActivatorConfig(activator_id="a", resync_s=-1)
