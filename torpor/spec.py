@@ -91,6 +91,22 @@ class AutoscalingSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class LivenessProbe:
+    """The container's ``livenessProbe``: what the embedded platform checks on a ready replica.
+
+    Kubernetes' defaults. ``path`` None is a ``tcpSocket`` probe (the port accepts a connection);
+    otherwise an HTTP GET of ``path`` that must answer 2xx or 3xx. After ``failure_threshold``
+    failures in a row the replica is FAILED and replaced, as the kubelet restarts the container.
+    """
+
+    path: str | None = "/"
+    period_s: float = 10.0
+    timeout_s: float = 1.0
+    failure_threshold: int = 3
+    initial_delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeSpec:
     """What a replica runs: a model source resolved through the weight cache, and vLLM's flags.
 
@@ -104,6 +120,7 @@ class RuntimeSpec:
     engine_args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     container_port: int = 8080
+    liveness: LivenessProbe | None = None  # none declared: nothing probes a ready replica
 
 
 DEFAULT_LORA_IDLE_WINDOW_S = 60.0

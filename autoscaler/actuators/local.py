@@ -16,8 +16,13 @@ holds as many suspended replicas as its memory holds running ones. The cgroup fr
 the same without signals a process can observe (SIGCONT wakes ``SIGCHLD`` handlers in its
 parent); this machine's cgroup v1 freezer is writable, but moving a replica into its own cgroup
 needs its pid at launch, which the ``ReplicaHandle`` seam (and the warm pool behind it) does not
-give, so signals it is. Nothing else probes a frozen replica: the health check runs only until
-READY, and the loop never scrapes a suspended one.
+give, so signals it is. Nothing else probes a frozen replica: the liveness probe skips it, and
+the loop never scrapes a suspended one.
+
+A ready replica is probed with the revision's ``livenessProbe`` when the manifest has one
+(``torpor.manifest.probes``), as the kubelet would: after ``failureThreshold`` failures in a row it
+is FAILED and the loop replaces it. That catches a replica that is alive but stuck (its process
+stopped, its event loop blocked), which no exit code reports.
 
 On a GPU, vLLM's own sleep mode would be the mechanism (``POST /sleep?level=1`` offloads weights
 to host memory and frees the GPU's; ``POST /wake_up`` restores them; both exist only when the
@@ -47,7 +52,7 @@ import httpx
 from autoscaler.actuator import Phase, Replica
 from runtime.contract import ENV_HOME, ServeArgs, find_startup_report
 from torpor.manifest.env import container_env, expand
-from torpor.spec import RevisionSpec
+from torpor.spec import LivenessProbe, RevisionSpec
 from torpor.status import ColdStart
 
 log = logging.getLogger("torpor.autoscaler.local")
@@ -261,6 +266,7 @@ class _Proc:
     log_path: Path
     task: asyncio.Task[None] | None = None
     stopping: bool = False
+    liveness: LivenessProbe | None = None
 
 
 class LocalActuator:
@@ -330,7 +336,7 @@ class LocalActuator:
         path = self.log_path(key, replica_id)
         url = f"http://{self._host}:{port}"
         replica = Replica(replica_id, key, Phase.STARTING, url=None, launched_at=launched_at)
-        proc = _Proc(replica, None, path)
+        proc = _Proc(replica, None, path, liveness=revision.runtime.liveness)
         self._procs.setdefault(key, {})[replica_id] = proc
         try:
             proc.handle = await self._launcher.launch(
@@ -360,6 +366,8 @@ class LocalActuator:
                 )
                 cold_start = await self._cold_start(proc, exited)
                 proc.replica = replace(proc.replica, cold_start=cold_start)
+                if proc.liveness is not None:
+                    await self._probe_until_dead(proc, url, proc.liveness, exited)
             elif not exited.done():
                 proc.replica = replace(
                     proc.replica,
@@ -380,6 +388,48 @@ class LocalActuator:
             exited.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await exited
+
+    async def _probe_until_dead(
+        self, proc: _Proc, url: str, probe: LivenessProbe, exited: asyncio.Task[int]
+    ) -> None:
+        """Run the revision's liveness probe on a ready replica, as the kubelet does, until the
+        process exits or fails the probe ``failure_threshold`` times in a row: then it is FAILED
+        (the loop stops and replaces it, as a crash). A suspended replica is not probed."""
+        if probe.initial_delay_s > 0:
+            await asyncio.wait({exited}, timeout=probe.initial_delay_s)
+        failures, why = 0, ""
+        while not exited.done():
+            await asyncio.wait({exited}, timeout=probe.period_s)
+            if exited.done() or proc.stopping or proc.replica.phase is not Phase.READY:
+                failures = 0
+                continue
+            why = await self._probe(url, probe)
+            if proc.replica.phase is not Phase.READY:
+                failures = 0  # suspended while the probe ran: a frozen process answers nothing
+                continue
+            failures = failures + 1 if why else 0
+            if failures >= probe.failure_threshold:
+                error = f"liveness probe failed {failures} times in a row: {why}"
+                log.warning("replica %s: %s", proc.replica.replica_id, error)
+                proc.replica = replace(proc.replica, phase=Phase.FAILED, error=error)
+                return
+
+    async def _probe(self, url: str, probe: LivenessProbe) -> str:
+        """One probe: "" if it passed, else why not."""
+        try:
+            if probe.path is None:
+                host, _, port = url.removeprefix("http://").rpartition(":")
+                async with asyncio.timeout(probe.timeout_s):
+                    _, writer = await asyncio.open_connection(host, int(port))
+                    writer.close()
+                    await writer.wait_closed()
+                return ""
+            response = await self._client.get(url + probe.path, timeout=probe.timeout_s)
+        except (OSError, TimeoutError, httpx.HTTPError) as e:
+            return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if 200 <= response.status_code < 400:
+            return ""
+        return f"GET {probe.path} answered {response.status_code}"
 
     async def _wait_ready(self, url: str, exited: asyncio.Task[int]) -> bool:
         deadline = asyncio.get_running_loop().time() + self._ready_timeout_s

@@ -4,8 +4,9 @@ It takes the runtime's arguments, serves ``/health`` and vLLM-shaped ``/metrics`
 http.server and prints the startup line. The ``--model`` value picks a behaviour:
 ``fail`` exits 3 with an error on stderr, ``never-ready`` answers /health with 503,
 ``stubborn`` ignores SIGTERM, ``with-child`` starts a child process (its pid goes to
-``$FAKE_CHILD_PIDFILE``) the way vLLM starts its engine core. ``$FAKE_RUNNING`` sets the
-running-requests gauge (default 1).
+``$FAKE_CHILD_PIDFILE``) the way vLLM starts its engine core, ``sickens`` answers /health with
+500 once the file ``$FAKE_SICK_FILE`` exists. ``$FAKE_RUNNING`` sets the running-requests gauge
+(default 1).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def main() -> None:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/health":
-                self._reply(200 if healthy else 503, b"")
+                sick = args.model == "sickens" and os.path.exists(os.environ["FAKE_SICK_FILE"])
+                self._reply(500 if sick else 200 if healthy else 503, b"")
             elif self.path == "/metrics":
                 running = os.environ.get("FAKE_RUNNING", "1.0")
                 self._reply(200, (METRICS % running).encode())

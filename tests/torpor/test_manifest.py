@@ -35,6 +35,7 @@ from torpor.spec import (
     DEFAULT_QUEUE_DEPTH,
     DEFAULT_TIMEOUT_S,
     AutoscalingSpec,
+    LivenessProbe,
     RevisionRef,
     ServiceSpec,
     TrafficTarget,
@@ -114,6 +115,7 @@ def test_tiny_chat_example_parses() -> None:
     assert rt.engine_args == ("--max-model-len=512", "--enforce-eager", "--dtype=bfloat16")
     assert rt.env == (("VLLM_CPU_KVCACHE_SPACE", "1"),)
     assert rt.container_port == 8080
+    assert rt.liveness == LivenessProbe("/health", 15.0, 5.0, 4, 0.0)
     a = m.template.autoscaling
     assert a.min_scale == 0
     assert a.initial_scale == 0

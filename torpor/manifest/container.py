@@ -34,6 +34,7 @@ from torpor.manifest.fields import (
     item,
     kind_of,
 )
+from torpor.manifest.probes import parse_liveness
 from torpor.spec import RuntimeSpec
 
 DEFAULT_CONTAINER_PORT = 8080
@@ -82,6 +83,7 @@ def parse_container(containers: list[Any], path: str) -> RuntimeSpec:
         engine_args=engine_args,
         env=env,
         container_port=port,
+        liveness=parse_liveness(c, at, port),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import pytest
 from autoscaler.actuator import Phase, Replica
 from autoscaler.actuators.local import (
     LocalActuator,
+    free_port,
     local_model_path,
     parse_startup_line,
     replica_env,
@@ -23,7 +25,7 @@ from autoscaler.scrape import HttpScraper
 from runtime.contract import ServeArgs
 from tests.autoscaler.fakes import eventually, revision
 from torpor.manifest.env import expand
-from torpor.spec import RevisionSpec, RuntimeSpec
+from torpor.spec import LivenessProbe, RevisionSpec, RuntimeSpec
 from torpor.status import ColdStart
 
 FAKE_RUNTIME = Path(__file__).resolve().parent.parent / "fake_runtime.py"
@@ -270,3 +272,48 @@ async def test_forget_stops_one_revision_only(actuator: LocalActuator) -> None:
     await actuator.forget(KEY)
     assert actuator.replicas(KEY) == []
     assert len(actuator.replicas("default/other-00001")) == 1
+
+
+async def test_a_replica_failing_its_liveness_probe_is_failed_with_the_reason(
+    actuator: LocalActuator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sick = tmp_path / "sick"
+    monkeypatch.setenv("FAKE_SICK_FILE", str(sick))
+    probe = LivenessProbe("/health", period_s=0.05, timeout_s=1.0, failure_threshold=3)
+    await actuator.start(with_model("sickens", liveness=probe), 1)
+    await eventually(lambda: only(actuator).phase is Phase.READY, bound_s=30)
+    await asyncio.sleep(0.3)  # several probes passed
+    assert only(actuator).phase is Phase.READY
+    sick.touch()
+    await eventually(lambda: only(actuator).phase is Phase.FAILED, bound_s=10)
+    error = only(actuator).error or ""
+    assert error == "liveness probe failed 3 times in a row: GET /health answered 500", error
+
+
+async def test_a_tcp_socket_probe_passes_while_the_port_accepts(
+    actuator: LocalActuator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_SICK_FILE", str(tmp_path / "sick"))
+    probe = LivenessProbe(None, period_s=0.05, timeout_s=1.0, failure_threshold=1)
+    await actuator.start(with_model("sickens", liveness=probe), 1)
+    await eventually(lambda: only(actuator).phase is Phase.READY, bound_s=30)
+    (tmp_path / "sick").touch()  # /health says 500 now; a tcpSocket probe does not ask it
+    await asyncio.sleep(0.3)
+    assert only(actuator).phase is Phase.READY
+    closed = f"http://127.0.0.1:{free_port('127.0.0.1')}"
+    assert "ConnectionRefusedError" in await actuator._probe(closed, probe)
+
+
+async def test_a_suspended_replica_is_not_probed(
+    actuator: LocalActuator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_SICK_FILE", str(tmp_path / "sick"))
+    probe = LivenessProbe("/health", period_s=0.05, timeout_s=0.2, failure_threshold=2)
+    rev = with_model("sickens", liveness=probe)
+    await actuator.start(rev, 1)
+    await eventually(lambda: only(actuator).phase is Phase.READY, bound_s=30)
+    await actuator.suspend(rev, only(actuator).replica_id)
+    await asyncio.sleep(1.0)  # a frozen process answers no probe: it would have failed 5 times
+    assert only(actuator).phase is Phase.SUSPENDED
+    await actuator.resume(rev, only(actuator).replica_id)
+    assert only(actuator).phase is Phase.READY
