@@ -15,6 +15,7 @@ from typing import Any
 from autoscaler.actuator import Phase, Replica
 from torpor.manifest.annotations import parse_template_annotations
 from torpor.manifest.container import parse_container
+from torpor.manifest.lora import parse_lora
 from torpor.spec import (
     DEFAULT_AUTOSCALER_CLASS,
     DEFAULT_TIMEOUT_S,
@@ -85,6 +86,14 @@ def revision_spec(pa: Json, revision: Json | None) -> RevisionSpec:
     runtime = parse_container(
         [_plain_container(c) for c in containers], f"revisions/{meta['name']}.spec.containers"
     )
+    # LoRA adapters (issue 16): the same annotation; the pod runs its args as written, so the
+    # flags parse_lora would add are not added to what runs (the manifest must carry them).
+    lora, _ = parse_lora(
+        annotations,
+        f"revisions/{meta['name']}.annotations",
+        runtime.engine_args,
+        f"revisions/{meta['name']}.spec.containers[0].args",
+    )
     generation = int(labels.get(GENERATION_LABEL) or rev_meta.get("generation") or 1)
     return RevisionSpec(
         ref=ref_of(pa),
@@ -99,6 +108,7 @@ def revision_spec(pa: Json, revision: Json | None) -> RevisionSpec:
         queue_depth=parsed.queue_depth,
         template_digest=str(meta.get("uid", "")),
         api_keys_secret=parsed.api_keys_secret,
+        lora=lora,
     )
 
 

@@ -1,0 +1,159 @@
+"""LoRA adapters on shared base replicas (issue 16): time to first token, and what sharing saves.
+
+Real, on the embedded platform (``torpor up`` as a child, real vLLM CPU, the tiny Llama and tiny
+adapters), one run: time to first token of a streaming request for
+
+- (plain) a plain revision (tiny-chat) at zero: its cold start, the baseline of this run;
+- (a) an adapter whose base is at zero: the base cold-starts, then the adapter loads;
+- (b) an adapter whose base is warm but which is not loaded: the load alone;
+- (c) an adapter already loaded.
+
+Then the cost of serving K adapters (K=4) on one shared replica vs K separate replicas, in
+replica-seconds, **simulated** from a Zipf-popularity arrival trace with the same scale-to-zero
+rules (a replica is up from a request until window + grace after its last one; cold starts not
+counted): each arrival keeps its replica up; with sharing one replica serves all K. The
+simulation is stated in the results; nothing of it ran on vLLM.
+
+Writes lora.json, lora.md (and lora.png when matplotlib is present) under benchmarks/results/.
+Run under ``flock /tmp/torpor-vllm.lock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from harness.manifests import TINY_CHAT
+from harness.platform import Platform
+from runtime.tinyadapter import make_tiny_adapter
+from runtime.tinymodel import make_tiny_llama
+
+REPO = Path(__file__).resolve().parents[1]
+LORA = REPO / "tests" / "data" / "tiny-lora-e2e.yaml"
+SERVICE = "tiny-lora-e2e"
+
+
+def ttft(url: str, model: str) -> float:
+    body = {"model": model, "prompt": "Hello", "max_tokens": 4, "stream": True}
+    started = time.monotonic()
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=300) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and '"text"' in line:
+                return time.monotonic() - started
+    raise RuntimeError(f"no token from {model}")
+
+
+def simulate(k: int, duration_s: float, rate: float, keep_s: float,
+             seed: int) -> dict[str, float]:
+    """Replica-seconds of K adapters, one replica each vs one shared, on a Zipf trace."""
+    rng = random.Random(seed)
+    weights = [1.0 / (i + 1) for i in range(k)]
+    arrivals: list[tuple[float, int]] = []
+    t = 0.0
+    while True:
+        t += rng.expovariate(rate)
+        if t >= duration_s:
+            break
+        arrivals.append((t, rng.choices(range(k), weights)[0]))
+
+    def up_seconds(times: list[float]) -> float:
+        total, start, end = 0.0, None, None
+        for at in times:
+            if end is None or at > end:
+                if start is not None and end is not None:
+                    total += end - start
+                start = at
+            end = at + keep_s
+        if start is not None and end is not None:
+            total += end - start
+        return total
+
+    separate = sum(up_seconds([a for a, i in arrivals if i == j]) for j in range(k))
+    shared = up_seconds([a for a, _ in arrivals])
+    return {"requests": float(len(arrivals)), "separate_replica_s": separate,
+            "shared_replica_s": shared}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--home", type=Path, default=Path("/tmp/torpor-bench-lora"))
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ns = p.parse_args()
+    make_tiny_llama(ns.home / "models" / "tiny-llama")
+    make_tiny_adapter(ns.home / "models" / "tiny-sql", seed=1)
+    make_tiny_adapter(ns.home / "models" / "tiny-poet", seed=2)
+    results: dict[str, Any] = {}
+    with Platform.start(ns.home, timeout_s=90) as platform:
+        platform.cli("deploy", "-f", str(TINY_CHAT))
+        platform.cli("deploy", "-f", str(LORA))
+        results["plain_cold_start_s"] = ttft(platform.url, "tiny-chat")
+        results["a_base_at_zero_s"] = ttft(platform.url, "e2e-sql")
+        results["b_warm_not_loaded_s"] = ttft(platform.url, "e2e-poet")
+        results["c_loaded_s"] = min(ttft(platform.url, "e2e-poet") for _ in range(3))
+        results["base_warm_s"] = min(ttft(platform.url, SERVICE) for _ in range(3))
+    results["load_ratio_to_plain_cold_start"] = (
+        results["b_warm_not_loaded_s"] / results["plain_cold_start_s"]
+    )
+    keep_s = 6.0 + 2.0  # the e2e manifest's window + grace
+    results["cost"] = {
+        "k": 4, "trace_s": 120.0, "rate_per_s": 0.2, "zipf_s": 1.0, "keep_s": keep_s,
+        "simulated": True,
+        **simulate(4, 120.0, 0.2, keep_s, seed=1),
+    }
+    ns.out.mkdir(parents=True, exist_ok=True)
+    (ns.out / "lora.json").write_text(json.dumps(results, indent=2) + "\n")
+    c = results["cost"]
+    md = [
+        "# LoRA adapters on shared base replicas (`python benchmarks/lora.py`)",
+        "",
+        "One run, embedded platform, real vLLM CPU (2 cores), tiny Llama + rank-8 tiny adapters.",
+        "Time to first token of one streaming request:",
+        "",
+        "| case | TTFT (s) |",
+        "|---|---|",
+        f"| plain revision at zero (cold start, this run's baseline) | "
+        f"{results['plain_cold_start_s']:.2f} |",
+        f"| (a) adapter, base at zero | {results['a_base_at_zero_s']:.2f} |",
+        f"| (b) adapter, base warm, adapter not loaded | {results['b_warm_not_loaded_s']:.3f} |",
+        f"| (c) adapter loaded | {results['c_loaded_s']:.3f} |",
+        f"| base model, warm | {results['base_warm_s']:.3f} |",
+        "",
+        f"Adapter load on a warm replica (b) / plain cold start: "
+        f"**{results['load_ratio_to_plain_cold_start']:.3f}x**.",
+        "",
+        f"Cost, **simulated** (not run on vLLM): K={c['k']} adapters, Poisson arrivals "
+        f"{c['rate_per_s']}/s for {c['trace_s']:.0f} s, Zipf(1) popularity, a replica up until "
+        f"{c['keep_s']:.0f} s after its last request: {c['requests']:.0f} requests, "
+        f"{c['separate_replica_s']:.0f} replica-s with one replica per adapter vs "
+        f"{c['shared_replica_s']:.0f} replica-s on one shared base "
+        f"({c['shared_replica_s'] / max(c['separate_replica_s'], 1e-9):.2f}x).",
+        "",
+    ]
+    (ns.out / "lora.md").write_text("\n".join(md))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    labels = ["plain cold", "(a) base at 0", "(b) load", "(c) loaded"]
+    values = [results["plain_cold_start_s"], results["a_base_at_zero_s"],
+              results["b_warm_not_loaded_s"], results["c_loaded_s"]]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(labels, values)
+    ax.set_ylabel("time to first token (s)")
+    ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(ns.out / "lora.png", dpi=100)
+
+
+if __name__ == "__main__":
+    main()
