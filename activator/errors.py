@@ -108,6 +108,15 @@ class BadRequest(ActivatorError):
     code = "bad_request"
 
 
+class PlatformEndpoint(ActivatorError):
+    """A path of vLLM's operator API (adapter loading, sleep, profiling, weights): the platform's
+    to call on a replica, never a client's through the activator."""
+
+    status = 403
+    type = "permission_error"
+    code = "platform_endpoint"
+
+
 class BodyTooLarge(ActivatorError):
     status = 413
     type = "invalid_request_error"

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from activator.errors import BadRequest, ModelNotFound, NotFound
+from activator.errors import BadRequest, ModelNotFound, NotFound, PlatformEndpoint
 from activator.routing import (
     ByModel,
     Local,
@@ -140,6 +140,34 @@ def test_dot_segments_after_the_prefix_are_refused(rest: str) -> None:
         resolve(TABLE, "", "/default/chat" + rest, 0.0)
     with pytest.raises(BadRequest):
         resolve(TABLE, "chat.default.example.com", rest, 0.0)
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [
+        "/v1/load_lora_adapter",
+        "/v1/unload_lora_adapter/",
+        "//v1//load_lora_adapter",
+        "/v1/load%5Flora%5Fadapter",
+        "/v1/load%255Flora_adapter",
+        "/sleep",
+        "/wake_up",
+        "/collective_rpc",
+        "/abort_requests",
+        "/reset_prefix_cache",
+    ],
+)
+def test_vllms_operator_endpoints_are_refused_in_any_spelling(rest: str) -> None:
+    with pytest.raises(PlatformEndpoint) as info:
+        resolve(TABLE, "", "/default/chat" + rest, 0.0)
+    assert info.value.status == 403
+    with pytest.raises(PlatformEndpoint):
+        resolve(TABLE, "chat.default.example.com", rest, 0.0)
+
+
+def test_client_paths_next_to_the_operator_ones_pass() -> None:
+    for rest in ("/v1/completions", "/v1/models/x", "/tokenize", "/v1/load_lora_adapterx"):
+        assert route("", "/default/chat" + rest).path == rest
 
 
 def test_encoded_slash_after_the_prefix_stays_encoded_for_the_same_revision() -> None:
