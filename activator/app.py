@@ -548,7 +548,7 @@ class Activator:
                     if self.config.engine_load_s > 0 and len(queue.backends) > 1
                     else None
                 )
-                if self.config.keepalive_s > 0 and would_wait(queue):
+                if self.config.keepalive_s > 0 and would_wait(queue, adapter):
                     # A token stream held long enough gets SSE comments (activator.keepalive).
                     held = HeldStream(send, body, self.config.keepalive_s)
                     held.arm()

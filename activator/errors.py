@@ -154,6 +154,15 @@ class RevisionFailed(ActivatorError):
     code = "revision_failed"
 
 
+class AdapterFailed(ActivatorError):
+    """The LoRA adapter the request names failed to load on a replica; the message carries the
+    first line of the replica's answer. The next request for it has the load tried again."""
+
+    status = 503
+    type = "server_error"
+    code = "adapter_failed"
+
+
 class UpstreamUnavailable(ActivatorError):
     """Could not reach any replica (connection refused, reset before a response)."""
 

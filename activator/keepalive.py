@@ -43,12 +43,21 @@ _HEAD = [
 ]
 
 
-def would_wait(queue: RevisionQueue) -> bool:
-    """Whether a request now would have to wait (others wait already, or no replica has room)."""
-    if queue.queued or not queue.has_serving():
+def would_wait(queue: RevisionQueue, adapter: str | None = None) -> bool:
+    """Whether a request now would have to wait (others wait already, or no replica has room).
+
+    For a LoRA ``adapter`` only the replicas listing it count: a request held while the adapter
+    is loaded (or while a replica starts for it) waits like one at zero.
+    """
+    if queue.queued or not queue.has_serving(adapter):
         return True
     cc = queue.limits.container_concurrency
-    return cc > 0 and all(b.in_flight >= cc for b in queue.backends if not b.draining)
+    eligible = [
+        b
+        for b in queue.backends
+        if not b.draining and (adapter is None or adapter in b.adapters)
+    ]
+    return cc > 0 and all(b.in_flight >= cc for b in eligible)
 
 
 class HeldStream:

@@ -8,7 +8,8 @@ A released slot or a new set of endpoints hands backends to waiters front first.
 failure answers every waiter with a short reason (``failure_reason``: the first line of the
 runtime's error, e.g. "exited with code 2"); the rest of it, the runtime's log tail with its
 tracebacks, paths and expanded values, is for the operator only (``torpor status`` and this
-activator's log), never for a caller.
+activator's log), never for a caller. A LoRA adapter's failed load (``adapter_failures``) answers
+the waiters for that adapter alone, the same way, while no serving replica lists it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from activator.balancer import Backend, pick
-from activator.errors import QueueFull, RevisionFailed, WaitTimeout
+from activator.errors import AdapterFailed, QueueFull, RevisionFailed, WaitTimeout
 from torpor.bus.base import AdapterTraffic, RevisionEndpoints
 from torpor.spec import DEFAULT_QUEUE_DEPTH, DEFAULT_TIMEOUT_S, RevisionSpec
 
@@ -66,6 +67,10 @@ class RevisionQueue:
         self._waiters: deque[_Waiter] = deque()
         self._failure: str | None = None
         self._failure_poked = False
+        # LoRA adapters whose load failed (adapter -> reason), as published, and those a
+        # request has poked for since (once per publication, as for the revision's failure).
+        self._adapter_failures: dict[str, str] = {}
+        self._adapter_failures_poked: set[str] = set()
         self._version = -1
         self.in_flight = 0
         self.requests_total = 0
@@ -148,6 +153,15 @@ class RevisionQueue:
             self._fail_all(RevisionFailed(self._failure_message(self._failure)))
         else:
             self._dispatch()
+        # An adapter some serving replica lists is served, whatever failed elsewhere.
+        self._adapter_failures = {
+            f.adapter: f.reason
+            for f in endpoints.adapter_failures
+            if not self.has_serving(f.adapter)
+        }
+        self._adapter_failures_poked.clear()
+        for adapter, reason in self._adapter_failures.items():
+            self._fail_adapter(adapter, AdapterFailed(self._adapter_message(adapter, reason)))
 
     def close(self, error: Exception) -> None:
         """The revision is gone: answer every waiter with ``error``."""
@@ -174,6 +188,13 @@ class RevisionQueue:
                 self._failure_poked = True
                 await self._poke_safely()
             raise RevisionFailed(self._failure_message(self._failure))
+        if adapter is not None and adapter in self._adapter_failures:
+            if adapter not in self._adapter_failures_poked:
+                # Once per published failure: the autoscaler tries the load again on a poke.
+                self._adapter_failures_poked.add(adapter)
+                await self._poke_safely(adapter)
+            reason = self._adapter_failures[adapter]
+            raise AdapterFailed(self._adapter_message(adapter, reason))
         if not any(w.adapter == adapter for w in self._waiters):
             backend = pick(
                 self._eligible(adapter),
@@ -281,6 +302,18 @@ class RevisionQueue:
             waiter = self._waiters.popleft()
             if not waiter.future.done():
                 waiter.future.set_exception(error)
+
+    def _fail_adapter(self, adapter: str, error: Exception) -> None:
+        for waiter in [w for w in self._waiters if w.adapter == adapter]:
+            self._waiters.remove(waiter)
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+
+    def _adapter_message(self, adapter: str, reason: str) -> str:
+        return (
+            f"adapter {adapter} of revision {self.revision} failed to load: "
+            f"{failure_reason(reason)}"
+        )
 
     def _failure_message(self, failure: str) -> str:
         return f"revision {self.revision} failed to start: {failure_reason(failure)}"

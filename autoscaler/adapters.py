@@ -15,7 +15,18 @@ The rules:
   holder is overloaded (vLLM has requests waiting there), on a replica without it: one with a
   free slot (``--max-loras``) first, the least loaded and fewest adapters first; if every
   replica is full, evict the least recently used adapter that nobody waits for;
-- at most one load per adapter per plan, and never more than ``max_loras`` per replica.
+- at most one load per adapter per plan, and never more than ``max_loras`` per replica;
+- **unload** at once an adapter the spec no longer declares (found on a replica after a restart
+  or a spec change).
+
+What a replica holds is learned from the replica (vLLM's ``GET /v1/models``) when the loop first
+sees it serving, so adapters loaded before an autoscaler restart or a leader change are still
+unloaded; ``adopted`` gives those an idle window from then.
+
+A failed load is published with the endpoints (``RevisionEndpoints.adapter_failures``), which
+answers the requests held for that adapter at once, and the adapter is not loaded again until a
+request asks for it after that (``held_back``: a poke later than the failure); a load that works
+clears it.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from torpor.bus.base import RevisionEndpoints
+from torpor.bus.base import AdapterFailure, RevisionEndpoints
 from torpor.spec import LoraSpec
 from torpor.status import AdapterStatus
 
@@ -52,15 +63,18 @@ def plan_adapters(
     max_loras: int,
     idle_window_s: float,
     now: float,
+    declared: Collection[str] | None = None,
 ) -> AdapterPlan:
-    """What to load and unload now; see the module's rules."""
+    """What to load and unload now; see the module's rules. ``declared``: the spec's adapters
+    (None: every adapter found counts as declared)."""
     holding = {r.replica_id: set(r.loaded) for r in replicas}
     unloads: list[tuple[str, str]] = []
     for r in replicas:
         for adapter in sorted(r.loaded):
             used = last_used.get(adapter)
             idle = used is None or now - used >= idle_window_s
-            if idle and adapter not in wanted:
+            gone = declared is not None and adapter not in declared
+            if gone or (idle and adapter not in wanted):
                 unloads.append((r.replica_id, adapter))
                 holding[r.replica_id].discard(adapter)
     loads: list[tuple[str, str]] = []
@@ -114,10 +128,43 @@ def last_uses(
     return out
 
 
+def adopted(
+    last_used: Mapping[str, float],
+    found: Collection[str],
+    declared: Collection[str],
+    now: float,
+) -> dict[str, float]:
+    """``last_used`` with each declared adapter just found on a replica, and never used as far as
+    this autoscaler knows (it restarted, or just took over), stamped ``now``: it gets its idle
+    window from when it was found instead of being unloaded at once."""
+    out = dict(last_used)
+    for adapter in found:
+        if adapter in declared and adapter not in out:
+            out[adapter] = now
+    return out
+
+
+def held_back(failed_at: Mapping[str, float], poked_at: Mapping[str, float]) -> frozenset[str]:
+    """Adapters not to load now: their last load failed at ``failed_at`` (when the failure was
+    published) and no request has poked for them since. Held requests were answered with the
+    failure; the next request for the adapter pokes, and that load is the retry."""
+    return frozenset(
+        a for a, at in failed_at.items() if poked_at.get(a, float("-inf")) <= at
+    )
+
+
 def with_adapters(
-    message: RevisionEndpoints, loaded: Mapping[str, frozenset[str]]
+    message: RevisionEndpoints,
+    loaded: Mapping[str, frozenset[str]],
+    failures: Mapping[str, str] | None = None,
 ) -> RevisionEndpoints:
-    """The endpoints to publish, each replica listing the adapters loaded there."""
+    """The endpoints to publish, each replica listing the adapters loaded there, and the
+    adapters whose last load failed (adapter -> the replica's answer)."""
+    if failures:
+        message = replace(
+            message,
+            adapter_failures=tuple(AdapterFailure(a, r) for a, r in sorted(failures.items())),
+        )
     if not loaded:
         return message
     endpoints = tuple(
@@ -131,9 +178,10 @@ def adapter_rows(
     lora: LoraSpec | None,
     loaded: Mapping[str, frozenset[str]],
     loading: Collection[tuple[str, str]],
+    failures: Mapping[str, str] | None = None,
 ) -> tuple[AdapterStatus, ...]:
     """What ``torpor status`` shows per adapter: a row per replica holding or loading it, or one
-    ``idle`` row."""
+    ``failed`` row (its last load failed: ``failures``, adapter -> reason) or ``idle`` row."""
     if lora is None:
         return ()
     rows: list[AdapterStatus] = []
@@ -148,5 +196,7 @@ def adapter_rows(
             for rid, name in sorted(loading)
             if name == adapter.name
         ]
-        rows += mine or [AdapterStatus(adapter.name, "idle")]
+        reason = (failures or {}).get(adapter.name)
+        idle = AdapterStatus(adapter.name, "idle" if reason is None else "failed", reason=reason)
+        rows += mine or [idle]
     return tuple(rows)

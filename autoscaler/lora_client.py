@@ -11,7 +11,7 @@ the pod's IP directly, as it scrapes ``/metrics`` there.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -26,6 +26,23 @@ class LoraClient(Protocol):
     async def load(self, url: str, name: str, source: str) -> None: ...
 
     async def unload(self, url: str, name: str) -> None: ...
+
+    async def loaded(self, url: str) -> frozenset[str]:
+        """The adapters the replica holds now (raises when it cannot tell)."""
+        ...
+
+
+def adapters_listed(models: Any) -> frozenset[str]:
+    """The LoRA adapters in vLLM's ``GET /v1/models`` answer: the cards with a ``parent`` (the
+    base model's name); the base's own card has none."""
+    data = models.get("data") if isinstance(models, dict) else None
+    if not isinstance(data, list):
+        raise LoraError(f"not a model list: {str(models)[:200]}")
+    return frozenset(
+        str(card["id"])
+        for card in data
+        if isinstance(card, dict) and card.get("parent") and card.get("id")
+    )
 
 
 class HttpLoraClient:
@@ -44,7 +61,9 @@ class HttpLoraClient:
         response = await self._client.post(f"{url}/v1/load_lora_adapter", json=body)
         # vLLM answers 400 "already been loaded" for an adapter it holds: that is loaded.
         if response.status_code != 200 and "already been loaded" not in response.text:
-            raise LoraError(f"load {name} on {url}: {response.status_code} {response.text[:300]}")
+            # Only the replica's own words: the loop publishes this to the requests held for the
+            # adapter (``RevisionEndpoints.adapter_failures``) and logs it with the replica.
+            raise LoraError(f"{response.status_code} {_detail(response)}")
 
     async def unload(self, url: str, name: str) -> None:
         response = await self._client.post(
@@ -55,6 +74,23 @@ class HttpLoraClient:
                 f"unload {name} on {url}: {response.status_code} {response.text[:300]}"
             )
 
+    async def loaded(self, url: str) -> frozenset[str]:
+        response = await self._client.get(f"{url}/v1/models", timeout=10.0)
+        if response.status_code != 200:
+            raise LoraError(f"models on {url}: {response.status_code} {response.text[:300]}")
+        return adapters_listed(response.json())
+
     async def aclose(self) -> None:
         if self._own:
             await self._client.aclose()
+
+
+def _detail(response: httpx.Response) -> str:
+    """vLLM's error message (OpenAI's shape) when the body is one, else the body's start."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])[:300]
+    return response.text[:300]

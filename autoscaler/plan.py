@@ -286,7 +286,8 @@ def publish_needed(
         return True
     if last is None:
         return bool(message.endpoints) or message.failure is not None
-    return (last.endpoints, last.failure) != (message.endpoints, message.failure)
+    before = (last.endpoints, last.failure, last.adapter_failures)
+    return before != (message.endpoints, message.failure, message.adapter_failures)
 
 
 def revision_state(

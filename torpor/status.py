@@ -25,8 +25,9 @@ class AdapterStatus:
     """One LoRA adapter of a revision (issue 16): where it is loaded, if anywhere."""
 
     name: str
-    state: str  # "loaded", "loading" (on replica_id), "idle" (declared, on no replica)
+    state: str  # "loaded", "loading" (on replica_id), "idle" (declared, on no replica), "failed"
     replica_id: str | None = None
+    reason: str | None = None  # "failed": the replica's answer to the last load
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,10 +20,13 @@ from tests.activator.conftest import (
     serve,
     service,
 )
+from torpor.bus import AdapterFailure, Endpoint, RevisionEndpoints
+from torpor.spec import AdapterSpec, LoraSpec
 
 KEY = "default/chat-00001"
 CHAT = service()
 STREAM = {"model": "chat", "prompt": "hi", "stream": True}
+SQL_STREAM = {"model": "sql", "prompt": "hi", "stream": True}
 
 
 def queued(running: object) -> int:
@@ -178,3 +181,71 @@ async def test_the_official_client_reads_tokens_through_the_comments(
         tokens = [c.choices[0].delta.content async for c in stream]
         await client.close()
     assert tokens == ["Hel", "lo"]
+
+
+LORA_CHAT = service(
+    revisions=(
+        revision("chat-00001", lora=LoraSpec((AdapterSpec("sql", "/models/sql"),))),
+    )
+)
+
+
+async def test_a_stream_held_only_for_its_adapter_gets_comments_then_the_answer(
+    running_activator: ActivatorFactory,
+) -> None:
+    # The base has a replica with room; the adapter is on none yet: the request waits for it.
+    upstream = Upstream()
+    upstream.gate.set()
+    async with (
+        serve(upstream) as up,
+        running_activator((LORA_CHAT,), keepalive_s=0.05) as running,
+        httpx.AsyncClient(base_url=running.url, timeout=10) as c,
+    ):
+        await running.bus.publish_endpoints(endpoints(KEY, up))
+        base = await c.post("/default/chat/v1/x", json={"model": "chat"})
+        assert base.status_code == 200  # the base is served at once
+        async with c.stream("POST", "/default/chat/stream?n=2", json=SQL_STREAM) as r:
+            assert r.status_code == 200
+            chunks: list[bytes] = []
+            reader = asyncio.create_task(_collect(r, chunks))
+            await eventually(lambda: b"".join(chunks).count(COMMENT) >= 2)
+            assert len(upstream.seen) == 1  # the base request only
+            loaded = RevisionEndpoints(KEY, (Endpoint("r0", up, adapters=("sql",)),))
+            await running.bus.publish_endpoints(loaded)
+            await reader
+    body = b"".join(chunks)
+    assert body.startswith(COMMENT) and body.endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_failed_adapter_load_ends_held_requests_at_once_with_adapter_failed(
+    running_activator: ActivatorFactory,
+) -> None:
+    upstream = Upstream()
+    async with (
+        serve(upstream) as up,
+        running_activator((LORA_CHAT,), keepalive_s=0.05) as running,
+        httpx.AsyncClient(base_url=running.url, timeout=10) as c,
+        c.stream("POST", "/default/chat/stream", json=SQL_STREAM) as r,
+    ):
+        plain = asyncio.create_task(
+            c.post("/default/chat/v1/completions", json={"model": "sql", "prompt": "hi"})
+        )
+        await running.bus.publish_endpoints(endpoints(KEY, up))
+        chunks: list[bytes] = []
+        reader = asyncio.create_task(_collect(r, chunks))
+        await eventually(lambda: b"".join(chunks).count(COMMENT) >= 1 and queued(running) == 2)
+        failed = RevisionEndpoints(
+            KEY,
+            (Endpoint("r0", up),),
+            adapter_failures=(AdapterFailure("sql", "400 No adapter at /models/sql\ntrace"),),
+        )
+        await running.bus.publish_endpoints(failed)
+        answer = await asyncio.wait_for(plain, 2)
+        await asyncio.wait_for(reader, 2)
+    assert answer.status_code == 503
+    error = answer.json()["error"]
+    assert error["code"] == "adapter_failed"
+    assert error["message"].endswith("failed to load: 400 No adapter at /models/sql")
+    event = b"".join(chunks).split(b"\n\n")[-2]
+    assert json.loads(event.removeprefix(b"data: "))["error"]["code"] == "adapter_failed"
+    assert upstream.seen == []

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
+from activator.errors import AdapterFailed
 from activator.queue import QueueLimits, RevisionQueue
-from torpor.bus.base import Endpoint, RevisionEndpoints
+from torpor.bus.base import AdapterFailure, Endpoint, RevisionEndpoints
 
 
 class Pokes:
@@ -54,3 +57,38 @@ async def test_per_adapter_traffic_is_counted() -> None:
     q.adapter_finished("x")
     [t] = q.adapter_traffic
     assert (t.name, t.active, t.requests_total) == ("x", 1, 2)
+
+
+async def test_a_failed_load_answers_only_that_adapter_s_waiters_and_the_next_request_pokes(
+) -> None:
+    pokes = Pokes()
+    q = RevisionQueue("ns/r", QueueLimits(timeout_s=30), pokes, random.Random(0))
+    q.set_endpoints(endpoints(1, Endpoint("a", "http://a", adapters=("y",))))
+    held_x = asyncio.create_task(q.acquire(adapter="x"))
+    held_z = asyncio.create_task(q.acquire(adapter="z"))
+    await asyncio.sleep(0.01)
+    reason = "400 No adapter found at /models/x\nTraceback (most recent call last): ..."
+    failed = RevisionEndpoints(
+        "ns/r",
+        (Endpoint("a", "http://a", adapters=("y",)),),
+        version=2,
+        adapter_failures=(AdapterFailure("x", reason), AdapterFailure("y", "elsewhere")),
+    )
+    q.set_endpoints(failed)
+    with pytest.raises(AdapterFailed) as caught:
+        await asyncio.wait_for(held_x, 1)
+    assert caught.value.code == "adapter_failed" and caught.value.status == 503
+    assert caught.value.message.endswith("failed to load: 400 No adapter found at /models/x")
+    assert not held_z.done()  # another adapter's waiters wait on
+    assert (await q.acquire(adapter="y")).replica_id == "a"  # a replica lists it: served
+    assert (await q.acquire()).replica_id == "a"
+    # A new request fails fast too; the first one after the failure pokes (the retry), once.
+    pokes.calls.clear()
+    for _ in range(2):
+        with pytest.raises(AdapterFailed):
+            await asyncio.wait_for(q.acquire(adapter="x"), 1)
+    assert pokes.calls == [("ns/r", "x")]
+    # The retry worked: the republished endpoints list it and clear the failure.
+    q.set_endpoints(endpoints(3, Endpoint("a", "http://a", adapters=("x", "y"))))
+    assert (await asyncio.wait_for(q.acquire(adapter="x"), 1)).replica_id == "a"
+    held_z.cancel()

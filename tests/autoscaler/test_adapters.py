@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from autoscaler.adapters import AdapterReplica, adapter_rows, plan_adapters, with_adapters
-from torpor.bus.base import Endpoint, RevisionEndpoints
+import pytest
+
+from autoscaler.adapters import (
+    AdapterReplica,
+    adapter_rows,
+    adopted,
+    held_back,
+    plan_adapters,
+    with_adapters,
+)
+from autoscaler.lora_client import LoraError, adapters_listed
+from torpor import codec
+from torpor.bus.base import AdapterFailure, Endpoint, RevisionEndpoints
 from torpor.spec import AdapterSpec, LoraSpec
 
 
@@ -59,3 +70,48 @@ def test_endpoints_and_status_rows_carry_the_adapters() -> None:
     assert [(s.name, s.state, s.replica_id) for s in rows] == [
         ("x", "loaded", "a"), ("y", "loading", "b"), ("z", "idle", None)
     ]
+
+
+def test_adapters_the_spec_no_longer_declares_are_unloaded_at_once() -> None:
+    p = plan_adapters([r("a", "x", "gone")], {"gone"}, {"x": 99.0, "gone": 99.0}, max_loras=2,
+                      idle_window_s=10.0, now=100.0, declared={"x"})
+    assert p.unloads == (("a", "gone"),)
+
+
+def test_adapters_found_on_a_replica_get_an_idle_window_from_then() -> None:
+    out = adopted({"y": 50.0}, {"x", "y", "gone"}, {"x", "y"}, now=100.0)
+    assert out == {"x": 100.0, "y": 50.0}  # a known last use is kept; undeclared not stamped
+    assert plan([r("a", "x")], last_used=out, now=105.0).unloads == ()
+    assert plan([r("a", "x")], last_used=out, now=110.0).unloads == (("a", "x"),)
+
+
+def test_a_failed_adapter_is_held_back_until_a_request_pokes_after_the_failure() -> None:
+    assert held_back({"x": 100.0}, {}) == {"x"}
+    assert held_back({"x": 100.0}, {"x": 99.0}) == {"x"}  # that poke's requests got the error
+    assert held_back({"x": 100.0}, {"x": 101.0}) == frozenset()
+
+
+def test_failures_are_published_and_shown() -> None:
+    message = RevisionEndpoints("ns/r", (Endpoint("a", "http://a"),))
+    out = with_adapters(message, {}, {"x": "400 bad adapter"})
+    assert out.adapter_failures == (AdapterFailure("x", "400 bad adapter"),)
+    assert codec.loads(RevisionEndpoints, codec.dumps(out)) == out
+    old = codec.loads(RevisionEndpoints, '{"revision": "ns/r", "endpoints": [], "version": 3}')
+    assert old.adapter_failures == ()  # data published before the field decodes
+    lora = LoraSpec((AdapterSpec("x", "/m/x"),))
+    [row] = adapter_rows(lora, {}, (), {"x": "400 bad adapter"})
+    assert (row.state, row.reason) == ("failed", "400 bad adapter")
+
+
+def test_vllm_s_model_list_names_the_loaded_adapters_by_their_parent() -> None:
+    # vLLM's ModelList (entrypoints/openai/models/serving.py): the base's card has no parent.
+    body = {
+        "object": "list",
+        "data": [
+            {"id": "tiny", "object": "model", "root": "/models/tiny", "parent": None},
+            {"id": "sql", "object": "model", "root": "/models/sql", "parent": "tiny"},
+        ],
+    }
+    assert adapters_listed(body) == {"sql"}
+    with pytest.raises(LoraError):
+        adapters_listed({"error": "nope"})

@@ -8,6 +8,7 @@ activators). ``Bus`` is the one interface; ``MemoryBus`` serves the embedded pla
 
 from torpor.bus.base import (
     ActivatorStats,
+    AdapterFailure,
     AdapterTraffic,
     Bus,
     BusEvent,
@@ -24,6 +25,7 @@ from torpor.bus.redis import RedisBus
 
 __all__ = [
     "ActivatorStats",
+    "AdapterFailure",
     "AdapterTraffic",
     "Bus",
     "BusEvent",

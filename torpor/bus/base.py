@@ -53,17 +53,27 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class AdapterFailure:
+    """A LoRA adapter whose last load failed, and the replica's answer."""
+
+    adapter: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RevisionEndpoints:
     """Every replica the activators may send a revision's requests to, replacing the last set.
 
     ``failure`` carries the runtime's own error when the revision cannot start, so requests held
     at zero get an answer that says why instead of waiting for their timeout.
+    ``adapter_failures`` does the same for requests held for a LoRA adapter whose load failed.
     """
 
     revision: str  # RevisionRef.key
     endpoints: tuple[Endpoint, ...] = ()
     failure: str | None = None
     version: int = 0  # increases with every publish for this revision
+    adapter_failures: tuple[AdapterFailure, ...] = ()
 
     @property
     def serving(self) -> tuple[Endpoint, ...]:

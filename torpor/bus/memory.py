@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from torpor.bus.base import (
     ActivatorStats,
@@ -46,9 +47,7 @@ class MemoryBus:
     async def publish_endpoints(self, endpoints: RevisionEndpoints) -> None:
         previous = self._endpoints.get(endpoints.revision)
         version = (previous.version + 1) if previous else max(endpoints.version, 1)
-        stamped = RevisionEndpoints(
-            endpoints.revision, endpoints.endpoints, endpoints.failure, version
-        )
+        stamped = replace(endpoints, version=version)
         self._endpoints[endpoints.revision] = stamped
         self._fanout.emit(EndpointsChanged(stamped))
 

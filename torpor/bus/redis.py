@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -505,4 +506,4 @@ def _decode_services(data: Any) -> tuple[ServiceSpec, ...]:
 
 def _decode_endpoints(doc: Any) -> RevisionEndpoints:
     e = codec.from_jsonable(RevisionEndpoints, doc["e"])
-    return RevisionEndpoints(e.revision, e.endpoints, e.failure, int(doc["v"]))
+    return replace(e, version=int(doc["v"]))
