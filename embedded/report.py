@@ -46,9 +46,15 @@ def status_document(
                     "in_flight_requests": st.in_flight_requests if st else 0,
                     "panic": st.panic if st else False,
                     "replica_urls": list(st.replicas) if st else [],
-                    # LoRA adapters (issue 16): per replica, loaded or loading; idle: none.
+                    # LoRA adapters (issue 16): per replica, loaded or loading; idle or failed
+                    # (with the replica's answer): none.
                     "adapters": [
-                        {"name": a.name, "state": a.state, "replica_id": a.replica_id}
+                        {
+                            "name": a.name,
+                            "state": a.state,
+                            "replica_id": a.replica_id,
+                            "reason": a.reason,
+                        }
                         for a in st.adapters
                     ]
                     if st
@@ -116,7 +122,8 @@ def render_table(document: Mapping[str, Any]) -> str:
         cells.append([values[key] for _, key in _COLUMNS])
         for a in row.get("adapters") or ():
             where = f" on {a['replica_id']}" if a.get("replica_id") else ""
-            notes.append(f"  {row['name']}: adapter {a['name']} {a['state']}{where}")
+            why = f": {a['reason'].splitlines()[0]}" if a.get("reason") else ""
+            notes.append(f"  {row['name']}: adapter {a['name']} {a['state']}{where}{why}")
         if row["reason"]:
             notes.append(f"  {row['name']}: {row['reason']}")
         elif (
