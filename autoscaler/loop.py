@@ -234,7 +234,7 @@ class _RevisionLoop:
         self.poked = True
         if adapter is not None:
             self.adapters_wanted.add(adapter)
-            self.adapter_poked_at[adapter] = self._deps.clock()
+            self.adapter_poked_at[adapter] = self.adapter_last_used[adapter] = self._deps.clock()
         self.wake.set()
 
     async def run(self) -> None:
@@ -554,7 +554,10 @@ class _RevisionLoop:
         known = self.adapters_loaded
         urls = {r.replica_id: r.url for r in ready if r.url and r.replica_id in known}
         self.adapters_loaded = {k: v for k, v in self.adapters_loaded.items() if k in urls}
-        used: set[str] = set(self.adapters_wanted)
+        # Pokes stamp their adapter's last use themselves (``poke``): a poke is one request,
+        # not a use on every tick until it is answered, or one whose requests left would never
+        # be forgotten.
+        used: set[str] = set()
         active: set[str] = set()
         for s in fresh_stats(stats, now, self._deps.config.stats_fresh_s):
             for t in s.adapters:

@@ -175,3 +175,24 @@ async def test_a_failed_load_is_published_and_retried_only_when_asked_again(
 
         await eventually(cleared)
         assert a.statuses()[0].adapters[0].state == "loaded"
+
+
+async def test_a_poke_whose_requests_left_is_forgotten_after_the_idle_window(
+    bus: MemoryBus,
+) -> None:
+    actuator, lora, clock = FakeActuator(), FakeLora(), FakeClock()
+    rev = lora_revision("x", idle_window_s=60.0)
+    url = await ready_replica(actuator, rev)
+    lora.unreadable.add(url)  # nothing can be placed for now
+    await bus.publish_services([service(rev)])
+    a = scaler(bus, actuator, lora, clock)
+    async with a.running():
+        await bus.poke(KEY, "x")
+        await eventually(lambda: len(lora.ops("list")) >= 3)
+        # Its requests left (no activator reports any); an idle window passes.
+        clock.now += 61
+        await eventually(lambda: len(lora.ops("list")) >= 6)
+        lora.unreadable.clear()
+        await eventually(lambda: a.statuses()[0].adapters[0].state == "idle")
+        await asyncio.sleep(0.2)  # a dozen ticks or more
+    assert lora.ops("load") == []
