@@ -400,17 +400,23 @@ class Activator:
             await asyncio.sleep(0)
             await self.resync()
             ready.set()
+            loop = asyncio.get_running_loop()
+            # On a clock of its own: a bus busy with events must not put the resync off forever.
+            next_resync = loop.time() + self.config.resync_s
             while True:
-                done, _ = await asyncio.wait({pending}, timeout=self.config.resync_s or None)
-                if not done:
+                timeout = max(0.0, next_resync - loop.time()) if self.config.resync_s else None
+                done, _ = await asyncio.wait({pending}, timeout=timeout)
+                if done:
+                    try:
+                        event = pending.result()
+                    except StopAsyncIteration:
+                        return
+                    self.apply(event)
+                    pending = asyncio.ensure_future(anext(events))
+                # After the event in hand, so the snapshot is never older than what was applied.
+                if self.config.resync_s and loop.time() >= next_resync:
                     await self.resync()
-                    continue
-                try:
-                    event = pending.result()
-                except StopAsyncIteration:
-                    return
-                self.apply(event)
-                pending = asyncio.ensure_future(anext(events))
+                    next_resync = loop.time() + self.config.resync_s
         finally:
             pending.cancel()
             await asyncio.gather(pending, return_exceptions=True)

@@ -22,7 +22,7 @@ from tests.activator.conftest import (
     serve,
     service,
 )
-from torpor.bus.base import Poked, RevisionEndpoints
+from torpor.bus.base import EndpointsChanged, Poked, RevisionEndpoints
 from torpor.spec import TrafficTarget
 
 KEY = "default/chat-00001"
@@ -345,6 +345,31 @@ async def test_an_endpoints_event_lost_on_the_bus_is_picked_up_by_the_resync(
         fanout.emit = emit  # type: ignore[method-assign]
         async with client(running) as c:
             response = await c.get("/default/chat/v1/x")  # held until the resync, then served
+    assert response.status_code == 200
+
+
+async def test_the_resync_runs_on_its_own_clock_while_events_keep_coming(
+    running_activator: ActivatorFactory,
+) -> None:
+    upstream = Upstream()
+    async with serve(upstream) as up, running_activator((CHAT,), resync_s=0.2) as running:
+        fanout = running.bus._fanout  # the seam: drop endpoints events, deliver the rest
+        emit = fanout.emit
+        fanout.emit = lambda event: None if isinstance(event, EndpointsChanged) else emit(event)  # type: ignore[method-assign]
+        await running.bus.publish_endpoints(endpoints(KEY, up))
+
+        async def chatter() -> None:  # an event every 50 ms, more often than the resync
+            while True:
+                await running.bus.publish_services((CHAT,))
+                await asyncio.sleep(0.05)
+
+        task = asyncio.create_task(chatter())
+        try:
+            async with client(running) as c:
+                response = await c.get("/default/chat/v1/x")
+        finally:
+            task.cancel()
+            fanout.emit = emit  # type: ignore[method-assign]
     assert response.status_code == 200
 
 
