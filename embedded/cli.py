@@ -100,19 +100,39 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
+    from embedded.bulk import documents
+    from embedded.client import ControlError, NotRunning
+
     path: Path = args.file
     try:
-        data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+        stdin = sys.stdin.buffer.read() if str(path) == "-" else None
+        docs = documents(path, stdin)
     except OSError as e:
         print(f"torpor deploy: cannot read {path}: {e.strerror}", file=sys.stderr)
         return 2
+    except ValueError as e:
+        print(f"torpor deploy: {e}", file=sys.stderr)
+        return 2
+    failed = 0
     with _client(args) as client:
-        result = client.deploy(data, source=path.name)
-    verb = "created revision" if result["created_revision"] else "unchanged, revision"
-    print(f"service/{result['service']} {verb} {result['latest_revision']}")
-    print(f"  URL:  {result['url']}/v1/...")
-    print(f"  Host: {result['host']}")
-    return 0
+        for doc in docs:
+            # One document, one deploy: each is atomic, and a refused one stops no other.
+            try:
+                result = client.deploy(doc.data, source=doc.source)
+            except NotRunning:
+                raise
+            except ControlError as e:
+                failed += 1
+                where = f"{doc.source}: " if len(docs) > 1 else ""
+                print(f"torpor deploy: {where}{e}", file=sys.stderr)
+                continue
+            verb = "created revision" if result["created_revision"] else "unchanged, revision"
+            print(f"service/{result['service']} {verb} {result['latest_revision']}")
+            print(f"  URL:  {result['url']}/v1/...")
+            print(f"  Host: {result['host']}")
+    if failed and len(docs) > 1:
+        print(f"torpor deploy: {failed} of {len(docs)} documents refused", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
@@ -125,7 +145,14 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         while True:
-            document = client.status()
+            from embedded.report import filter_status
+
+            document = filter_status(
+                client.status(),
+                namespace=args.namespace,
+                service=args.service,
+                active=args.active,
+            )
             if args.json:
                 print(json.dumps(document, indent=2))
             else:
@@ -214,8 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     up.set_defaults(func=_cmd_up)
 
-    deploy = sub.add_parser("deploy", help="deploy a Knative Service manifest")
-    deploy.add_argument("-f", "--file", type=Path, required=True, help="manifest file, or -")
+    deploy = sub.add_parser(
+        "deploy",
+        help="deploy Knative Service manifests",
+        description="Deploy Knative Service manifests: a file, a file of several YAML documents "
+        "(separated by ---), or a directory of *.yaml/*.yml files. Each document is deployed on "
+        "its own: one that is refused changes nothing and stops no other.",
+    )
+    deploy.add_argument(
+        "-f", "--file", type=Path, required=True, help="manifest file, directory, or - (stdin)"
+    )
     deploy.set_defaults(func=_cmd_deploy)
 
     delete = sub.add_parser("delete", help="delete a service and stop its replicas")
@@ -225,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="revisions, replicas and queues at a glance")
     status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument("service", nargs="?", default=None, help="only this service's revisions")
+    status.add_argument("-n", "--namespace", default=None, help="only this namespace")
+    status.add_argument(
+        "--active",
+        action="store_true",
+        help="only revisions not at rest (a replica, or requests held or in flight)",
+    )
     status.add_argument(
         "-w",
         "--watch",

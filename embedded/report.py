@@ -91,6 +91,34 @@ _COLUMNS = (
 )
 
 
+def filter_status(
+    document: Mapping[str, Any],
+    *,
+    namespace: str | None = None,
+    service: str | None = None,
+    active: bool = False,
+) -> dict[str, Any]:
+    """The document with only the revisions of ``namespace`` / ``service``, and with ``active``
+    only those that are not at rest (a replica, or a request held or in flight)."""
+
+    def keep(row: Mapping[str, Any]) -> bool:
+        if namespace is not None and row["namespace"] != namespace:
+            return False
+        if service is not None and row["service"] != service:
+            return False
+        if active:
+            busy = row["queued_requests"] or row["in_flight_requests"]
+            return bool(row["state"] != "scaled-to-zero" or busy)
+        return True
+
+    out = dict(document)
+    out["revisions"] = [r for r in document.get("revisions", []) if keep(r)]
+    return out
+
+
+SUMMARY_OVER = 20  # a table longer than this ends with a one-line count per state
+
+
 def render_table(document: Mapping[str, Any]) -> str:
     """The document as an aligned table; under it, a line for any revision that failed or is
     scaling (the failure, or the autoscaler's reason)."""
@@ -144,6 +172,12 @@ def render_table(document: Mapping[str, Any]) -> str:
     ]
     if notes:
         lines += ["", *notes]
+    if len(revisions) > SUMMARY_OVER:
+        states: dict[str, int] = {}
+        for row in revisions:
+            states[row["state"]] = states.get(row["state"], 0) + 1
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+        lines += ["", f"{len(revisions)} revisions: {counts}"]
     pool = document.get("warm_pool")
     if pool and pool.get("size"):
         lines += ["", f"warm pool: {pool['ready']}/{pool['size']} standby runtimes ready"]

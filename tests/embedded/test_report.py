@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from embedded.report import render_table, status_document
+from embedded.report import filter_status, render_table, status_document
 from torpor.spec import RevisionRef, RevisionSpec, RuntimeSpec, ServiceSpec, TrafficTarget
 from torpor.status import ColdStart, RevisionStatus
 
@@ -84,3 +84,28 @@ def test_a_revision_that_is_scaling_says_why_and_a_steady_one_does_not() -> None
     table = render_table(doc)
     assert f"chat-00001: scaling 1 -> 2: {why}" in table
     assert "chat-00002:" not in table
+
+
+def _many(n: int) -> list[ServiceSpec]:
+    return [
+        ServiceSpec(
+            "team-a" if i % 2 else "team-b",
+            f"s{i}",
+            1,
+            (RevisionSpec(RevisionRef("x", f"s{i}-00001"), f"s{i}", 1, RuntimeSpec("img", "/m")),),
+            (TrafficTarget(f"s{i}-00001", 100),),
+        )
+        for i in range(n)
+    ]
+
+
+def test_a_long_table_ends_with_a_count_per_state_and_filters_shorten_it() -> None:
+    ready = RevisionStatus("x/s3-00001", "team-a", "s3", "s3-00001", 1, 1, state="ready")
+    doc = status_document(_many(30), [ready], activator_url="http://a")
+    table = render_table(doc)
+    assert table.splitlines()[-1] == "30 revisions: 1 ready, 29 scaled-to-zero"
+    assert len(filter_status(doc, namespace="team-a")["revisions"]) == 15
+    assert [r["service"] for r in filter_status(doc, service="s7")["revisions"]] == ["s7"]
+    assert [r["service"] for r in filter_status(doc, active=True)["revisions"]] == ["s3"]
+    short = render_table(filter_status(doc, active=True))
+    assert "revisions:" not in short  # short tables need no count
