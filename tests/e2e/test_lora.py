@@ -67,6 +67,8 @@ def test_adapters_load_on_demand_on_one_replica_and_go_idle(platform: Platform) 
     now = platform.revision(SERVICE)
     assert (now["desired_replicas"], now["ready_replicas"], now["starting_replicas"]) == (1, 1, 0)
     assert _adapters(platform)["e2e-poet"] == [("loaded", replica)]
+    # Recorded once the runtime's start-up line is read, up to 3 s after ready.
+    _wait(lambda: platform.revision(SERVICE)["last_cold_start"] is not None, 30, "cold start")
     assert platform.revision(SERVICE)["last_cold_start"]["replica_id"] == replica
 
     # A's idle window (3 s) passes: unloaded, the base still up.
