@@ -34,18 +34,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 
 from autoscaler.actuator import Actuator, Phase, Replica, SuspendUnsupported
-from autoscaler.adapters import (
-    AdapterReplica,
-    adapter_rows,
-    adopted,
-    held_back,
-    last_uses,
-    plan_adapters,
-    with_adapters,
-)
 from autoscaler.decide import Decision, Observation, ReplicaLoad, ScalerState, decide
 from autoscaler.lora_client import HttpLoraClient, LoraClient
 from autoscaler.metrics import AutoscalerMetrics
+from autoscaler.placer import AdapterPlacer
 from autoscaler.plan import (
     Failure,
     Plan,
@@ -206,17 +198,10 @@ class _RevisionLoop:
         self.idle_since: dict[str, float] = {}  # serving replica -> since when it had no work
         self.suspending: set[str] = set()  # withdrawn from the endpoints, being frozen
         self.suspend_unsupported = False  # the actuator said so: scale as without the tier
-        # LoRA adapters (issue 16; autoscaler.adapters): what each serving replica holds, what
-        # is being loaded, what requests wait for (pokes), when each was last used.
-        # A serving replica with no entry here has not been asked yet (``_learn_adapters``).
-        self.adapters_loaded: dict[str, frozenset[str]] = {}
-        self.adapters_unreadable: set[str] = set()  # replicas whose answer was logged once
-        self.adapter_failures: dict[str, tuple[str, float]] = {}  # -> (reason, published at)
-        self.adapter_poked_at: dict[str, float] = {}
-        self.adapters_loading: set[tuple[str, str]] = set()
-        self.adapters_wanted: set[str] = set()
-        self.adapter_last_used: dict[str, float] = {}
-        self.adapter_seen: dict[tuple[str, str], int] = {}  # (activator, adapter) -> total
+        # LoRA adapters (issue 16): which replica holds which, executed (autoscaler.placer).
+        self.adapters = (
+            AdapterPlacer(self.key, deps.lora, deps.clock) if deps.lora is not None else None
+        )
 
     @property
     def spec(self) -> RevisionSpec:
@@ -232,9 +217,8 @@ class _RevisionLoop:
 
     def poke(self, adapter: str | None = None) -> None:
         self.poked = True
-        if adapter is not None:
-            self.adapters_wanted.add(adapter)
-            self.adapter_poked_at[adapter] = self.adapter_last_used[adapter] = self._deps.clock()
+        if adapter is not None and self.adapters is not None:
+            self.adapters.poke(adapter)
         self.wake.set()
 
     async def run(self) -> None:
@@ -284,9 +268,8 @@ class _RevisionLoop:
             # The new leader decides about them: a standby's drain would never stop them.
             log.info("revision %s: no longer leader; observing only", self.key)
             await self.aclose()
-            # The new leader places adapters; what this one knew is stale if it leads again.
-            self.adapters_loaded.clear()
-            self.adapter_failures.clear()
+            if self.adapters is not None:
+                self.adapters.forget()  # the new leader places them now
         replicas = list(deps.actuator.replicas(self.key))
         live = [r for r in replicas if r.phase is not Phase.FAILED]
         # A standby leaves failed replicas to the leader, and does not count them either.
@@ -304,9 +287,9 @@ class _RevisionLoop:
         # A new start-up failure is published at once; so is everything when taking over, since
         # what the previous leader published may be stale.
         force = any(not f.crashed for f in failures) or (self.leading and was_leading is False)
-        if self.leading and spec.lora is not None:
+        if self.leading and spec.lora is not None and self.adapters is not None:
             # Before publishing: a restarted or new leader lists what replicas already hold.
-            await self._learn_adapters(spec, self._serving(live), now)
+            await self.adapters.learn(spec.lora, self._serving(live), now)
         await self._publish(live, force=force)
 
         ready = self._serving(live)
@@ -347,8 +330,15 @@ class _RevisionLoop:
                 self.decision, self.obs, live, tuple(self.draining), self.record, now, suspension
             )
             await self._execute(steps, spec, before)
-            if spec.lora is not None:
-                await self._place_adapters(spec, self._serving(self._live()), stats, now)
+            if spec.lora is not None and self.adapters is not None:
+                fresh = fresh_stats(stats, now, deps.config.stats_fresh_s)
+                changed = await self.adapters.place(
+                    spec.lora, self._serving(self._live()), self.obs.ready, fresh, now
+                )
+                if changed is not None:
+                    # A new failure is published even when it reads as the last one did, so
+                    # the activators answer its waiters and may poke again.
+                    await self._publish(self._live(), force=changed)
         deps.metrics.record(
             self.key,
             self.decision,
@@ -538,151 +528,6 @@ class _RevisionLoop:
         covered = in_flight <= sum(x.work or 0.0 for x in loads if x is not None)
         return "quiet" if covered else "busy"
 
-    async def _place_adapters(
-        self, spec: RevisionSpec, ready: list[Replica], stats: Sequence[ActivatorStats], now: float
-    ) -> None:
-        """Load and unload LoRA adapters as ``plan_adapters`` says, then republish."""
-        lora, client = spec.lora, self._deps.lora
-        if lora is None or client is None:
-            return
-        declared = {a.name for a in lora.adapters}
-        self.adapter_failures = {
-            a: f for a, f in self.adapter_failures.items() if a in declared
-        }
-        await self._learn_adapters(spec, ready, now)
-        # Only replicas whose adapters are known take part (an unknown one is asked next tick).
-        known = self.adapters_loaded
-        urls = {r.replica_id: r.url for r in ready if r.url and r.replica_id in known}
-        self.adapters_loaded = {k: v for k, v in self.adapters_loaded.items() if k in urls}
-        # Pokes stamp their adapter's last use themselves (``poke``): a poke is one request,
-        # not a use on every tick until it is answered, or one whose requests left would never
-        # be forgotten.
-        used: set[str] = set()
-        active: set[str] = set()
-        for s in fresh_stats(stats, now, self._deps.config.stats_fresh_s):
-            for t in s.adapters:
-                seen_key = (s.activator_id, t.name)
-                if t.active > 0:
-                    active.add(t.name)
-                if t.active > 0 or self.adapter_seen.get(seen_key) != t.requests_total:
-                    used.add(t.name)
-                self.adapter_seen[seen_key] = t.requests_total
-        self.adapter_last_used = last_uses(self.adapter_last_used, used & declared, now)
-        failed_at = {a: at for a, (_, at) in self.adapter_failures.items()}
-        wanted = (self.adapters_wanted | active) & declared
-        wanted -= held_back(failed_at, self.adapter_poked_at)
-        loads = {x.replica_id: x for x in self.obs.ready}
-        replicas = [
-            AdapterReplica(
-                rid,
-                self.adapters_loaded.get(rid, frozenset()),
-                overloaded=(loads[rid].waiting or 0) > 0 if rid in loads else False,
-                work=(loads[rid].work or 0.0) if rid in loads else 0.0,
-            )
-            for rid in sorted(urls)
-        ]
-        steps = plan_adapters(
-            replicas,
-            wanted,
-            self.adapter_last_used,
-            max_loras=lora.max_loras,
-            idle_window_s=lora.idle_window_s,
-            now=now,
-            declared=declared,
-        )
-        for rid, name in steps.unloads:
-            try:
-                await client.unload(urls[rid] or "", name)
-            except Exception as e:
-                log.warning("revision %s: unloading adapter %s on %s: %s", self.key, name, rid, e)
-                continue
-            self.adapters_loaded[rid] = self.adapters_loaded.get(rid, frozenset()) - {name}
-            why = "idle" if name in declared else "not declared"
-            log.info("revision %s: adapter %s unloaded from %s (%s)", self.key, name, rid, why)
-
-        async def load(rid: str, name: str) -> None:
-            source = lora.adapter(name)
-            if source is None:
-                return
-            self.adapters_loading.add((rid, name))
-            try:
-                await client.load(urls[rid] or "", name, source.source)
-            except Exception as e:
-                # Published: the requests held for it get the reason now, and it is not tried
-                # again until a request asks for it after this (``held_back``).
-                reason = str(e) or type(e).__name__
-                log.warning(
-                    "revision %s: loading adapter %s on %s failed (not retried until requested "
-                    "again): %s",
-                    self.key,
-                    name,
-                    rid,
-                    reason,
-                )
-                self.adapter_failures[name] = (reason, self._deps.clock())
-                self.adapters_wanted.discard(name)
-                return
-            finally:
-                self.adapters_loading.discard((rid, name))
-            self.adapter_failures.pop(name, None)
-            self.adapters_loaded[rid] = self.adapters_loaded.get(rid, frozenset()) | {name}
-            self.adapter_last_used[name] = self._deps.clock()
-            log.info("revision %s: adapter %s loaded on %s", self.key, name, rid)
-
-        failed_before = dict(self.adapter_failures)
-        await asyncio.gather(*(load(rid, name) for rid, name in steps.loads))
-        held = {n for names in self.adapters_loaded.values() for n in names}
-        # A poke is answered once its adapter is loaded somewhere, or forgotten once nothing
-        # has asked for it for an idle window (its requests timed out or left).
-        self.adapters_wanted = {
-            a
-            for a in self.adapters_wanted - held
-            if now - self.adapter_last_used.get(a, now) < lora.idle_window_s
-        }
-        if steps.loads or steps.unloads:
-            # A new failure is published even when it reads as the last one did, so the
-            # activators answer its waiters and may poke again.
-            await self._publish(self._live(), force=self.adapter_failures != failed_before)
-
-    async def _learn_adapters(self, spec: RevisionSpec, ready: list[Replica], now: float) -> None:
-        """Ask each serving replica not seen before which adapters it holds (vLLM's model list):
-        after a restart or a leader change this autoscaler knows nothing of earlier loads."""
-        lora, client = spec.lora, self._deps.lora
-        if lora is None or client is None:
-            return
-        new = [r for r in ready if r.url and r.replica_id not in self.adapters_loaded]
-
-        async def one(r: Replica) -> frozenset[str]:
-            try:
-                found = await client.loaded(r.url or "")
-            except Exception as e:
-                # Unknown: left out of placement, asked again next tick.
-                if r.replica_id not in self.adapters_unreadable:
-                    self.adapters_unreadable.add(r.replica_id)
-                    log.warning(
-                        "revision %s: cannot list the adapters on %s (asking again): %s",
-                        self.key,
-                        r.replica_id,
-                        e,
-                    )
-                return frozenset()
-            self.adapters_unreadable.discard(r.replica_id)
-            self.adapters_loaded[r.replica_id] = found
-            if found:
-                log.info(
-                    "revision %s: replica %s holds adapters %s",
-                    self.key,
-                    r.replica_id,
-                    ", ".join(sorted(found)),
-                )
-            return found
-
-        found = await asyncio.gather(*(one(r) for r in new))
-        declared = {a.name for a in lora.adapters}
-        self.adapter_last_used = adopted(
-            self.adapter_last_used, frozenset().union(*found), declared, now
-        )
-
     async def _scrape(self, ready: list[Replica]) -> list[ReplicaLoad]:
         async def one(r: Replica) -> ReplicaLoad:
             load = await self._deps.scraper.scrape(r.replica_id, r.url or "")
@@ -729,8 +574,8 @@ class _RevisionLoop:
     async def _publish(self, replicas: list[Replica], force: bool = False) -> None:
         withdrawn = self.stopping | self.suspending
         message = announcement(self.key, replicas, self.draining, withdrawn, self.record)
-        failures = {a: reason for a, (reason, _) in self.adapter_failures.items()}
-        message = with_adapters(message, self.adapters_loaded, failures)
+        if self.adapters is not None:
+            message = self.adapters.announce(message)
         if not publish_needed(self.published, message, force=force):
             return
         if not self._deps.leader():
@@ -763,12 +608,7 @@ class _RevisionLoop:
             panic=self.decision.panic,
             last_cold_start=self.last_cold_start,
             replicas=tuple(r.url for r in ready if r.url),
-            adapters=adapter_rows(
-                spec.lora,
-                self.adapters_loaded,
-                self.adapters_loading,
-                {a: reason for a, (reason, _) in self.adapter_failures.items()},
-            ),
+            adapters=self.adapters.rows(spec.lora) if self.adapters is not None else (),
         )
 
     async def aclose(self) -> None:
