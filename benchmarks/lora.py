@@ -8,6 +8,9 @@ adapters), one run: time to first token of a streaming request for
 - (b) an adapter whose base is warm but which is not loaded: the load alone;
 - (c) an adapter already loaded.
 
+Then, real: the output-token throughput of one warm replica serving 4 requests at a time for the
+base alone, or spread over two loaded adapters, beside a replica of the same model without LoRA.
+
 Then the cost of serving K adapters (K=4) on one shared replica vs K separate replicas, in
 replica-seconds, **simulated** from a Zipf-popularity arrival trace with the same scale-to-zero
 rules (a replica is up from a request until window + grace after its last one; cold starts not
@@ -106,6 +109,26 @@ def one_round(platform: Platform) -> dict[str, float]:
     return out
 
 
+def throughput(url: str, models: list[str], requests: int, concurrency: int) -> float:
+    """Output tokens per second of ``requests`` completions (64 tokens each, no early stop),
+    ``concurrency`` at a time, each naming the next of ``models`` in turn: what one warm replica
+    serves when its requests are for the base alone or spread over adapters."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> int:
+        body = {"model": models[i % len(models)], "prompt": f"request {i}", "max_tokens": 64,
+                "ignore_eos": True}
+        r = httpx.post(f"{url}/v1/completions", json=body, timeout=300)
+        r.raise_for_status()
+        tokens: int = r.json()["usage"]["completion_tokens"]
+        return tokens
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        total = sum(pool.map(one, range(requests)))
+    return total / (time.monotonic() - started)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--home", type=Path, default=Path("/tmp/torpor-bench-lora"))
@@ -123,10 +146,30 @@ def main() -> None:
         platform.cli("deploy", "-f", str(LORA))
         for _ in range(ns.rounds):
             rounds.append(one_round(platform))
+        # One warm replica serving 4 streams at a time: all for the base, or spread over its two
+        # adapters (both loaded first). Alternated, 3 times each; the medians are compared.
+        # And a replica of the same model without LoRA (tiny-chat): what enabling it costs.
+        for model in ("tiny-chat", SERVICE, "e2e-sql", "e2e-poet"):
+            ttft(platform.url, model)
+        plain_tps: list[float] = []
+        base_tps: list[float] = []
+        adapter_tps: list[float] = []
+        for _ in range(3):
+            plain_tps.append(throughput(platform.url, ["tiny-chat"], 32, 4))
+            base_tps.append(throughput(platform.url, [SERVICE], 32, 4))
+            adapter_tps.append(throughput(platform.url, ["e2e-sql", "e2e-poet"], 32, 4))
     results: dict[str, Any] = {
         key: statistics.median(r[key] for r in rounds) for key in rounds[0]
     }
     results["rounds"] = rounds
+    results["throughput"] = {
+        "plain_replica_tokens_per_s": plain_tps,
+        "base_tokens_per_s": base_tps,
+        "adapters_tokens_per_s": adapter_tps,
+        "ratio_adapters_to_base": statistics.median(adapter_tps) / statistics.median(base_tps),
+        "ratio_base_to_plain": statistics.median(base_tps) / statistics.median(plain_tps),
+        "requests": 32, "concurrency": 4, "max_tokens": 64,
+    }
     results["warm_pool"] = 0
     results["load_ratio_to_plain_cold_start"] = (
         results["b_warm_not_loaded_s"] / results["plain_cold_start_s"]
@@ -158,6 +201,16 @@ def main() -> None:
         "",
         f"Adapter load on a warm replica (b) / plain cold start: "
         f"**{results['load_ratio_to_plain_cold_start']:.3f}x**.",
+        "",
+        f"Throughput of one warm replica, 32 completions of 64 tokens, 4 at a time, median of "
+        f"3 alternated runs: the same model on a replica without LoRA (tiny-chat) "
+        f"{statistics.median(plain_tps):.0f} output tokens/s; on the LoRA-enabled base, requests "
+        f"for the base {statistics.median(base_tps):.0f} tokens/s "
+        f"({results['throughput']['ratio_base_to_plain']:.2f}x), spread over two loaded "
+        f"adapters {statistics.median(adapter_tps):.0f} tokens/s "
+        f"(**{results['throughput']['ratio_adapters_to_base']:.2f}x** the base's): what serving "
+        f"adapters costs a replica in throughput (vLLM's LoRA kernels on CPU). Both replicas "
+        f"were up during all runs.",
         "",
         f"Cost, **simulated** (not run on vLLM): K={c['k']} adapters, Poisson arrivals "
         f"{c['rate_per_s']}/s for {c['trace_s']:.0f} s, Zipf(1) popularity, a replica up until "
