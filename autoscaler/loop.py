@@ -339,6 +339,7 @@ class _RevisionLoop:
                     # A new failure is published even when it reads as the last one did, so
                     # the activators answer its waiters and may poke again.
                     await self._publish(self._live(), force=changed)
+                deps.metrics.record_adapters(self.key, self.adapters.holders(spec.lora))
         deps.metrics.record(
             self.key,
             self.decision,

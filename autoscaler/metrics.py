@@ -45,6 +45,13 @@ class AutoscalerMetrics:
         self.suspended_seconds = counter(
             "suspended_replica_seconds", "Seconds summed over suspended replicas"
         )
+        self.adapter_replicas = Gauge(
+            "torpor_autoscaler_adapter_replicas",
+            "Replicas holding a LoRA adapter of the revision loaded (0: idle, nowhere loaded)",
+            (*_LABELS, "adapter"),
+            registry=self.registry,
+        )
+        self._adapters: dict[str, set[str]] = {}  # revision -> adapters with a series
         self._last: dict[str, float] = {}  # revision -> the previous record's ``now``
         self._all = (
             self.desired,
@@ -90,8 +97,21 @@ class AutoscalerMetrics:
         if decision.kv_cache_usage is not None:
             self.kv_cache.labels(*labels).set(decision.kv_cache_usage)
 
+    def record_adapters(self, key: str, holders: dict[str, int]) -> None:
+        """Per declared adapter, how many replicas hold it loaded; an adapter no longer declared
+        loses its series."""
+        labels = key.split("/", 1)
+        for adapter in self._adapters.get(key, set()) - holders.keys():
+            with contextlib.suppress(KeyError):
+                self.adapter_replicas.remove(*labels, adapter)
+        for adapter, n in holders.items():
+            self.adapter_replicas.labels(*labels, adapter).set(n)
+        self._adapters[key] = set(holders)
+
     def forget(self, key: str) -> None:
         self._last.pop(key, None)
+        self.record_adapters(key, {})
+        self._adapters.pop(key, None)
         labels = tuple(key.split("/", 1))
         for g in self._all:
             with contextlib.suppress(KeyError):

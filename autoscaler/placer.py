@@ -69,6 +69,12 @@ class AdapterPlacer:
         failures = {a: reason for a, (reason, _) in self.failures.items()}
         return with_adapters(message, self.loaded, failures)
 
+    def holders(self, lora: LoraSpec) -> dict[str, int]:
+        """Per declared adapter, the replicas that hold it loaded (for the metrics)."""
+        return {
+            a.name: sum(a.name in names for names in self.loaded.values()) for a in lora.adapters
+        }
+
     def rows(self, lora: LoraSpec | None) -> tuple[AdapterStatus, ...]:
         failures = {a: reason for a, (reason, _) in self.failures.items()}
         return adapter_rows(lora, self.loaded, self.loading, failures)

@@ -36,7 +36,10 @@ def build_control_app(
     token: str,
     activator_url: str,
     platform: Callable[[], dict[str, Any]] = dict,
+    metrics: Callable[[], bytes] | None = None,
 ) -> Starlette:
+    """The control API; ``metrics`` renders the autoscaler's Prometheus registry for
+    ``GET /metrics`` (scraped with the control token as a bearer token, like every read)."""
     expected = f"Bearer {token}".encode()
 
     def authorised(request: Request) -> bool:
@@ -90,11 +93,16 @@ def build_control_app(
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def prometheus(request: Request) -> Response:
+        body = metrics() if metrics is not None else b""
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
     routes = [
         Route("/v1/services", apply, methods=["POST"]),
         Route("/v1/services", services, methods=["GET"]),
         Route("/v1/services/{namespace}/{name}", delete, methods=["DELETE"]),
         Route("/v1/status", status, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
     ]
     inner = Starlette(routes=routes)
 

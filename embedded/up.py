@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from prometheus_client import generate_latest
 
 from activator.app import ActivatorConfig, build_activator
 from activator.auth import FileKeyStore
@@ -132,8 +133,16 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[RunningPlat
     def platform() -> dict[str, Any]:
         return {"warm_pool": {"size": config.warm_pool, "ready": pool.ready_count}}
 
+    def metrics() -> bytes:
+        return generate_latest(scaler.registry)
+
     control_app = build_control_app(
-        control, statuses, token=token, activator_url=activator_url, platform=platform
+        control,
+        statuses,
+        token=token,
+        activator_url=activator_url,
+        platform=platform,
+        metrics=metrics,
     )
     servers = [
         _server(activator.app, config.host, config.port, config.drain_timeout_s),

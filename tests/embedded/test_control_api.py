@@ -115,3 +115,22 @@ async def test_reads_need_the_token_too(tmp_path: Path, method: str, path: str) 
     async with client:
         r = await client.request(method, path, headers={"Authorization": ""})
         assert r.status_code == 401
+
+
+async def test_metrics_are_the_autoscalers_registry_behind_the_token(tmp_path: Path) -> None:
+    bus = MemoryBus()
+    control = ControlPlane(bus, StateDir(tmp_path).ensure(), domain="example.com")
+    app = build_control_app(
+        control,
+        list,
+        token="s3cret",
+        activator_url="http://a",
+        metrics=lambda: b"torpor_autoscaler_ready_replicas 1.0\n",
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://control"
+    ) as client:
+        assert (await client.get("/metrics")).status_code == 401
+        r = await client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert r.text == "torpor_autoscaler_ready_replicas 1.0\n"
