@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resync-interval",
         type=float,
-        default=60.0,
+        default=300.0,
         help="seconds between full re-reads of the routing table from the bus, besides its "
         "events; 0: never",
     )

@@ -102,8 +102,9 @@ class ActivatorConfig:
     # The routing table follows the bus's events; it is also re-read whole this often, so a
     # change whose event was lost (a pub/sub message dropped without the subscription failing)
     # is picked up within the interval. One snapshot per activator per interval: bounded, and
-    # proportional to the revisions deployed, not to traffic or ticks. 0: never.
-    resync_s: float = 60.0
+    # proportional to the revisions deployed, not to traffic or ticks (over Redis, decoding a
+    # snapshot of 10,000 services holds the event loop, hence minutes, not seconds). 0: never.
+    resync_s: float = 300.0
     # Where per-service API keys are read (``torpor.dev/api-keys-secret``); None: a service that
     # asks for keys is refused (fail closed), services without keys are unaffected.
     key_store: KeyStore | None = None
@@ -210,6 +211,7 @@ class Activator:
         self.config = config
         self._rng = random.Random(config.seed)
         self._table: RouteTable = build_route_table((), config.domain)
+        self._services: tuple[ServiceSpec, ...] = ()  # as last applied
         self._queues: dict[str, RevisionQueue] = {}
         self._labels: dict[str, _Labels] = {}
         # Limits across activators (activator.limits): how many serve each revision, the spec
@@ -237,6 +239,7 @@ class Activator:
             self.apply_endpoints(event.endpoints)
 
     def apply_services(self, services: tuple[ServiceSpec, ...]) -> None:
+        self._services = services
         self._table = build_route_table(services, self.config.domain)
         live: set[str] = set()
         for service in services:
@@ -424,9 +427,13 @@ class Activator:
                 await events.aclose()  # type: ignore[attr-defined]
 
     async def resync(self) -> None:
-        """Re-read the whole routing state from the bus (idempotent: whole sets, versions)."""
+        """Re-read the whole routing state from the bus (idempotent: whole sets, versions).
+
+        Services that read as already applied are not applied again: rebuilding the routing
+        table for 10,000 services holds the event loop for ~0.13 s, comparing them ~0.01 s."""
         snapshot = await self._bus.snapshot()
-        self.apply_services(snapshot.services)
+        if snapshot.services != self._services:
+            self.apply_services(snapshot.services)
         for endpoints in snapshot.endpoints.values():
             self.apply_endpoints(endpoints)
 

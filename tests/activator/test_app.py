@@ -373,6 +373,15 @@ async def test_the_resync_runs_on_its_own_clock_while_events_keep_coming(
     assert response.status_code == 200
 
 
+async def test_a_resync_that_finds_nothing_new_keeps_the_routing_table(
+    running_activator: ActivatorFactory,
+) -> None:
+    async with running_activator((CHAT,), resync_s=0) as running:
+        table = running.activator._table  # the seam: rebuilding it is what costs
+        await running.activator.resync()
+        assert running.activator._table is table
+
+
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="activator_id"):
         ActivatorConfig(activator_id="")
