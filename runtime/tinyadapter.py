@@ -11,14 +11,11 @@ with different seeds give different answers.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from runtime.tinymodel import SHAPES, LlamaShape
+from runtime.tinymodel import SHAPES, LlamaShape, built_whole
 
 _COMPLETE_MARKER = ".torpor-adapter-complete"
 DEFAULT_RANK = 8
@@ -53,10 +50,7 @@ def make_tiny_adapter(
     if rank < 1:
         raise ValueError(f"rank must be at least 1, got {rank}")
     shape = SHAPES[size]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
+    with built_whole(out_dir, _COMPLETE_MARKER, f"{size} r={rank} seed={seed}") as tmp:
         config = {
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
@@ -88,11 +82,4 @@ def make_tiny_adapter(
         weights = tmp / "adapter_model.safetensors"
         save_file(tensors, str(weights), metadata={"format": "pt"})
         weights.chmod(0o644)
-        (tmp / _COMPLETE_MARKER).write_text(f"{size} r={rank} seed={seed}\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -7,6 +7,7 @@ is a byte-level BPE trained in about a second on the English text below.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -96,22 +97,30 @@ def make_tiny_llama(out_dir: Path, *, seed: int = 0, size: str = "tiny") -> Path
     if (out_dir / _COMPLETE_MARKER).exists():
         return out_dir
     shape = SHAPES[size]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: a crash never leaves a model that looks whole.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
-    try:
+    with built_whole(out_dir, _COMPLETE_MARKER, size) as tmp:
         _write_tokenizer(tmp)
         _write_configs(tmp, shape)
         _write_weights(tmp, shape, seed)
-        (tmp / _COMPLETE_MARKER).write_text(size + "\n")
+    return out_dir
+
+
+@contextlib.contextmanager
+def built_whole(out_dir: Path, marker: str, marker_text: str) -> Iterator[Path]:
+    """A directory to write ``out_dir``'s files in, beside it; on success it is marked complete
+    (``marker`` holding ``marker_text``) and renamed to ``out_dir``, replacing what was there.
+    A crash never leaves a directory that looks whole."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
+    try:
+        yield tmp
+        (tmp / marker).write_text(marker_text + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.rename(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
 
 
 def _write_configs(d: Path, s: LlamaShape) -> None:
