@@ -185,21 +185,29 @@ async def test_drain_waits_while_an_activator_reports_requests_on_the_replica(
     bus: RecordingBus, actuator: FakeActuator, scraper: FakeScraper
 ) -> None:
     clock = FakeClock()
-    rev = revision(metric="llm", window_s=0.05, scale_to_zero_grace_s=0)
-    await actuator.start(rev, 1)
-    r = actuator.make_ready(KEY)
-    scraper.set(r.replica_id, running=0)
-    # vLLM counts nothing yet (the request is still on its way in), and the in-flight count
-    # alone would say nothing is owed; the activator's report names the replica.
-    busy = ActivatorStats("a1", KEY, queued=0, in_flight=1, at=clock(), busy=(r.replica_id,))
-    await bus.publish_stats([busy])
+    rev = revision(
+        metric="llm", target=10, target_utilization=1.0, window_s=0.05, scale_to_zero_grace_s=3600
+    )
+    await actuator.start(rev, 2)
+    busy = actuator.make_ready(KEY)
+    light = actuator.make_ready(KEY)
+    scraper.set(busy.replica_id, running=3)
+    scraper.set(light.replica_id, running=2)
     await bus.publish_services([service(rev)])
-    async with scaler(bus, actuator, scraper, clock=clock).running():
-        await eventually(lambda: ("draining", r.replica_id) in actuator.calls)
+    async with scaler(bus, actuator, scraper, clock=clock, drain_poll_s=0.01).running():
+        await eventually(lambda: ("draining", light.replica_id) in actuator.calls)
+        # vLLM counts nothing on the drained replica, and the activators' in-flight total is
+        # covered by the replica that stays, which alone would let it go; but an activator's
+        # report names it: a request is still on its way there.
+        report = ActivatorStats(
+            "a1", KEY, queued=0, in_flight=3, at=clock(), busy=(busy.replica_id, light.replica_id)
+        )
+        await bus.publish_stats([report])
+        scraper.set(light.replica_id, running=0)
         await settle()
-        assert ("stop", r.replica_id) not in actuator.calls
-        await bus.publish_stats([ActivatorStats("a1", KEY, queued=0, in_flight=0, at=clock())])
-        await eventually(lambda: ("stop", r.replica_id) in actuator.calls)
+        assert ("stop", light.replica_id) not in actuator.calls
+        await bus.publish_stats([replace(report, busy=(busy.replica_id,))])
+        await eventually(lambda: ("stop", light.replica_id) in actuator.calls)
 
 
 async def test_drain_stops_only_after_the_replica_stayed_quiet_for_drain_quiet_s(
