@@ -21,13 +21,17 @@ the control plane can import it without paying for vLLM, torch or anything else 
    report and phase metric), `HOSTNAME` (the pod name, used as the replica id when `K_REVISION`
    says this is a Knative pod), `TORPOR_CACHE_DIR` (the node-local weight cache; else
    `$TORPOR_HOME/cache`), `TORPOR_HOME` (else `~/.torpor`), `TORPOR_CACHE_BUDGET_BYTES`,
-   `TORPOR_FORK_ENGINE` (`0`/`false`/`no` turns the fork trick off), `TORPOR_DRAIN_TIMEOUT_S`.
+   `TORPOR_FORK_ENGINE` (`0`/`false`/`no` turns the fork trick off), `TORPOR_DRAIN_TIMEOUT_S`,
+   `TORPOR_ENGINE_CACHE` (where the CPU engine probe's answer is kept; else `$TORPOR_HOME/engine`),
+   `TORPOR_CPU_ATTN_ISA` (vLLM's CPU attention path, `amx` or `vec`/...: set by the runtime from
+   the probe for every vLLM process it starts; set by hand, it replaces the probe).
 
 3. Phase reports (`PhaseReport`): one JSON object per line on the replica's stdout. The
    `startup` report comes once, when `/health` first answers 200; a `first_token` report
    follows when the first generation response starts. Phase values are seconds since
    `launched_at`, named from `PHASES`. The launcher reads the last `startup` line of the log
-   (`find_startup_report`).
+   (`find_startup_report`). An optional `engine` says which engine path the replica took and why
+   (e.g. `cpu attention=vec (torch reports no AMX tiles)`); readers of older lines see None.
 
 4. The warm-pool standby socket (`python -m runtime standby --socket PATH`): the standby binds a
    unix socket under a temporary name and renames it to PATH, so PATH existing means ready; it
@@ -62,6 +66,9 @@ ENV_CACHE_DIR = "TORPOR_CACHE_DIR"
 ENV_CACHE_BUDGET = "TORPOR_CACHE_BUDGET_BYTES"
 ENV_FORK_ENGINE = "TORPOR_FORK_ENGINE"
 ENV_DRAIN_TIMEOUT = "TORPOR_DRAIN_TIMEOUT_S"
+ENV_ENGINE_CACHE = "TORPOR_ENGINE_CACHE"
+ENV_CPU_ATTN_ISA = "TORPOR_CPU_ATTN_ISA"
+ENV_CPU_ENGINE_LINE = "TORPOR_CPU_ENGINE"  # the runtime's own: the path's line, for its children
 
 LOOPBACK_HOST = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"
@@ -177,7 +184,7 @@ REPORT_EVENTS = ("startup", "first_token")
 
 @dataclass(frozen=True)
 class PhaseReport:
-    """One phase report line. The Knative identity fields appear only when set."""
+    """One phase report line. The Knative identity fields and `engine` appear only when set."""
 
     event: str
     replica_id: str
@@ -187,6 +194,7 @@ class PhaseReport:
     service: str | None = None
     configuration: str | None = None
     revision: str | None = None
+    engine: str | None = None  # the engine path taken and why
 
     def encode(self) -> str:
         out: dict[str, Any] = {
@@ -196,7 +204,7 @@ class PhaseReport:
             "warm": self.warm,
             "phases": dict(self.phases),
         }
-        for name in ("service", "configuration", "revision"):
+        for name in ("service", "configuration", "revision", "engine"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -220,10 +228,10 @@ class PhaseReport:
             isinstance(k, str) and _is_number(v) for k, v in raw.items()
         ):
             raise ContractError("phase report: 'phases' must map phase names to seconds")
-        identity = {n: _opt_str(msg, n, "phase report")
-                    for n in ("service", "configuration", "revision")}
+        optional = {n: _opt_str(msg, n, "phase report")
+                    for n in ("service", "configuration", "revision", "engine")}
         return cls(str(event), replica_id, float(launched_at), warm,  # type: ignore[arg-type]
-                   tuple((k, float(v)) for k, v in raw.items()), **identity)
+                   tuple((k, float(v)) for k, v in raw.items()), **optional)
 
 
 def find_startup_report(text: str) -> PhaseReport | None:

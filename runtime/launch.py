@@ -20,7 +20,7 @@ from typing import Any
 from runtime.adapter_load import AdapterCacheMiddleware
 from runtime.args import LaunchConfig, runtime_env, vllm_argv
 from runtime.cache import WeightCache
-from runtime.contract import ContractError
+from runtime.contract import ENV_CPU_ATTN_ISA, ENV_CPU_ENGINE_LINE, ContractError
 from runtime.phases import PhaseRecorder, make_phase_gauge
 
 log = logging.getLogger("torpor.runtime.launch")
@@ -117,6 +117,10 @@ async def serve(cfg: LaunchConfig, recorder: PhaseRecorder) -> None:
 
     signal.signal(signal.SIGTERM, _interrupt_init)
 
+    from runtime.vllm_plugin import register as apply_cpu_engine_path
+
+    apply_cpu_engine_path()  # here too: vLLM's entry point may be off ($VLLM_PLUGINS)
+
     modules_before = set(sys.modules)
     model_path = await asyncio.to_thread(resolve_model, cfg)
     recorder.mark("weights_resolved")
@@ -204,6 +208,47 @@ def prepare_environment(
     env.update(runtime_env(env, cpu=is_cpu_build(), engine_args=engine_args))
 
 
+def choose_engine_path(env: MutableMapping[str, str], cfg: LaunchConfig | None) -> str | None:
+    """Put the CPU engine path (`runtime.cpu_engine`) in `env` before any vLLM process starts.
+
+    Returns the start-up line's engine part; None off the CPU build. Raises `EngineUnavailable`
+    when no path works for this replica (its message names the cause and the way out). A standby
+    (`cfg` None) does not know its replica's dtype yet: it leaves that verdict, and any probe
+    failure, to its assignment. `$TORPOR_CPU_ATTN_ISA` set by hand replaces the probe.
+    """
+    from runtime.cpu_engine import EngineUnavailable, for_replica
+    from runtime.cpu_engine_cache import ProbeFailed, machine_engine
+    from runtime.engine import is_cpu_build, vllm_version
+
+    if not is_cpu_build():
+        return None
+    given = env.get(ENV_CPU_ATTN_ISA, "").strip().lower()
+    line = env.get(ENV_CPU_ENGINE_LINE, "")
+    if given:
+        if not line.startswith(f"cpu attention={given} "):  # not this runtime's own choice
+            line = f"cpu attention={given} (set by ${ENV_CPU_ATTN_ISA})"
+            env[ENV_CPU_ENGINE_LINE] = line
+        return line
+    try:
+        found = machine_engine(env)
+    except ProbeFailed as e:
+        if cfg is None:
+            log.warning("%s; the replica will probe again", e)
+            return None
+        raise EngineUnavailable(
+            f"{e}. Way out: set ${ENV_CPU_ATTN_ISA} to vec (or amx) to choose vLLM's CPU "
+            "attention path without the probe"
+        ) from None
+    if found.path.attention is None and cfg is None:
+        return None
+    replica = for_replica(found.path, cfg.engine_args if cfg else (), vllm_version())
+    env[ENV_CPU_ATTN_ISA] = replica.isa
+    env[ENV_CPU_ENGINE_LINE] = replica.line
+    log.info("engine: %s [%s %s]", replica.line,
+             "cached in" if found.cached else "probed just now, kept in", found.file)
+    return replica.line
+
+
 def run(cfg: LaunchConfig, recorder: PhaseRecorder) -> int:
     """Run the server to completion; the exit code for the process."""
     import uvloop
@@ -244,6 +289,13 @@ def serve_main(argv: list[str], *, started: float | None = None) -> int:
                              labels=cfg.identity.labels())
     recorder.mark("process_started", at=started)
     _configure_logging()
+    from runtime.cpu_engine import EngineUnavailable
+
+    try:
+        recorder.engine = choose_engine_path(os.environ, cfg)
+    except EngineUnavailable as e:  # now, not at the first request
+        print(f"torpor runtime: {e}", file=sys.stderr, flush=True)
+        return 1
     from runtime.engine import import_engine
 
     import_engine()

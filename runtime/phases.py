@@ -39,11 +39,12 @@ class PhaseRecorder:
 
     def __init__(self, *, replica_id: str, launched_at: float, warm: bool,
                  out: IO[str] | None = None, gauge: Any = None,
-                 labels: Mapping[str, str] | None = None) -> None:
+                 labels: Mapping[str, str] | None = None, engine: str | None = None) -> None:
         self.replica_id = replica_id
         self.launched_at = launched_at
         self.warm = warm
         self.labels = dict(labels or {})
+        self.engine = engine  # the engine path taken and why, for the startup report
         self.phases: dict[str, float] = {}
         self._out = out
         self._gauge = gauge
@@ -74,6 +75,7 @@ class PhaseRecorder:
             service=self.labels.get("service"),
             configuration=self.labels.get("configuration"),
             revision=self.labels.get("revision"),
+            engine=self.engine,
         )
 
     def startup_line(self) -> str:

@@ -107,10 +107,11 @@ def standby_main(argv: list[str]) -> int:
     ns = p.parse_args(argv)
     started = process_start_time()
 
-    from runtime.launch import _configure_logging, prepare_environment, run
+    from runtime.launch import _configure_logging, choose_engine_path, prepare_environment, run
 
     prepare_environment(os.environ)
     _configure_logging()
+    choose_engine_path(os.environ, None)  # before vLLM is imported: its plugin reads the result
     from runtime.engine import enable_fork_engine, import_engine
 
     import_engine()
@@ -152,9 +153,16 @@ def standby_main(argv: list[str]) -> int:
     conn.sendall(StandbyReply(accepted=True, pid=os.getpid()).encode())
     conn.close()
     prepare_environment(os.environ, cfg)  # the assignment's env may have brought its own settings
+    from runtime.cpu_engine import EngineUnavailable
+
+    try:
+        engine = choose_engine_path(os.environ, cfg)
+    except EngineUnavailable as e:  # now, not at the first request
+        print(f"torpor runtime: {e}", file=sys.stderr, flush=True)
+        return 1
     recorder = PhaseRecorder(replica_id=cfg.replica_id,
                              launched_at=cfg.launched_at or assignment.received_at, warm=True,
-                             labels=cfg.identity.labels())
+                             labels=cfg.identity.labels(), engine=engine)
     # For this replica the process "starts" when assigned; its imports were already done.
     recorder.mark("process_started", at=assignment.received_at)
     recorder.mark("imports_done", at=assignment.received_at)

@@ -108,6 +108,17 @@ def test_phase_report_round_trip() -> None:
     assert "revision" not in plain.encode()  # identity fields only when there is one
 
 
+def test_phase_report_carries_the_engine_path_and_reads_lines_without_it() -> None:
+    report = PhaseReport("startup", "r-1", 100.0, False, (("engine_ready", 4.0),),
+                         engine="cpu attention=vec (torch reports no AMX tiles)")
+    assert PhaseReport.parse(report.encode()) == report
+    old = '{"event": "startup", "replica_id": "r", "launched_at": 1, "warm": false, "phases": {}}'
+    assert PhaseReport.parse(old).engine is None
+    assert "engine" not in PhaseReport("startup", "r", 1.0, False, ()).encode()
+    with pytest.raises(ContractError, match="engine"):
+        PhaseReport.parse(old[:-1] + ', "engine": 3}')
+
+
 @pytest.mark.parametrize(
     "line",
     [
