@@ -72,6 +72,7 @@ def status_document(
                         "total_seconds": round(cold.total_s, 3),
                         "warm": cold.warm,
                         "phases": {name: round(s, 3) for name, s in cold.phases},
+                        "engine": cold.engine,  # the engine path the replica took, and why
                     },
                 }
             )
@@ -127,6 +128,8 @@ def render_table(document: Mapping[str, Any]) -> str:
         return "No services deployed. Deploy one with: torpor deploy -f FILE"
     cells: list[list[str]] = []
     notes: list[str] = []
+    # One service's revisions (``torpor status SERVICE``): what engine path each last started on.
+    single_service = len({(r["namespace"], r["service"]) for r in revisions}) == 1
     for row in revisions:
         traffic = f"{row['traffic_percent']}%"
         if row["tags"]:
@@ -148,6 +151,8 @@ def render_table(document: Mapping[str, Any]) -> str:
             "cold": cold_text,
         }
         cells.append([values[key] for _, key in _COLUMNS])
+        if single_service and cold and cold.get("engine"):
+            notes.append(f"  {row['name']}: engine: {cold['engine']}")
         for a in row.get("adapters") or ():
             where = f" on {a['replica_id']}" if a.get("replica_id") else ""
             why = f": {a['reason'].splitlines()[0]}" if a.get("reason") else ""

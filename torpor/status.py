@@ -18,6 +18,7 @@ class ColdStart:
     total_s: float  # launch to ready
     phases: tuple[tuple[str, float], ...] = ()
     warm: bool = False  # served from the warm runtime pool
+    engine: str | None = None  # the engine path the replica took and why (its startup report)
 
 
 @dataclass(frozen=True, slots=True)

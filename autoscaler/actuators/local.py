@@ -214,7 +214,7 @@ def parse_startup_line(text: str, fallback: ColdStart) -> ColdStart | None:
     report = find_startup_report(text)
     if report is None:
         return None
-    return replace(fallback, phases=report.phases, warm=report.warm)
+    return replace(fallback, phases=report.phases, warm=report.warm, engine=report.engine)
 
 
 class Freezer(Protocol):

@@ -109,3 +109,18 @@ def test_a_long_table_ends_with_a_count_per_state_and_filters_shorten_it() -> No
     assert [r["service"] for r in filter_status(doc, active=True)["revisions"]] == ["s3"]
     short = render_table(filter_status(doc, active=True))
     assert "revisions:" not in short  # short tables need no count
+
+
+def test_the_engine_path_of_the_last_cold_start_is_in_the_json_and_the_one_service_view() -> None:
+    engine = "cpu attention=vec (torch reports no AMX tiles)"
+    cold = ColdStart("r1", 1000.0, 9.0, (("engine_ready", 9.0),), engine=engine)
+    st = RevisionStatus("default/chat-00001", "default", "chat", "chat-00001", 1, 1,
+                        state="ready", last_cold_start=cold)
+    doc = status_document([SERVICE], [st], activator_url="http://x")
+    assert doc["revisions"][0]["last_cold_start"]["engine"] == engine
+    assert f"chat-00001: engine: {engine}" in render_table(filter_status(doc, service="chat"))
+    other = ServiceSpec("default", "other", 1, (_rev("other-00001", 1),),
+                        (TrafficTarget("other-00001", 100),))
+    many = status_document([SERVICE, other], [st], activator_url="http://x")
+    assert "engine:" not in render_table(many)  # the overview stays one line per revision
+    assert f"engine: {engine}" in render_table(filter_status(many, service="chat"))

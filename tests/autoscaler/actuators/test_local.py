@@ -152,8 +152,15 @@ def test_startup_line_becomes_cold_start_phases() -> None:
     cs = parse_startup_line(log, fallback)
     assert cs is not None
     assert cs.phases == (("process_started", 0.1), ("imports_done", 2.0), ("engine_ready", 4.5))
-    assert cs.warm and cs.total_s == 5.0
+    assert cs.warm and cs.total_s == 5.0 and cs.engine is None
     assert parse_startup_line("no line here\n{not json", fallback) is None
+
+
+def test_startup_line_carries_the_engine_path() -> None:
+    line = ('{"event": "startup", "replica_id": "r1", "launched_at": 10.0, "warm": false, '
+            '"phases": {}, "engine": "cpu attention=vec (torch reports no AMX tiles)"}')
+    cs = parse_startup_line(line, ColdStart("r1", started_at=10.0, total_s=5.0))
+    assert cs is not None and cs.engine == "cpu attention=vec (torch reports no AMX tiles)"
 
 
 # -- processes -----------------------------------------------------------------------------------
