@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from torpor import codec
-from torpor.bus import Endpoint, RevisionEndpoints
+from torpor.bus import CrashLoop, Endpoint, RevisionEndpoints
 from torpor.spec import (
     AutoscalingSpec,
     RevisionRef,
@@ -37,3 +37,16 @@ def test_missing_field_takes_its_default() -> None:
 
 def test_int_reads_as_float() -> None:
     assert codec.from_jsonable(AutoscalingSpec, {"window_s": 6}).window_s == 6.0
+
+
+def test_a_crash_loop_round_trips_and_old_messages_read_without_one() -> None:
+    crash = CrashLoop(3, 1765141445.5, "exited with code 0 (IndexError)", 20.0, served=True)
+    eps = RevisionEndpoints("ns/a", (), "exited with code 0\ntail", 4, crash_loop=crash)
+    assert codec.loads(RevisionEndpoints, codec.dumps(eps)) == eps
+    # Written by an autoscaler that predates crash loops: none.
+    old = codec.to_jsonable(eps)
+    del old["crash_loop"]
+    assert codec.from_jsonable(RevisionEndpoints, old).crash_loop is None
+    # Read by an activator that predates them: the field is skipped, the failure stays.
+    assert "crash_loop" in codec.to_jsonable(eps)
+    assert codec.from_jsonable(RevisionEndpoints, codec.to_jsonable(eps)).failure == eps.failure

@@ -61,12 +61,31 @@ class AdapterFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class CrashLoop:
+    """The revision's replicas keep dying before or soon after they become ready, and the
+    autoscaler waits before starting the next one (the kubelet's CrashLoopBackOff; see
+    ``autoscaler.crashloop``). Until ``retry_at`` the activators answer the revision's requests
+    at once with ``503 replica_crash_loop``; after it, a request is held and starts the next try.
+    """
+
+    restarts: int  # deaths in a row that counted; the next start is restart number ``restarts``
+    retry_at: float  # wall-clock seconds (time.time()): no start before this
+    # What a caller may be told of the last death: the actuator's short reason ("exited with
+    # code 1") and the exception's class; the log line itself is the operator's.
+    reason: str
+    backoff_s: float = 0.0  # the wait the last death set
+    served: bool = False  # the last one died after it became ready (else it failed to start)
+
+
+@dataclass(frozen=True, slots=True)
 class RevisionEndpoints:
     """Every replica the activators may send a revision's requests to, replacing the last set.
 
     ``failure`` carries the runtime's own error when the revision cannot start, so requests held
     at zero get an answer that says why instead of waiting for their timeout.
     ``adapter_failures`` does the same for requests held for a LoRA adapter whose load failed.
+    ``crash_loop`` says that the revision is in a crash loop and until when (``failure`` then
+    carries the last death's error, for activators that predate ``crash_loop``).
     """
 
     revision: str  # RevisionRef.key
@@ -74,6 +93,7 @@ class RevisionEndpoints:
     failure: str | None = None
     version: int = 0  # increases with every publish for this revision
     adapter_failures: tuple[AdapterFailure, ...] = ()
+    crash_loop: CrashLoop | None = None
 
     @property
     def serving(self) -> tuple[Endpoint, ...]:

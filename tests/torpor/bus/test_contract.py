@@ -28,6 +28,7 @@ from torpor.bus import (
     Bus,
     BusEvent,
     BusSnapshot,
+    CrashLoop,
     Endpoint,
     EndpointsChanged,
     MemoryBus,
@@ -109,6 +110,16 @@ async def test_endpoints_keep_failure_and_draining(backend: Backend) -> None:
     snap = (await activator.snapshot()).endpoints
     assert snap["default/broken-00001"].failure == "CUDA out of memory"
     assert [e.replica_id for e in snap[REV].serving] == ["r8001"]
+
+
+async def test_endpoints_keep_a_crash_loop(backend: Backend) -> None:
+    autoscaler, activator = await backend.bus(), await backend.bus()
+    crash = CrashLoop(2, 1765141445.25, "exited with code 0 (IndexError)", 10.0, True)
+    events = activator.events()
+    await autoscaler.publish_endpoints(RevisionEndpoints(REV, (), "exit 0", crash_loop=crash))
+    event = await next_event(events)
+    assert isinstance(event, EndpointsChanged) and event.endpoints.crash_loop == crash
+    assert (await activator.snapshot()).endpoints[REV].crash_loop == crash
 
 
 async def test_stats_from_two_activators_are_both_visible(backend: Backend) -> None:
