@@ -44,6 +44,9 @@ class Replica:
     launched_at: float  # wall clock
     ready_at: float | None = None
     error: str | None = None  # exit code and the runtime's last log lines, when FAILED
+    # The meaningful line of those (the replica's exception, not a traceback frame), when the
+    # actuator can tell: what ``torpor status`` shows of a crash loop.
+    error_line: str | None = None
     cold_start: ColdStart | None = None
     suspended_at: float | None = None  # wall clock, while SUSPENDED
 

@@ -31,9 +31,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from autoscaler.actuator import Actuator, Phase, Replica, SuspendUnsupported
+from autoscaler.crashloop import CrashLoopPolicy
 from autoscaler.decide import Decision, Observation, ReplicaLoad, ScalerState, decide
 from autoscaler.lora_client import HttpLoraClient, LoraClient
 from autoscaler.metrics import AutoscalerMetrics
@@ -41,7 +42,6 @@ from autoscaler.placer import AdapterPlacer
 from autoscaler.plan import (
     Failure,
     Plan,
-    StartPolicy,
     StartRecord,
     Suspension,
     announcement,
@@ -65,14 +65,14 @@ from torpor.bus import (
     ServicesChanged,
 )
 from torpor.spec import RevisionSpec, ServiceSpec
-from torpor.status import ColdStart, RevisionStatus
+from torpor.status import ColdStart, CrashLoopStatus, RevisionStatus
 
 log = logging.getLogger("torpor.autoscaler")
 
 
 @dataclass(frozen=True, slots=True)
 class LoopConfig:
-    """The loop's timings and start-up policy: the one place ``tick_s`` is set."""
+    """The loop's timings and crash-loop policy: the one place ``tick_s`` is set."""
 
     tick_s: float = 2.0
     stats_fresh_s: float = 5.0  # activator stats older than this are ignored
@@ -82,9 +82,8 @@ class LoopConfig:
     # first looked idle shows in vLLM's gauges or an activator's report before the stop.
     drain_quiet_s: float = 1.5
     ready_poll_s: float = 0.05  # how often starting replicas are checked for readiness
-    max_failures: int = 5  # consecutive start-up failures before the revision is marked failed
-    backoff_base_s: float = 1.0
-    backoff_cap_s: float = 60.0
+    # Replicas that die before or soon after ready: the kubelet's backoff (autoscaler.crashloop).
+    crash_loop: CrashLoopPolicy = field(default_factory=CrashLoopPolicy)
 
     def __post_init__(self) -> None:
         for name in ("tick_s", "stats_fresh_s", "drain_poll_s", "ready_poll_s"):
@@ -92,10 +91,6 @@ class LoopConfig:
                 raise ValueError(f"LoopConfig.{name} must be positive, not {getattr(self, name)}")
         if not self.drain_quiet_s >= 0:
             raise ValueError(f"LoopConfig.drain_quiet_s must not be negative: {self.drain_quiet_s}")
-        self.start_policy()  # validates the rest
-
-    def start_policy(self) -> StartPolicy:
-        return StartPolicy(self.max_failures, self.backoff_base_s, self.backoff_cap_s)
 
 
 def always_leader() -> bool:
@@ -274,7 +269,7 @@ class _RevisionLoop:
         live = [r for r in replicas if r.phase is not Phase.FAILED]
         # A standby leaves failed replicas to the leader, and does not count them either.
         self.record, failures = reckon(
-            self.record, replicas if self.leading else live, now, deps.config.start_policy()
+            self.record, replicas if self.leading else live, now, deps.config.crash_loop
         )
         for failure in failures:
             await self._stop_failed(failure)
@@ -284,9 +279,9 @@ class _RevisionLoop:
                 self.last_cold_start is None or cold.started_at >= self.last_cold_start.started_at
             ):
                 self.last_cold_start = cold
-        # A new start-up failure is published at once; so is everything when taking over, since
+        # A new counted death is published at once; so is everything when taking over, since
         # what the previous leader published may be stale.
-        force = any(not f.crashed for f in failures) or (self.leading and was_leading is False)
+        force = any(f.counted for f in failures) or (self.leading and was_leading is False)
         if self.leading and spec.lora is not None and self.adapters is not None:
             # Before publishing: a restarted or new leader lists what replicas already hold.
             await self.adapters.learn(spec.lora, self._serving(live), now)
@@ -549,22 +544,38 @@ class _RevisionLoop:
         if self._deps.leader():
             await self._deps.actuator.stop(self.target.spec, failure.replica_id)
         first_line = failure.error.splitlines()[0] if failure.error else ""
-        if failure.crashed:
+        how = (
+            "failed to start"
+            if failure.ready_for_s is None
+            else f"died {failure.ready_for_s:.0f}s after it was ready"
+        )
+        if not failure.counted:
             # The waiters wait for the replacement instead of getting an error.
             log.warning(
-                "revision %s: replica %s died: %s", self.key, failure.replica_id, first_line
+                "revision %s: replica %s %s: %s; replacing it",
+                self.key,
+                failure.replica_id,
+                how,
+                first_line,
             )
             return
         log.warning(
-            "revision %s: replica %s failed to start (%d in a row, next try in %.1fs): %s",
+            "revision %s: replica %s %s (%d in a row; next start in %.0fs): %s",
             self.key,
             failure.replica_id,
-            failure.in_a_row,
+            how,
+            failure.restarts,
             failure.retry_in_s,
             first_line,
         )
-        if failure.marked_failed:
-            log.error("revision %s: marked failed until its spec changes", self.key)
+        if failure.retry_in_s > 0:
+            log.error(
+                "revision %s: crash loop, back-off %.0fs before restart %d: %s",
+                self.key,
+                failure.retry_in_s,
+                failure.restarts,
+                self.record.last_error_line or first_line,
+            )
 
     def _live(self) -> list[Replica]:
         return [r for r in self._deps.actuator.replicas(self.key) if r.phase is not Phase.FAILED]
@@ -591,6 +602,18 @@ class _RevisionLoop:
         parked = [r for r in replicas if r.phase is Phase.SUSPENDED]
         spec = self.target.spec
         state, reason = revision_state(self.record, len(ready), len(starting), len(parked))
+        crash = self.record.crash
+        crash_loop = (
+            CrashLoopStatus(
+                restarts=crash.restarts,
+                last_error=self.record.last_error_line or (reason or "").split("\n")[0],
+                next_try_at=crash.retry_at,
+                backoff_s=crash.backoff_s,
+                backing_off=crash.backing_off(self._deps.clock()),
+            )
+            if state == "crash-loop"
+            else None
+        )
         return RevisionStatus(
             revision=self.key,
             namespace=spec.ref.namespace,
@@ -605,6 +628,7 @@ class _RevisionLoop:
             in_flight_requests=self.obs.activator_in_flight,
             state=state,
             reason=reason,
+            crash_loop=crash_loop,
             decision=self.decision.reason,
             panic=self.decision.panic,
             last_cold_start=self.last_cold_start,

@@ -2,9 +2,10 @@
 
 ``decide`` says *how many* replicas a revision should have. Everything else the autoscaler
 decides lives here, as pure functions of what it saw, with ``now`` passed in: which replica goes
-first, taking back a draining replica instead of a cold start, start-up backoff and "failed until
-the spec changes" (``StartRecord`` and ``reckon``), when endpoints are published and what they
-say, and the status a revision shows. The loop in ``autoscaler.loop`` only executes these, and
+first, taking back a draining replica instead of a cold start, the crash-loop backoff after
+replicas that die before or soon after ready (``StartRecord`` and ``reckon``, over
+``autoscaler.crashloop``), when endpoints are published and what they say, and the status a
+revision shows. The loop in ``autoscaler.loop`` only executes these, and
 ``benchmarks/autoscaler_trace.py`` replays traces through the same ``plan``, so the benchmark
 that justifies the defaults runs the product's policy, not a copy of it.
 
@@ -17,37 +18,38 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from autoscaler.actuator import Phase, Replica
+from autoscaler.crashloop import (
+    CrashLoopPolicy,
+    CrashLoopState,
+    count_death,
+    exception_name,
+    with_resets,
+)
 from autoscaler.decide import Decision, Observation, ReplicaLoad
-from torpor.bus import ActivatorStats, Endpoint, RevisionEndpoints
-
-
-@dataclass(frozen=True, slots=True)
-class StartPolicy:
-    """How the autoscaler answers replicas that fail to start."""
-
-    max_failures: int = 5  # consecutive start-up failures before the revision is marked failed
-    backoff_base_s: float = 1.0  # wait after the first failure, doubling with each next one
-    backoff_cap_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.max_failures < 1:
-            raise ValueError(f"max_failures must be at least 1, not {self.max_failures}")
-        if self.backoff_base_s < 0 or self.backoff_cap_s < 0:
-            raise ValueError("backoff_base_s and backoff_cap_s must not be negative")
-
-    def backoff_s(self, failures: int) -> float:
-        return min(self.backoff_cap_s, self.backoff_base_s * 2.0 ** max(0, failures - 1))
+from torpor.bus import ActivatorStats, CrashLoop, Endpoint, RevisionEndpoints
 
 
 @dataclass(frozen=True, slots=True)
 class StartRecord:
-    """A revision's start-up history, as far as the autoscaler needs it."""
+    """A revision's replica deaths, as far as starting the next one needs them
+    (``autoscaler.crashloop``: which deaths count, the backoff, the resets)."""
 
-    failures: int = 0  # consecutive start-up failures
-    last_error: str | None = None  # the last one's error, until a replica becomes ready
-    backoff_until: float = 0.0  # no start before this
-    failed_reason: str | None = None  # set after max_failures: no start until the spec changes
-    seen_ready: frozenset[str] = frozenset()  # replicas that have served: their death is a crash
+    crash: CrashLoopState = field(default_factory=CrashLoopState)
+    # The last counted death's error (the actuator's words: a short reason first, then the
+    # runtime's log tail), and its meaningful line (the replica's exception), until the count
+    # starts over.
+    last_error: str | None = None
+    last_error_line: str | None = None
+    last_served: bool = False  # the last counted death came after the replica was ready
+    # Replicas seen ready (or suspended), and when the loop first saw them so: how long one had
+    # served when it died decides whether its death counts.
+    seen_ready: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def error_summary(self) -> str | None:
+        """What ``torpor status`` shows of the last counted death: its meaningful line when the
+        actuator found one, else the actuator's whole error."""
+        return self.last_error_line or self.last_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,58 +58,80 @@ class Failure:
 
     replica_id: str
     error: str
-    # Died after serving. Not a start-up failure: publishing it as the revision's failure would
-    # answer every request held at zero with an error at once, while a replacement is on its way.
-    crashed: bool
-    in_a_row: int = 0  # start-up failures in a row, this one included
-    retry_in_s: float = 0.0  # the backoff this start-up failure set
-    marked_failed: bool = False  # this failure marked the revision failed
+    ready_for_s: float | None = None  # how long it had been ready when it died; None: never
+    # Counted toward a crash loop (died before ready, or young): the next start waits
+    # ``retry_in_s``, the ``restarts``-th in a row. A death that does not count is replaced at
+    # once and published as nothing: the requests held meanwhile wait for the replacement.
+    counted: bool = False
+    restarts: int = 0
+    retry_in_s: float = 0.0
+
+    @property
+    def after_ready(self) -> bool:
+        return self.ready_for_s is not None
+
+
+def _was_ready(r: Replica) -> bool:
+    return r.phase is Phase.READY or r.phase is Phase.SUSPENDED
 
 
 def reckon(
-    record: StartRecord, replicas: Sequence[Replica], now: float, policy: StartPolicy
+    record: StartRecord, replicas: Sequence[Replica], now: float, policy: CrashLoopPolicy
 ) -> tuple[StartRecord, tuple[Failure, ...]]:
-    """Fold one tick's replicas into the start-up record: count start-up failures (backing off
-    exponentially, marking the revision failed after ``max_failures`` in a row), and clear the
-    count once a replica becomes ready."""
+    """Fold one tick's replicas into the record: count the deaths that count toward a crash loop
+    (``autoscaler.crashloop``), note replicas that became ready, and apply the resets (a replica
+    ready for ``stable_s``, a last death older than ``forget_s``)."""
     failures: list[Failure] = []
+    seen = dict(record.seen_ready)
+    crash = record.crash
     for r in replicas:
         if r.phase is not Phase.FAILED:
             continue
         error = r.error or "replica failed"
-        if r.replica_id in record.seen_ready:
-            record = replace(record, seen_ready=record.seen_ready - {r.replica_id})
-            failures.append(Failure(r.replica_id, error, crashed=True))
+        since = seen.pop(r.replica_id, None)
+        ready_for = None if since is None else max(0.0, now - since)
+        if not policy.counts(ready_for):
+            if ready_for is not None and ready_for >= policy.stable_s:
+                crash = CrashLoopState()  # it served: whatever killed the others is gone
+            failures.append(Failure(r.replica_id, error, ready_for))
             continue
-        count = record.failures + 1
-        delay = policy.backoff_s(count)
-        marked = count >= policy.max_failures and record.failed_reason is None
+        crash = count_death(crash, now, policy)
         record = replace(
             record,
-            failures=count,
             last_error=error,
-            backoff_until=now + delay,
-            failed_reason=(
-                f"{count} start-up failures in a row; last: {error}"
-                if marked
-                else record.failed_reason
-            ),
+            last_error_line=r.error_line,
+            last_served=ready_for is not None,
         )
-        failures.append(Failure(r.replica_id, error, False, count, delay, marked))
+        failures.append(
+            Failure(r.replica_id, error, ready_for, True, crash.restarts, crash.backoff_s)
+        )
+    present = {r.replica_id for r in replicas}
+    seen = {k: v for k, v in seen.items() if k in present}
     for r in replicas:
-        if r.phase is Phase.READY and r.replica_id not in record.seen_ready:
-            record = replace(
-                record,
-                seen_ready=record.seen_ready | {r.replica_id},
-                failures=0,
-                last_error=None,
-            )
-    return record, tuple(failures)
+        if _was_ready(r) and r.replica_id not in seen:
+            seen[r.replica_id] = now
+    longest = max((now - seen[r.replica_id] for r in replicas if _was_ready(r)), default=None)
+    crash = with_resets(crash, longest, now, policy)
+    if crash.restarts == 0:
+        record = replace(record, last_error=None, last_error_line=None, last_served=False)
+    return replace(record, crash=crash, seen_ready=seen), tuple(failures)
 
 
 def spec_changed(record: StartRecord) -> StartRecord:
-    """A changed spec gets a fresh chance after being marked failed."""
-    return replace(record, failures=0, failed_reason=None, backoff_until=0.0)
+    """A changed spec starts the count over: its next start is at once."""
+    return replace(
+        record, crash=CrashLoopState(), last_error=None, last_error_line=None, last_served=False
+    )
+
+
+def caller_reason(record: StartRecord) -> str:
+    """What a caller is told of the last counted death: the actuator's short reason (the first
+    line of its error, e.g. "exited with code 1"), and the exception's class when the replica's
+    error line names one. The rest of the line and the log tail are the operator's."""
+    error = record.last_error or "replica failed"
+    first = next((x.strip() for x in error.splitlines() if x.strip()), "replica failed")
+    name = exception_name(record.last_error_line)
+    return f"{first} ({name})" if name and name not in first else first
 
 
 def serving(replicas: Sequence[Replica], leaving: Collection[str]) -> list[Replica]:
@@ -187,8 +211,9 @@ def plan(
     window still counts on stays parked rather than be stopped and cold-started again. An idle
     window (``after_s`` with no work) freezes a ready replica, never while there is work.
     """
-    # Waiters held at zero get the reason at once instead of their timeout.
-    republish = obs.poked and record.failed_reason is not None
+    # A poke while backing off (a request held by an activator that had not heard): waiters
+    # get the crash loop at once instead of their timeout.
+    republish = obs.poked and record.crash.backing_off(now)
     current = obs.current
     sus = suspension or Suspension()
     parked = sorted(
@@ -212,12 +237,10 @@ def plan(
         take_back = tuple(draining[:need])
         need -= len(take_back)
         held_back = None
-        if need > 0 and record.failed_reason is not None:
-            held_back, need = f"failed: {record.failed_reason}", 0
-        elif need > 0 and now < record.backoff_until:
+        if need > 0 and now < record.crash.retry_at:
             held_back = (
-                f"want {need} more, backing off {record.backoff_until - now:.1f}s"
-                f" after {record.failures} failures"
+                f"want {need} more, crash-loop back-off {record.crash.retry_at - now:.1f}s"
+                f" before restart {record.crash.restarts}"
             )
             need = 0
         return Plan(take_back, need, held_back=held_back, republish=republish, resume=resume)
@@ -264,15 +287,27 @@ def announcement(
     record: StartRecord,
 ) -> RevisionEndpoints:
     """What the activators are told: every ready replica not being stopped (draining ones
-    flagged), and, while none serves, why the revision cannot start."""
+    flagged), and, while the revision is in a crash loop and no replica serves or sleeps, the
+    crash loop (the activators answer its requests with it until ``retry_at``) and the last
+    death's error as ``failure`` (what an activator that predates ``crash_loop`` answers)."""
     endpoints = tuple(
         Endpoint(r.replica_id, r.url, draining=r.replica_id in draining)
         for r in sorted(replicas, key=lambda r: r.replica_id)
         if r.phase is Phase.READY and r.url and r.replica_id not in stopping
     )
     in_service = any(not e.draining for e in endpoints)
-    failure = None if in_service else (record.failed_reason or record.last_error)
-    return RevisionEndpoints(revision, endpoints, failure)
+    parked = any(r.phase is Phase.SUSPENDED for r in replicas)  # a request wakes it
+    if in_service or parked or not record.crash.looping:
+        return RevisionEndpoints(revision, endpoints)
+    crash = record.crash
+    notice = CrashLoop(
+        restarts=crash.restarts,
+        retry_at=crash.retry_at,
+        reason=caller_reason(record),
+        backoff_s=crash.backoff_s,
+        served=record.last_served,
+    )
+    return RevisionEndpoints(revision, endpoints, record.last_error, crash_loop=notice)
 
 
 def publish_needed(
@@ -281,28 +316,34 @@ def publish_needed(
     """Publish what changed, and nothing before there is something to say: a revision that never
     had a replica or a failure is not announced as empty (an actuator that has not yet read its
     replicas would otherwise withdraw a previous autoscaler's endpoints). ``force`` republishes an
-    unchanged message: a new start-up failure, a poke of a failed revision, a new leader."""
+    unchanged message: a new counted death, a poke while backing off, a new leader."""
     if force:
         return True
     if last is None:
         return bool(message.endpoints) or message.failure is not None
-    before = (last.endpoints, last.failure, last.adapter_failures)
-    return before != (message.endpoints, message.failure, message.adapter_failures)
+    before = (last.endpoints, last.failure, last.adapter_failures, last.crash_loop)
+    return before != (
+        message.endpoints,
+        message.failure,
+        message.adapter_failures,
+        message.crash_loop,
+    )
 
 
 def revision_state(
     record: StartRecord, ready: int, starting: int, suspended: int = 0
 ) -> tuple[str, str | None]:
-    """The state ``torpor status`` shows, and its reason."""
-    if record.failed_reason is not None:
-        return "failed", record.failed_reason
+    """The state ``torpor status`` shows, and its reason. ``crash-loop``: no replica serves and
+    a counted death set a wait (``CrashLoopState.looping``), during the wait and the next try."""
     if ready:
         return "ready", None
+    if record.crash.looping and not suspended:  # a suspended replica serves once woken
+        return "crash-loop", record.error_summary
     if starting:
-        return "starting", record.last_error
+        return "starting", record.error_summary
     if suspended:
         return "suspended", None
-    return "scaled-to-zero", record.last_error
+    return "scaled-to-zero", record.error_summary
 
 
 def arrivals_since(

@@ -32,6 +32,17 @@ class AdapterStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class CrashLoopStatus:
+    """A revision whose replicas keep dying before or soon after ready (``state`` crash-loop)."""
+
+    restarts: int  # deaths in a row that counted; the next start is restart number ``restarts``
+    last_error: str  # the last death's meaningful line (its exception), else the actuator's reason
+    next_try_at: float  # wall clock: no start before this
+    backoff_s: float  # the wait the last death set
+    backing_off: bool  # still waiting, as of this status (else the next request starts a try)
+
+
+@dataclass(frozen=True, slots=True)
 class RevisionStatus:
     revision: str  # RevisionRef.key
     namespace: str
@@ -45,9 +56,10 @@ class RevisionStatus:
     suspended_replicas: int = 0
     queued_requests: int = 0
     in_flight_requests: int = 0
-    # "ready", "scaled-to-zero", "starting", "suspended" (only suspended replicas), "failed"
+    # "ready", "scaled-to-zero", "starting", "suspended" (only suspended replicas), "crash-loop"
     state: str = "scaled-to-zero"
     reason: str | None = None
+    crash_loop: CrashLoopStatus | None = None  # while ``state`` is crash-loop
     decision: str = ""  # why the autoscaler wants ``desired_replicas`` (its last decision)
     panic: bool = False
     last_cold_start: ColdStart | None = None

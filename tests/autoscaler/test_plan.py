@@ -1,15 +1,17 @@
-"""Table tests of the pure plan: victim order, take-back, backoff, failure, publishing, status."""
+"""Table tests of the pure plan: victim order, take-back, crash loops, publishing, status."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
 from autoscaler.actuator import Phase, Replica
+from autoscaler.crashloop import CrashLoopPolicy, CrashLoopState
 from autoscaler.decide import Decision, Observation, ReplicaLoad
 from autoscaler.plan import (
     Failure,
     Plan,
-    StartPolicy,
     StartRecord,
     announcement,
     arrivals_since,
@@ -20,7 +22,7 @@ from autoscaler.plan import (
     serving,
     spec_changed,
 )
-from torpor.bus import ActivatorStats, Endpoint, RevisionEndpoints
+from torpor.bus import ActivatorStats, CrashLoop, Endpoint, RevisionEndpoints
 
 KEY = "default/chat-00001"
 NOW = 100.0
@@ -130,29 +132,36 @@ def test_scale_up_takes_back_draining_replicas_first(
     assert planned(desired, replicas, draining=draining) == want
 
 
-# -- start-up failures: backoff, then failed until the spec changes -----------------------------
+# -- deaths: the crash-loop record (the backoff itself: test_crashloop.py) -----------------------
 
-POLICY = StartPolicy(max_failures=3, backoff_base_s=10.0, backoff_cap_s=15.0)
-
-
-def test_a_start_up_failure_is_counted_and_backs_off() -> None:
-    record, failures = reckon(StartRecord(), [failed("r1", "exited\nno such model")], NOW, POLICY)
-    assert failures == (Failure("r1", "exited\nno such model", False, 1, 10.0, False),)
-    assert (record.failures, record.backoff_until) == (1, NOW + 10.0)
-    assert record.last_error == "exited\nno such model"
-    assert record.failed_reason is None
+POLICY = CrashLoopPolicy()  # 0, 10, 20, 40, ... s; young under 60 s; reset after 600 s
 
 
-def test_backoff_doubles_up_to_its_cap_and_marks_failed_after_max_failures() -> None:
-    record = StartRecord()
-    seen = []
-    for i in range(1, 5):
-        record, failures = reckon(record, [failed(f"r{i}")], NOW, POLICY)
-        seen.append((failures[0].retry_in_s, failures[0].marked_failed))
-    # 10, 20 capped at 15, ...; the third in a row marks it failed, once.
-    assert seen == [(10.0, False), (15.0, False), (15.0, True), (15.0, False)]
-    assert record.failures == 4
-    assert record.failed_reason == "3 start-up failures in a row; last: exited with code 3"
+def looping(restarts: int = 2, retry_at: float = NOW + 10, **fields: object) -> StartRecord:
+    """A record in a crash loop: ``restarts`` counted deaths, the next start at ``retry_at``."""
+    crash = CrashLoopState(restarts, died_at=NOW, backoff_s=10.0, retry_at=retry_at)
+    return StartRecord(crash=crash, **fields)  # type: ignore[arg-type]
+
+
+def test_a_start_up_failure_counts_and_the_first_is_retried_at_once() -> None:
+    error = "exited with code 3\nValueError: no such model"
+    r = replace(failed("r1", error), error_line="ValueError: no such model")
+    record, failures = reckon(StartRecord(), [r], NOW, POLICY)
+    assert failures == (Failure("r1", error, None, counted=True, restarts=1, retry_in_s=0.0),)
+    assert record.crash == CrashLoopState(1, died_at=NOW, backoff_s=0.0, retry_at=NOW)
+    assert not record.crash.looping  # one death is no loop: replaced at once, nothing published
+    assert (record.last_error, record.last_error_line) == (error, "ValueError: no such model")
+    assert record.error_summary == "ValueError: no such model"
+
+
+def test_deaths_in_a_row_back_off_like_the_kubelet_and_never_give_up() -> None:
+    record, waits, now = StartRecord(), [], NOW
+    for i in range(1, 10):
+        record, failures = reckon(record, [failed(f"r{i}")], now, POLICY)
+        waits.append(failures[0].retry_in_s)
+        now += failures[0].retry_in_s + 30  # the next try starts and dies in 30 s
+    assert waits == [0, 10, 20, 40, 80, 160, 300, 300, 300]
+    assert record.crash.restarts == 9 and record.crash.looping
 
 
 def test_a_failure_without_an_error_still_says_something() -> None:
@@ -160,20 +169,42 @@ def test_a_failure_without_an_error_still_says_something() -> None:
     assert failures[0].error == record.last_error == "replica failed"
 
 
-def test_a_ready_replica_clears_the_count_and_the_error() -> None:
-    record = StartRecord(failures=2, last_error="boom", backoff_until=NOW + 5)
-    record, failures = reckon(record, [ready("r3")], NOW, POLICY)
-    assert failures == ()
-    assert (record.failures, record.last_error) == (0, None)
-    assert record.seen_ready == frozenset({"r3"})
+def test_a_death_soon_after_ready_counts_a_later_one_does_not() -> None:
+    record, _ = reckon(StartRecord(), [ready("young"), ready("old")], NOW - 100, POLICY)
+    record, _ = reckon(record, [ready("young"), ready("old")], NOW - 100, POLICY)
+    assert record.seen_ready == {"young": NOW - 100, "old": NOW - 100}
+    record = replace(record, seen_ready={"young": NOW - 5, "old": NOW - 100})
+    dead = [failed("young", "exited with code 0"), failed("old", "exited with code -9")]
+    record, failures = reckon(record, dead, NOW, POLICY)
+    assert failures == (
+        Failure("young", "exited with code 0", 5.0, counted=True, restarts=1),
+        # Served 100 s: a single crash, replaced at once; requests held meanwhile wait for it.
+        Failure("old", "exited with code -9", 100.0),
+    )
+    assert record.crash.restarts == 1 and record.last_served
+    assert record.seen_ready == {}
 
 
-def test_a_crash_after_serving_is_not_a_start_up_failure() -> None:
-    record, _ = reckon(StartRecord(), [ready("r1")], NOW, POLICY)
-    record, failures = reckon(record, [failed("r1", "exited with code -9")], NOW, POLICY)
-    assert failures == (Failure("r1", "exited with code -9", crashed=True),)
-    assert (record.failures, record.last_error, record.backoff_until) == (0, None, 0.0)
-    assert record.seen_ready == frozenset()
+def test_a_replica_ready_for_ten_minutes_starts_the_count_over() -> None:
+    record = looping(restarts=4, last_error="boom")
+    record, _ = reckon(record, [ready("a")], NOW, POLICY)  # first seen ready now
+    record, _ = reckon(record, [ready("a")], NOW + 599, POLICY)
+    assert record.crash.restarts == 4
+    record, _ = reckon(record, [ready("a")], NOW + 600, POLICY)
+    assert record.crash == CrashLoopState() and record.last_error is None
+    # Its own death later is a single crash: replaced at once.
+    record, failures = reckon(record, [failed("a")], NOW + 700, POLICY)
+    assert not failures[0].counted and record.crash.restarts == 0
+
+
+def test_a_last_death_ten_minutes_old_is_forgotten() -> None:
+    record = looping(restarts=6, retry_at=NOW + 300, last_error="boom")
+    record, _ = reckon(record, [], NOW + 599, POLICY)
+    assert record.crash.restarts == 6
+    record, _ = reckon(record, [], NOW + 600, POLICY)
+    assert record.crash.restarts == 0 and record.last_error is None
+    record, failures = reckon(record, [failed("r")], NOW + 700, POLICY)
+    assert (failures[0].restarts, failures[0].retry_in_s) == (1, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -182,33 +213,26 @@ def test_a_crash_after_serving_is_not_a_start_up_failure() -> None:
         (StartRecord(), Plan(start=1)),
         # Backing off: the start waits, and the plan says why.
         (
-            StartRecord(failures=2, backoff_until=NOW + 4),
-            Plan(held_back="want 1 more, backing off 4.0s after 2 failures"),
+            looping(restarts=3, retry_at=NOW + 4),
+            Plan(held_back="want 1 more, crash-loop back-off 4.0s before restart 3"),
         ),
-        (StartRecord(failures=2, backoff_until=NOW), Plan(start=1)),
-        # Failed: no start however long ago the last failure was.
-        (
-            StartRecord(failures=5, failed_reason="5 in a row"),
-            Plan(held_back="failed: 5 in a row"),
-        ),
+        # The wait is over: the next try starts (kubelet: it never gives up).
+        (looping(restarts=30, retry_at=NOW), Plan(start=1)),
     ],
 )
-def test_starts_wait_for_backoff_and_stop_once_failed(record: StartRecord, want: Plan) -> None:
+def test_starts_wait_for_the_back_off(record: StartRecord, want: Plan) -> None:
     assert planned(1, [], record=record) == want
 
 
-def test_a_failed_revision_still_takes_back_a_draining_replica() -> None:
-    record = StartRecord(failures=5, failed_reason="5 in a row")
-    want = Plan(take_back=("d",), held_back="failed: 5 in a row")
-    assert planned(2, [ready("d")], draining=("d",), record=record) == want
+def test_a_revision_backing_off_still_takes_back_a_draining_replica() -> None:
+    why = "want 1 more, crash-loop back-off 10.0s before restart 2"
+    want = Plan(take_back=("d",), held_back=why)
+    assert planned(2, [ready("d")], draining=("d",), record=looping()) == want
 
 
 def test_a_changed_spec_gets_a_fresh_chance() -> None:
-    record = StartRecord(
-        failures=5, last_error="boom", backoff_until=NOW + 9, failed_reason="5 in a row"
-    )
-    fresh = spec_changed(record)
-    assert (fresh.failures, fresh.failed_reason, fresh.backoff_until) == (0, None, 0.0)
+    fresh = spec_changed(looping(restarts=8, retry_at=NOW + 300, last_error="boom"))
+    assert (fresh.crash, fresh.last_error) == (CrashLoopState(), None)
     assert planned(1, [], record=fresh) == Plan(start=1)
 
 
@@ -223,21 +247,45 @@ def test_the_announcement_flags_draining_and_leaves_out_what_is_stopping() -> No
     )
 
 
+LOOPING = looping(
+    restarts=3,
+    retry_at=NOW + 20,
+    last_error="exited with code 0\n...log tail...",
+    last_error_line="RuntimeError: Worker failed with error 'index out of range in self'",
+    last_served=True,
+)
+
+
+def test_a_crash_loop_is_announced_while_nothing_serves() -> None:
+    message = announcement(KEY, [], set(), set(), LOOPING)
+    assert message.crash_loop == CrashLoop(
+        restarts=3,
+        retry_at=NOW + 20,
+        reason="exited with code 0 (RuntimeError)",  # the caller's: no log line, no path
+        backoff_s=10.0,
+        served=True,
+    )
+    # For activators that predate ``crash_loop``: the error, as a failed start was.
+    assert message.failure == "exited with code 0\n...log tail..."
+
+
 @pytest.mark.parametrize(
-    ("record", "replicas", "draining", "failure"),
+    ("record", "replicas", "draining", "announced"),
     [
-        # While nothing serves, the activators are told why (the spec-level failure first).
-        (StartRecord(last_error="exit 3"), [], set(), "exit 3"),
-        (StartRecord(last_error="exit 3", failed_reason="3 in a row"), [], set(), "3 in a row"),
-        (StartRecord(last_error="exit 3"), [ready("a")], {"a"}, "exit 3"),
-        # Once one serves, no failure is announced.
-        (StartRecord(last_error="exit 3", failed_reason="3 in a row"), [ready("a")], set(), None),
+        (LOOPING, [], set(), True),
+        (LOOPING, [ready("a")], {"a"}, True),  # draining: it serves no new request
+        # Once one serves (or sleeps: a request wakes it), no crash loop is announced.
+        (LOOPING, [ready("a")], set(), False),
+        (LOOPING, [Replica("z", KEY, Phase.SUSPENDED, "http://z", 0.0)], set(), False),
+        # One death is no loop (replaced at once), and nothing is announced for it.
+        (StartRecord(CrashLoopState(1, NOW, 0.0, NOW), last_error="exit 3"), [], set(), False),
     ],
 )
-def test_the_announcement_carries_the_failure_only_while_nothing_serves(
-    record: StartRecord, replicas: list[Replica], draining: set[str], failure: str | None
+def test_the_announcement_carries_the_crash_loop_only_while_nothing_serves(
+    record: StartRecord, replicas: list[Replica], draining: set[str], announced: bool
 ) -> None:
-    assert announcement(KEY, replicas, draining, set(), record).failure == failure
+    message = announcement(KEY, replicas, draining, set(), record)
+    assert (message.crash_loop is not None, message.failure is not None) == (announced, announced)
 
 
 SERVING = RevisionEndpoints(KEY, (Endpoint("a", "http://a"),))
@@ -256,6 +304,7 @@ FAILING = RevisionEndpoints(KEY, (), "exit 3")
         (SERVING, SERVING, False, False),
         (SERVING, EMPTY, False, True),
         (EMPTY, FAILING, False, True),
+        (FAILING, replace(FAILING, crash_loop=CrashLoop(2, NOW + 10, "exit 3")), False, True),
         # ... unless forced (a new failure, a poke of a failed revision, a new leader).
         (SERVING, SERVING, True, True),
         (None, EMPTY, True, True),
@@ -272,15 +321,16 @@ def test_publish_rules(
 @pytest.mark.parametrize(
     ("record", "poked", "republish"),
     [
-        (StartRecord(failed_reason="3 in a row"), True, True),
-        (StartRecord(failed_reason="3 in a row"), False, False),
+        (looping(), True, True),
+        (looping(), False, False),
+        (looping(retry_at=NOW), True, False),  # the wait is over: the poke starts a try
         (StartRecord(last_error="exit 3"), True, False),
     ],
 )
-def test_a_poke_of_a_failed_revision_republishes(
+def test_a_poke_while_backing_off_republishes(
     record: StartRecord, poked: bool, republish: bool
 ) -> None:
-    # Requests held at zero get the reason at once instead of their timeout.
+    # Requests held at zero get the crash loop at once instead of their timeout.
     assert planned(1, [], record=record, poked=poked).republish is republish
 
 
@@ -294,7 +344,9 @@ def test_a_poke_of_a_failed_revision_republishes(
         (StartRecord(last_error="exit 3"), 0, 0, ("scaled-to-zero", "exit 3")),
         (StartRecord(last_error="exit 3"), 0, 1, ("starting", "exit 3")),
         (StartRecord(last_error="exit 3"), 1, 1, ("ready", None)),
-        (StartRecord(failed_reason="3 in a row"), 1, 0, ("failed", "3 in a row")),
+        (looping(last_error="exit 3\ntail", last_error_line="E: x"), 0, 0, ("crash-loop", "E: x")),
+        (looping(last_error="exit 3"), 0, 1, ("crash-loop", "exit 3")),  # the next try
+        (looping(last_error="exit 3"), 1, 0, ("ready", None)),
     ],
 )
 def test_status_state(
@@ -306,19 +358,6 @@ def test_status_state(
 def test_serving_leaves_out_replicas_on_their_way_out() -> None:
     replicas = [ready("a"), ready("b"), ready("c"), starting("s")]
     assert [r.replica_id for r in serving(replicas, {"b", "c"})] == ["a"]
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        {"max_failures": 0},
-        {"backoff_base_s": -1.0},
-        {"backoff_cap_s": -1.0},
-    ],
-)
-def test_a_bad_start_policy_is_refused(bad: dict[str, float]) -> None:
-    with pytest.raises(ValueError):
-        StartPolicy(**bad)  # type: ignore[arg-type]
 
 
 def stat(activator: str, total: int) -> ActivatorStats:
