@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -209,6 +210,68 @@ def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
+# vLLM's log prefixes: "(EngineCore pid=12) " and "ERROR 12-07 21:05:23 [core.py:1512] ".
+_PROCESS_PREFIX = re.compile(r"^\((?:[\w.-]+ )?pid=\d+\)\s*")
+_LEVEL_PREFIX = re.compile(
+    r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+\[[^\]]*\]\s?"
+)
+_EXCEPTION_LINE = re.compile(
+    r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit|Interrupt)(?::\s.*)?$"
+)
+_RUNTIME_PREFIX = "torpor runtime: "
+# A line that sends its reader to the trace above it for the cause ("EngineCore encountered an
+# issue. See stack trace (above) for the root cause.", "Worker failed with error '...', please
+# check the stack trace above"): the cause is an earlier line, if the log has it.
+_POINTS_ABOVE = re.compile(r"\babove\b", re.IGNORECASE)
+_ERROR_LINE_SCAN = 400  # log lines read back for it
+
+
+def error_line(text: str) -> str | None:
+    """The meaningful line of a replica's log: the Python exception that ended it (its class and
+    message, e.g. ``IndexError: index out of range in self``), not a traceback frame, vLLM's log
+    prefix or the noise a dying process prints after it.
+
+    The last exception line (or the runtime's own ``torpor runtime: ...`` word) wins, except one
+    that points to the trace above it for its cause (vLLM wraps a worker's exception so, twice):
+    then the last one before it that does not. Without an exception, the last ``ERROR`` or
+    ``CRITICAL`` log message; None when there is nothing of the kind.
+    """
+    candidates: list[str] = []
+    logged: list[str] = []
+    for raw in text.splitlines()[-_ERROR_LINE_SCAN:]:
+        line = _PROCESS_PREFIX.sub("", raw.strip())
+        level = _LEVEL_PREFIX.match(line)
+        rest = line[level.end() :] if level else line
+        message = rest.strip()
+        if (
+            message.startswith((_RUNTIME_PREFIX, "Fatal Python error:"))
+            or _EXCEPTION_LINE.match(message)
+        ):
+            candidates.append(message)
+        elif (
+            level is not None
+            and level.group(1) in ("ERROR", "CRITICAL")
+            and message
+            and not rest[:1].isspace()  # a traceback frame or its source line
+            and not message.startswith("Traceback")
+        ):
+            logged.append(message)
+    for line in reversed(candidates):
+        if not _POINTS_ABOVE.search(line):
+            return line
+    if candidates:
+        return candidates[-1]
+    return logged[-1] if logged else None
+
+
+def exit_reason(code: int) -> str:
+    """``exited with code N``, naming the signal that killed it (``-4`` is SIGILL)."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"exited with code {code} ({signal.Signals(-code).name})"
+    return f"exited with code {code}"
+
+
 def parse_startup_line(text: str, fallback: ColdStart) -> ColdStart | None:
     """The runtime's startup report in its log, as a ``ColdStart``; ``None`` if not printed yet."""
     report = find_startup_report(text)
@@ -373,17 +436,22 @@ class LocalActuator:
                     proc.replica,
                     phase=Phase.FAILED,
                     error=f"not ready after {self._ready_timeout_s:g}s\n{log_tail(proc.log_path)}",
+                    error_line=error_line(log_tail(proc.log_path, _ERROR_LINE_SCAN)),
                 )
                 proc.handle.signal(signal.SIGKILL)
                 return
             code = await exited
             if not proc.stopping:
+                line = error_line(log_tail(proc.log_path, _ERROR_LINE_SCAN))
                 proc.replica = replace(
                     proc.replica,
                     phase=Phase.FAILED,
-                    error=f"exited with code {code}\n{log_tail(proc.log_path)}",
+                    error=f"{exit_reason(code)}\n{log_tail(proc.log_path)}",
+                    error_line=line,
                 )
-                log.warning("replica %s exited with code %s", proc.replica.replica_id, code)
+                log.warning(
+                    "replica %s %s: %s", proc.replica.replica_id, exit_reason(code), line or "-"
+                )
         finally:
             exited.cancel()
             with contextlib.suppress(asyncio.CancelledError):
