@@ -154,6 +154,24 @@ class RevisionFailed(ActivatorError):
     code = "revision_failed"
 
 
+class ReplicaCrashLoop(ActivatorError):
+    """The revision's replicas keep dying before or soon after they become ready, and the
+    autoscaler waits before it starts the next one (the kubelet's CrashLoopBackOff). The message
+    names the last death's short reason and when the next try is; ``Retry-After`` says in how
+    many seconds. A request after that time is held and starts the next try."""
+
+    status = 503
+    type = "server_error"
+    code = "replica_crash_loop"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"retry-after", str(self.retry_after_s).encode())]
+
+
 class AdapterFailed(ActivatorError):
     """The LoRA adapter the request names failed to load on a replica; the message carries the
     first line of the replica's answer. The next request for it has the load tried again."""
@@ -178,7 +196,9 @@ class ConnectFailed(UpstreamUnavailable):
 class EngineDead(UpstreamUnavailable):
     """The replica answered, but its engine is gone (vLLM's ``EngineDeadError``: the API server
     still runs, the engine core process does not). Nothing of it reached the client, so the
-    request is retried on another replica; answered as this only when no retry was possible."""
+    request is retried on another replica or held for the next one, a bounded number of times
+    (``activator.proxy.MAX_ENGINE_DEAD_RETRIES``); answered as this when no retry was possible
+    or the bound is reached (unless the revision is in a crash loop: ``ReplicaCrashLoop``)."""
 
     code = "engine_dead"
 

@@ -215,6 +215,10 @@ def _engine_dead(status: int, first: bytes) -> bool:
 
 
 MAX_ATTEMPTS = 4  # a request is sent at most this often, each time before any byte went back
+# A request whose replica answered that its engine is dead is retried at most this often: a
+# revision whose engines die at their first request (a crash loop) must not pass it from one
+# dying replica to the next until its deadline.
+MAX_ENGINE_DEAD_RETRIES = 2
 
 
 async def forward_retrying(
@@ -240,9 +244,16 @@ async def forward_retrying(
     closed is no reason to shun it, and a replica that died answers the next try with a refused
     connection. (A completion has no effect but its answer, so sending it again is safe.) Each
     slot is released when its attempt ends. Once the answer has started nothing is retried.
+
+    An engine that died is retried past at most ``MAX_ENGINE_DEAD_RETRIES`` times; past that,
+    or past ``MAX_ATTEMPTS``, the request is answered: with ``ReplicaCrashLoop`` when the
+    revision is in a crash loop by then (the reason its engines die), else with the last error
+    (``EngineDead``, 502 ``engine_dead``, saying how many engines died under it). A held retry
+    of a revision that goes into a crash loop gets that answer from the queue.
     """
     shunned: list[str] = []
     attempts = 0
+    dead = 0
     while True:
         attempts += 1
         try:
@@ -252,9 +263,18 @@ async def forward_retrying(
         except UpstreamUnavailable as exc:
             if isinstance(exc, EngineDead):
                 queue.take_out(backend, exc.message)
+                dead += 1
             if isinstance(exc, ConnectFailed | EngineDead):
                 shunned.append(backend.replica_id)
-            if attempts >= MAX_ATTEMPTS:
+            if attempts >= MAX_ATTEMPTS or dead > MAX_ENGINE_DEAD_RETRIES:
+                crash = queue.crash_loop_error()
+                if crash is not None:
+                    raise crash from exc
+                if dead > MAX_ENGINE_DEAD_RETRIES:
+                    raise EngineDead(
+                        f"{exc.message}; the engine died under this request on {dead} replicas "
+                        "in a row, so it is not sent to another"
+                    ) from exc
                 raise
             log.info("retrying a request for %s: %s", queue.revision, exc.message)
         finally:

@@ -10,21 +10,35 @@ runtime's error, e.g. "exited with code 2"); the rest of it, the runtime's log t
 tracebacks, paths and expanded values, is for the operator only (``torpor status`` and this
 activator's log), never for a caller. A LoRA adapter's failed load (``adapter_failures``) answers
 the waiters for that adapter alone, the same way, while no serving replica lists it.
+
+A revision in a crash loop (``RevisionEndpoints.crash_loop``: its replicas keep dying before or
+soon after ready, and the autoscaler waits before the next start) answers its waiters and every
+new request at once with ``ReplicaCrashLoop`` (503, ``Retry-After``) until the published
+``retry_at`` (wall clock); after it, a request is held and pokes as at zero, which is what starts
+the next try.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
+import time
 from collections import deque
-from collections.abc import Awaitable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from activator.balancer import Backend, pick
-from activator.errors import AdapterFailed, QueueFull, RevisionFailed, WaitTimeout
-from torpor.bus.base import AdapterTraffic, RevisionEndpoints
+from activator.errors import (
+    AdapterFailed,
+    QueueFull,
+    ReplicaCrashLoop,
+    RevisionFailed,
+    WaitTimeout,
+)
+from torpor.bus.base import AdapterTraffic, CrashLoop, RevisionEndpoints
 from torpor.spec import DEFAULT_QUEUE_DEPTH, DEFAULT_TIMEOUT_S, RevisionSpec
 
 
@@ -58,15 +72,26 @@ class _Waiter:
 class RevisionQueue:
     """One revision's replicas, their in-flight counts, and the requests waiting for them."""
 
-    def __init__(self, revision: str, limits: QueueLimits, poke: Poke, rng: random.Random) -> None:
+    def __init__(
+        self,
+        revision: str,
+        limits: QueueLimits,
+        poke: Poke,
+        rng: random.Random,
+        *,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        """``wall``: the wall clock a crash loop's ``retry_at`` is compared with."""
         self.revision = revision
         self.limits = limits
         self._poke = poke
         self._rng = rng
+        self._wall = wall
         self._backends: list[Backend] = []
         self._waiters: deque[_Waiter] = deque()
         self._failure: str | None = None
         self._failure_poked = False
+        self._crash_loop: CrashLoop | None = None
         # LoRA adapters whose load failed (adapter -> reason), as published, and those a
         # request has poked for since (once per publication, as for the revision's failure).
         self._adapter_failures: dict[str, str] = {}
@@ -144,10 +169,18 @@ class RevisionQueue:
             fresh.append(b)
         # Backends dropped here may still have leases out; those just release into the void.
         self._backends = fresh
-        previous = self._failure
-        self._failure = endpoints.failure if not self.has_serving() else None
+        previous, previous_loop = self._failure, self._crash_loop
+        serving = self.has_serving()
+        self._crash_loop = endpoints.crash_loop if not serving else None
+        # A crash loop says more than its ``failure`` (there for activators that predate it).
+        self._failure = endpoints.failure if not serving and self._crash_loop is None else None
         self._failure_poked = False
-        if self._failure is not None:
+        crash = self.crash_loop_error()
+        if crash is not None:
+            if self._crash_loop != previous_loop:
+                log.warning("%s; last error: %s", crash.message, endpoints.failure)
+            self._fail_all(crash)
+        elif self._failure is not None:
             if self._failure != previous:
                 log.warning("revision %s failed to start: %s", self.revision, self._failure)
             self._fail_all(RevisionFailed(self._failure_message(self._failure)))
@@ -182,6 +215,9 @@ class RevisionQueue:
         the wait shares with the answer) or, without one, ``timeout_s`` from now.
         """
         self.requests_total += not (retry or exclude)  # a retry is not a new request
+        crash = self.crash_loop_error()
+        if crash is not None:
+            raise crash  # no poke: the autoscaler would not start before ``retry_at`` anyway
         if self._failure is not None:
             if not self._failure_poked:
                 # Once per published failure, so the autoscaler may try the start again.
@@ -317,6 +353,24 @@ class RevisionQueue:
 
     def _failure_message(self, failure: str) -> str:
         return f"revision {self.revision} failed to start: {failure_reason(failure)}"
+
+    def crash_loop_error(self) -> ReplicaCrashLoop | None:
+        """The answer for this revision's requests while it is in a crash loop and its next try
+        is still to come; None otherwise (then a request is held, and starts the next try)."""
+        crash = self._crash_loop
+        if crash is None:
+            return None
+        left = crash.retry_at - self._wall()
+        if left <= 0:
+            return None
+        what = "died soon after it became ready" if crash.served else "failed to start"
+        at = time.strftime("%H:%M:%S", time.gmtime(crash.retry_at))
+        return ReplicaCrashLoop(
+            f"revision {self.revision} is in a crash loop: its replica {what} "
+            f"{crash.restarts} times in a row (last: {failure_reason(crash.reason)}); "
+            f"next try in {math.ceil(left)}s (at {at} UTC)",
+            math.ceil(left),
+        )
 
 
 _MAX_REASON_CHARS = 160

@@ -14,6 +14,7 @@ from activator.errors import (
     MalformedRequest,
     NotFound,
     QueueFull,
+    ReplicaCrashLoop,
     RequestTimeout,
     RevisionFailed,
     ShuttingDown,
@@ -36,6 +37,7 @@ from activator.errors import (
         (QueueFull("x"), 503),
         (WaitTimeout("x"), 504),
         (RevisionFailed("x"), 503),
+        (ReplicaCrashLoop("x", 40), 503),
         (UpstreamUnavailable("x"), 502),
         (ConnectFailed("x"), 502),
         (UpstreamCut("x"), 502),
@@ -62,6 +64,14 @@ def test_each_error_has_one_status_and_the_openai_shape(error: ActivatorError, s
 def test_queue_full_says_when_to_retry() -> None:
     _, headers, _ = error_response(QueueFull("full", retry_after_s=3))
     assert dict(headers)[b"retry-after"] == b"3"
+
+
+def test_a_crash_loop_says_when_the_next_try_is() -> None:
+    _, headers, body = error_response(ReplicaCrashLoop("looping", 40))
+    assert dict(headers)[b"retry-after"] == b"40"
+    assert json.loads(body)["error"]["code"] == "replica_crash_loop"
+    # A time already past is still a time to come back at, not 0.
+    assert ReplicaCrashLoop("x", 0).headers() == [(b"retry-after", b"1")]
 
 
 def test_client_errors_are_invalid_request_errors_and_server_errors_server_errors() -> None:
