@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torpor.spec import ServiceSpec
-from torpor.status import RevisionStatus
+from torpor.status import CrashLoopStatus, RevisionStatus
 
 
 def status_document(
@@ -36,6 +37,7 @@ def status_document(
                     "host": f"{service.name}.{service.namespace}.{service.domain}",
                     "state": st.state if st else "scaled-to-zero",
                     "reason": st.reason if st else None,
+                    "crash_loop": _crash_loop(st.crash_loop) if st else None,
                     "decision": st.decision if st else "",
                     "desired_replicas": st.desired_replicas if st else 0,
                     "ready_replicas": st.ready_replicas if st else 0,
@@ -77,6 +79,31 @@ def status_document(
                 }
             )
     return {"revisions": rows}
+
+
+def _crash_loop(c: CrashLoopStatus | None) -> dict[str, Any] | None:
+    if c is None:
+        return None
+    return {
+        "restarts": c.restarts,
+        "last_error": c.last_error,
+        "next_try_at": c.next_try_at,
+        "backoff_seconds": c.backoff_s,
+        "backing_off": c.backing_off,
+    }
+
+
+def crash_loop_note(c: Mapping[str, Any], starting: int = 0) -> str:
+    """``crash-loop: back-off 40s (restart 4 at 21:14:05): <the replica's last error line>``,
+    the time in this machine's zone; after the back-off, the restart starting or due."""
+    at = time.strftime("%H:%M:%S", time.localtime(c["next_try_at"]))
+    if c["backing_off"]:
+        when = f"back-off {c['backoff_seconds']:g}s (restart {c['restarts']} at {at})"
+    elif starting:
+        when = f"restart {c['restarts']} starting"
+    else:
+        when = f"back-off over since {at} (the next request starts restart {c['restarts']})"
+    return f"crash-loop: {when}: {c['last_error']}"
 
 
 _COLUMNS = (
@@ -157,7 +184,10 @@ def render_table(document: Mapping[str, Any]) -> str:
             where = f" on {a['replica_id']}" if a.get("replica_id") else ""
             why = f": {a['reason'].splitlines()[0]}" if a.get("reason") else ""
             notes.append(f"  {row['name']}: adapter {a['name']} {a['state']}{where}{why}")
-        if row["reason"]:
+        if row.get("crash_loop"):
+            note = crash_loop_note(row["crash_loop"], row.get("starting_replicas", 0))
+            notes.append(f"  {row['name']}: {note}")
+        elif row["reason"]:
             notes.append(f"  {row['name']}: {row['reason']}")
         elif (
             row.get("decision")
