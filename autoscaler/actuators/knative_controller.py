@@ -47,6 +47,7 @@ from autoscaler.actuators.knative_errors import (
 )
 from autoscaler.actuators.knative_lease import LeaderElector, LeaseApi
 from autoscaler.actuators.knative_revision import (
+    CRASH_LOOP,
     REVISION_LABEL,
     SLICE_SERVICE_LABEL,
     Obj,
@@ -348,12 +349,16 @@ class KnativeController:
             ref.key, self.pods(ref), self.endpoint_slices(ref), desired=desired, now=self._clock()
         )
         ready = sum(1 for r in replicas if r.phase is Phase.READY)
-        failure = self.failures.get(ref.key) or next(
-            (r.error for r in replicas if r.phase is Phase.FAILED and r.error), None
-        )
+        failed = next((r for r in replicas if r.phase is Phase.FAILED and r.error), None)
+        failure = self.failures.get(ref.key) or (failed.error if failed else None)
+        crash_loop = failure is not None and failure.startswith(CRASH_LOOP)
         sks = await self._reconcile_sks(pa, sks_mode(ready))
         obs = ScaleObservation(
-            desired=desired, ready=ready, sks=sks, failure=None if ready else failure
+            desired=desired,
+            ready=ready,
+            sks=sks,
+            failure=None if ready else failure,
+            crash_loop=crash_loop and not ready,
         )
         await self._write_status(pa, obs)
 

@@ -9,6 +9,7 @@ revision's pods and EndpointSlices become ``Replica``s for the loop.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +48,7 @@ FATAL_WAITING = frozenset(
         "CreateContainerError",
     }
 )
+CRASH_LOOP = "CrashLoopBackOff"  # the kubelet's waiting reason between restarts of a container
 USER_CONTAINER = "user-container"
 PENDING = "-pending-"
 
@@ -210,6 +212,22 @@ def pod_failure(pod: Obj) -> str | None:
     return None
 
 
+def pod_error_line(pod: Obj) -> str | None:
+    """The last line of the user container's termination message (its own last words: the
+    exception, with ``terminationMessagePolicy: FallbackToLogsOnError`` the last log line), for
+    ``torpor status``; None when it left none."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or ()
+    for cs in statuses:
+        if cs.get("name") not in (USER_CONTAINER, None) and len(statuses) > 1:
+            continue
+        for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+            message = str((state.get("terminated") or {}).get("message") or "")
+            lines = [x.strip() for x in message.splitlines() if x.strip()]
+            if lines:
+                return lines[-1]
+    return None
+
+
 def ready_addresses(slices: Iterable[Obj]) -> dict[str, str]:
     """Pod name -> ``http://IP:PORT`` for every ready endpoint of a revision's private service."""
     out: dict[str, str] = {}
@@ -258,7 +276,9 @@ def replicas_of(
         launched = _time(meta.get("creationTimestamp")) or 0.0
         failure = pod_failure(pod)
         if failure is not None:
-            out.append(Replica(name, revision, Phase.FAILED, None, launched, error=failure))
+            line = pod_error_line(pod)
+            failed = Replica(name, revision, Phase.FAILED, None, launched, error=failure)
+            out.append(replace(failed, error_line=line))
         elif name in addresses:
             ready_at = next(
                 (

@@ -24,6 +24,8 @@ SKS_READY = "SKSReady"
 READY = "Ready"
 DEPENDENTS = (ACTIVE, SCALE_TARGET_INITIALIZED, SKS_READY)
 
+CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"  # a condition's reason while the revision crash-loops
+
 SERVE = "Serve"
 PROXY = "Proxy"
 
@@ -45,6 +47,9 @@ class ScaleObservation:
     activation_scale: int = 1
     sks: Json | None = None  # the ServerlessService as read back, None if not created yet
     failure: str | None = None  # a replica's own error when the revision cannot start
+    # The failure is a crash loop: a pod the kubelet holds in CrashLoopBackOff (it backs off the
+    # restarts itself; torpor reports it, and answers the requests held for the revision).
+    crash_loop: bool = False
 
 
 def rfc3339(now: float) -> str:
@@ -118,7 +123,8 @@ def dependent_conditions(obs: ScaleObservation, previous: Json) -> list[Conditio
     if was_initialized or obs.ready >= min_ready:
         initialized = Condition(SCALE_TARGET_INITIALIZED, "True")
     elif obs.failure:
-        initialized = Condition(SCALE_TARGET_INITIALIZED, "False", "ContainerMissing", obs.failure)
+        why = CRASH_LOOP_BACK_OFF if obs.crash_loop else "ContainerMissing"
+        initialized = Condition(SCALE_TARGET_INITIALIZED, "False", why, obs.failure)
     else:
         initialized = Condition(SCALE_TARGET_INITIALIZED, "Unknown", "Queued", "")
 
@@ -126,7 +132,8 @@ def dependent_conditions(obs: ScaleObservation, previous: Json) -> list[Conditio
         active = Condition(ACTIVE, "False", "NoTraffic", "The target is not receiving traffic.")
     elif obs.ready < min_ready:
         if obs.failure:
-            active = Condition(ACTIVE, "False", "RevisionFailed", obs.failure)
+            why = CRASH_LOOP_BACK_OFF if obs.crash_loop else "RevisionFailed"
+            active = Condition(ACTIVE, "False", why, obs.failure)
         elif was_inactive or ACTIVE not in was or was[ACTIVE].get("status") != "True":
             active = Condition(
                 ACTIVE,

@@ -174,9 +174,14 @@ async def test_pod_in_crash_loop_is_a_failed_replica_with_its_message(
     assert replicas[0].error is not None
     assert "CrashLoopBackOff" in replicas[0].error
     assert "model not found in cache" in replicas[0].error
+    assert replicas[0].error_line == "ValueError: model not found in cache"
     await eventually(lambda: cond(emulator, "chat-00001", "Active") == "False")
     active = condition(pa_status(emulator, "chat-00001"), "Active")
     assert active is not None and "model not found" in active["message"]
+    # The kubelet backs the pod's restarts off; the PodAutoscaler says so, as its reason.
+    assert active["reason"] == "CrashLoopBackOff"
+    initialized = condition(pa_status(emulator, "chat-00001"), "ScaleTargetInitialized")
+    assert initialized is not None and initialized["reason"] == "CrashLoopBackOff"
 
 
 async def test_pa_of_another_class_is_left_alone(
@@ -356,6 +361,67 @@ async def test_the_same_autoscaler_loop_scales_a_knative_revision_from_zero(
         deployment = emulator.get(APPS, "deployments", NS, "chat-00001-deployment")
         assert deployment is not None and deployment["spec"]["replicas"] == 1
         await eventually(lambda: cond(emulator, "chat-00001", "Active") == "Unknown")
+
+
+def _crash_looping_pod(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels("chat", "chat-00001")},
+        "status": {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": "user-container",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                    "lastState": {
+                        "terminated": {
+                            "reason": "Error",
+                            "exitCode": 1,
+                            "message": "IndexError: index out of range in self",
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+async def test_crash_looping_pods_feed_the_loops_crash_loop(
+    emulator: KubeEmulator, bus: MemoryBus, controller: KnativeController, actuator: KnativeActuator
+) -> None:
+    """A pod in CrashLoopBackOff is a FAILED replica: the loop counts it like a local replica
+    that died, replaces the first at once, and on the second publishes the crash loop that the
+    activators answer with."""
+    seed_revision(emulator, "chat", "chat-00001")
+    scaler = Autoscaler(bus, actuator, tick_s=0.05, scrape=_NoScrape(), leader=controller.leader)
+    async with scaler.running():
+        await eventually(published(bus))
+        await bus.publish_stats([ActivatorStats("a0", "default/chat-00001", 1, 0, time.time())])
+        await bus.poke("default/chat-00001")
+
+        def replicas() -> int:
+            d = emulator.get(APPS, "deployments", NS, "chat-00001-deployment")
+            return int(d["spec"]["replicas"]) if d is not None else -1
+
+        await eventually(lambda: replicas() == 1)
+        emulator.put(CORE, "pods", _crash_looping_pod("chat-00001-deployment-a"))
+        # Counted, stopped and replaced at once: nothing published for one death.
+        await eventually(lambda: bool(emulator.writes("/pods/chat-00001-deployment-a")))
+        emulator.put(CORE, "pods", _crash_looping_pod("chat-00001-deployment-b"))
+
+        def looping() -> bool:
+            e = bus._endpoints.get("default/chat-00001")
+            return e is not None and e.crash_loop is not None
+
+        await eventually(looping)
+        e = (await bus.snapshot()).endpoints["default/chat-00001"]
+        assert e.crash_loop is not None and e.crash_loop.restarts == 2
+        assert e.crash_loop.reason == "CrashLoopBackOff: IndexError: index out of range in self"
+        status = scaler.statuses()[0]
+        assert status.state == "crash-loop" and status.crash_loop is not None
+        assert status.crash_loop.last_error == "IndexError: index out of range in self"
+        assert status.crash_loop.backing_off
 
 
 async def test_api_errors_back_off_and_recover(emulator: KubeEmulator, bus: MemoryBus) -> None:

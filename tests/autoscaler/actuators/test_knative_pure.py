@@ -9,7 +9,7 @@ import pytest
 from autoscaler.actuator import Phase
 from autoscaler.actuators.knative_config import config_from_env
 from autoscaler.actuators.knative_lease import Action, Observed, decide, observe
-from autoscaler.actuators.knative_revision import pod_failure, replicas_of
+from autoscaler.actuators.knative_revision import pod_error_line, pod_failure, replicas_of
 from autoscaler.actuators.knative_status import ScaleObservation, condition, pa_status, sks_mode
 from autoscaler.actuators.knative_victim import DELETION_COST, cost_decides
 
@@ -69,6 +69,11 @@ def statuses(status: dict[str, Any]) -> dict[str, str]:
             {"Active": "False", "ScaleTargetInitialized": "False", "SKSReady": "Unknown"},
             "RevisionFailed",
         ),
+        (
+            ScaleObservation(desired=1, ready=0, failure="CrashLoopBackOff: x", crash_loop=True),
+            {"Active": "False", "ScaleTargetInitialized": "False", "SKSReady": "Unknown"},
+            "CrashLoopBackOff",
+        ),
     ],
 )
 def test_pa_conditions_follow_the_kpa(
@@ -89,6 +94,15 @@ def test_pa_conditions_follow_the_kpa(
     assert active is not None and active.get("reason") == active_reason
     assert status["desiredScale"] == obs.desired and status["actualScale"] == obs.ready
     assert status["observedGeneration"] == 3
+
+
+def test_a_crash_loop_is_the_reason_of_both_conditions_with_the_pods_message() -> None:
+    failure = "CrashLoopBackOff: IndexError: index out of range in self"
+    status = pa_status(PA, ScaleObservation(1, 0, failure=failure, crash_loop=True), now=1.0)
+    for type_ in ("Active", "ScaleTargetInitialized", "Ready"):
+        c = condition(status, type_)
+        assert c is not None and c["status"] == "False", c
+        assert (c["reason"], c["message"]) == ("CrashLoopBackOff", failure)
 
 
 def test_transition_time_moves_only_when_a_condition_changes() -> None:
@@ -132,6 +146,31 @@ def test_pod_failures_carry_the_containers_message() -> None:
     pulling = pod("p", containerStatuses=[{"state": {"waiting": {"reason": "ContainerCreating"}}}])
     assert pod_failure(pulling) is None
     assert pod_failure(pod("p", phase="Failed", message="evicted")) == "evicted"
+
+
+def test_a_crash_looping_pod_is_failed_with_its_last_words() -> None:
+    looping = pod(
+        "p",
+        containerStatuses=[
+            {
+                "name": "user-container",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}},
+                "lastState": {
+                    "terminated": {
+                        "reason": "Error",
+                        "exitCode": 1,
+                        "message": "Traceback ...\nIndexError: index out of range in self\n",
+                    }
+                },
+            }
+        ],
+    )
+    assert pod_error_line(looping) == "IndexError: index out of range in self"
+    [replica] = replicas_of("ns/r-1", [looping], [], desired=1)
+    assert replica.phase is Phase.FAILED
+    assert replica.error is not None and replica.error.startswith("CrashLoopBackOff: Traceback")
+    assert replica.error_line == "IndexError: index out of range in self"
+    assert pod_error_line(pod("p", containerStatuses=[{"state": {"running": {}}}])) is None
 
 
 def test_replicas_asked_for_but_not_created_count_as_starting() -> None:
