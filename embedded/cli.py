@@ -166,6 +166,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
             time.sleep(args.watch)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from embedded.doctor import DoctorOptions, document, render, run_doctor
+
+    report = run_doctor(DoctorOptions(
+        home=args.home, host=args.host, port=args.port, control_port=args.control_port,
+        reprobe=args.reprobe, dev=args.dev,
+    ))
+    print(json.dumps(document(report), indent=2) if args.json else render(report))
+    return 1 if report.problems else 0
+
+
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
     from runtime.tinymodel import make_tiny_llama
 
@@ -278,6 +289,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="refresh every SECONDS (default 1)",
     )
     status.set_defaults(func=_cmd_status)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check what this machine offers: CPU and vLLM's engine path, memory, disk, ports",
+        description="Check what this machine offers torpor, one line per check: ok, problem "
+        "(with what to do) or note. The CPU, the ISA extensions torch reports and the engine "
+        "path vLLM's CPU attention will take come from a probe that runs vLLM's kernels in child "
+        "processes once per machine (kept under $TORPOR_HOME/engine); then memory, disk, the "
+        "platform's ports, the vLLM version, torch extras that break transformers, and the "
+        "tools the tests and benchmarks use. Exits 1 when there is a problem.",
+    )
+    doctor.add_argument(
+        "--json", action="store_true", help="one JSON object, with the probe's facts"
+    )
+    doctor.add_argument(
+        "--reprobe", action="store_true", help="probe the CPU engine again, not the cached answer"
+    )
+    doctor.add_argument("--host", default="127.0.0.1", help="address torpor up will listen on")
+    doctor.add_argument("--port", type=int, default=8080, help="activator port to check (8080)")
+    doctor.add_argument(
+        "--control-port", type=int, default=8081, help="control API port to check (8081)"
+    )
+    doctor.add_argument(
+        "--dev",
+        action="store_true",
+        help="also require what the tests and benchmarks use (redis-server, nginx)",
+    )
+    doctor.set_defaults(func=_cmd_doctor)
 
     models = sub.add_parser("models", help="models for demos and tests")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
