@@ -64,6 +64,12 @@ class LlamaShape:
 SHAPES: dict[str, LlamaShape] = {
     "tiny": LlamaShape(hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1,
                        intermediate_size=256),
+    # The tiny model with a 64-entry vocabulary under its 512-token tokenizer: it starts and
+    # serves /health, vLLM accepts any prompt (it checks ids against the larger of the two),
+    # and the engine dies at the first forward (IndexError in the embedding). A replica that
+    # crashes at its first request, for the crash-loop test (tests/e2e/test_crash_loop.py).
+    "tiny-oov": LlamaShape(hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1,
+                           intermediate_size=256, vocab_size=64),
     # ~1.07 GiB of weights: the weight-loading benchmark's model.
     "1g": LlamaShape(hidden_size=2048, num_layers=13, num_heads=32, num_kv_heads=4,
                      intermediate_size=5632),
