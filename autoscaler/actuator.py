@@ -1,7 +1,7 @@
 """The seam between the autoscaler's loop and whatever starts and stops replicas.
 
-Two implementations: ``autoscaler.actuators.local`` (replicas are local runtime processes, the
-embedded platform) and ``autoscaler.actuators.knative`` (a revision's Deployment scaled through the
+Two implementations: ``embedded.local_actuator`` (replicas are local runtime processes, the
+embedded platform) and ``knative.actuator`` (a revision's Deployment scaled through the
 scale subresource). The loop decides *how many*; when it scales down it also says *which* replica
 goes, after draining it.
 

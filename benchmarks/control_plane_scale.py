@@ -402,8 +402,8 @@ def child_autoscaler(bus_url: str, home: Path) -> None:
     poked: every poked revision's model is absent, so its start fails at once)."""
     import logging
 
-    from autoscaler.actuators.local import LocalActuator, SubprocessLauncher
     from autoscaler.loop import Autoscaler
+    from embedded.local_actuator import LocalActuator, SubprocessLauncher
     from torpor.bus import RedisBus
     from torpor.logs import configure_logging
 

@@ -2,7 +2,7 @@
 
 On Knative, a request for a torpor-class revision at zero goes through Knative's ingress to
 Knative's activator, which holds it and tells only Knative's own autoscaler. torpor learns of it by
-scraping the activator's metrics (``autoscaler/actuators/knative_demand.py``): each poll, a held
+scraping the activator's metrics (``knative/demand.py``): each poll, a held
 request becomes queued load and a poke on the bus, and the poke wakes the revision's loop, which
 decides 0 -> 1 and calls its actuator's ``start``. This measures that chain, round by round:
 
@@ -48,10 +48,10 @@ from typing import Any
 import httpx
 
 from autoscaler.actuator import Phase, Replica
-from autoscaler.actuators.knative_demand import DemandConfig, knative_demand
 from autoscaler.loop import Autoscaler, LoopConfig
 from harness.knative_activator import ActivatorSlices, FakeKnativeActivator
 from harness.manifests import TINY_CHAT
+from knative.demand import DemandConfig, knative_demand
 from torpor.bus import MemoryBus, Poked
 from torpor.manifest import apply_manifest, parse_service
 from torpor.spec import RevisionSpec, ServiceSpec
@@ -323,7 +323,7 @@ activator ({_ms(k["poke_to_decision"])} vs {_ms(t["poke_to_decision"])} ms). Bot
 next to the cold start that follows (about 5 s from the warm pool, 16-34 s bare:
 `benchmarks/results/coldstart.md`). On a real cluster add the hop from Knative's ingress to its
 activator, and on Knative < 1.22 up to 1 s more (the concurrency gauge moves at the activator's
-1 s report tick; 5 s on <= 1.18), see `autoscaler/actuators/knative_demand.py`.
+1 s report tick; 5 s on <= 1.18), see `knative/demand.py`.
 
 Real: {"; ".join(r["real"])}.
 

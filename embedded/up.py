@@ -25,13 +25,13 @@ from prometheus_client import generate_latest
 from activator.app import ActivatorConfig, build_activator
 from activator.auth import FileKeyStore
 from activator.http.server import uvicorn_config
-from autoscaler.actuators.local import LocalActuator, SubprocessLauncher, local_model_path
-from autoscaler.actuators.warmpool import WarmPool, WarmPoolLauncher
 from autoscaler.loop import Autoscaler
 from autoscaler.lora_client import HttpLoraClient
 from embedded.control_api import build_control_app
 from embedded.controlplane import ControlPlane
+from embedded.local_actuator import LocalActuator, SubprocessLauncher, local_model_path
 from embedded.state import ControlAddress, StateDir
+from embedded.warmpool import WarmPool, WarmPoolLauncher
 from torpor.bus import MemoryBus
 from torpor.manifest.limits import ScaleLimits
 from torpor.status import RevisionStatus

@@ -1,6 +1,6 @@
 """A test harness imitating Knative's activator (knative/serving ``cmd/activator``): not Knative.
 
-Used by the Knative demand poller's tests (``tests/autoscaler/actuators/test_knative_demand_http``,
+Used by the Knative demand poller's tests (``tests/knative/test_demand_http``,
 ``tests/integration/test_knative_front_door_wake``) and ``benchmarks/knative_wake.py``. It does the
 two things of Knative's activator that torpor's Knative demand poller relies on, over real HTTP on
 loopback:
@@ -154,7 +154,7 @@ class FakeKnativeActivator:
 
 class ActivatorSlices:
     """The imitated API server's answer for ``activator-service``'s EndpointSlices: one ready
-    endpoint, this harness's address and metrics port (``knative_demand.SliceLister``)."""
+    endpoint, this harness's address and metrics port (``knative.demand.SliceLister``)."""
 
     def __init__(self, port: int) -> None:
         self.port = port

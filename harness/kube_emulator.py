@@ -112,7 +112,7 @@ def _pod_ready(pod: Json) -> bool:
 def replicaset_victim_order(pod: Json) -> tuple[int, int, int, int, float]:
     """``controller.ActivePodsWithRanks.Less`` (kubernetes pkg/controller/controller_utils.go),
     criteria 1-4 and 8: written here from the Kubernetes source, apart from the controller's own
-    prediction in autoscaler/actuators/knative_victim.py, so the two can disagree."""
+    prediction in knative/victim.py, so the two can disagree."""
     meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
     try:
         cost = int((meta.get("annotations") or {}).get(DELETION_COST, 0))

@@ -1,7 +1,7 @@
 """Free loopback ports, and waiting for something to listen on one: for tests and benchmarks.
 
 The one ``free_port`` every test and benchmark uses. (The local actuator has its own,
-``autoscaler.actuators.local.free_port``: product code, which must not import this package.)
+``embedded.local_actuator.free_port``: product code, which must not import this package.)
 """
 
 from __future__ import annotations

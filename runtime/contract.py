@@ -1,8 +1,8 @@
 """The runtime process contract: what a launcher and a runtime replica say to each other.
 
 Written once, here, and imported by both sides: the runtime (`runtime.args`, `runtime.phases`,
-`runtime.standby`) and the embedded platform's launchers (`autoscaler.actuators.local`,
-`autoscaler.actuators.warmpool`). It imports the standard library only (a unit test checks), so
+`runtime.standby`) and the embedded platform's launchers (`embedded.local_actuator`,
+`embedded.warmpool`). It imports the standard library only (a unit test checks), so
 the control plane can import it without paying for vLLM, torch or anything else of the runtime's.
 
 1. Serve arguments (`ServeArgs`): `python -m runtime serve ARGS`. The runtime's own flags are

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from autoscaler.actuators.warmpool import WarmPool
+from embedded.warmpool import WarmPool
 from harness.manifests import REPO, TINY_CHAT
 from harness.platform import Control, Platform
 from harness.ports import free_port

@@ -8,9 +8,9 @@ from typing import Any, cast
 import pytest
 
 from autoscaler.actuator import SuspendUnsupported
-from autoscaler.actuators.knative import ClusterView, KnativeActuator, ScaleApi
 from autoscaler.decide import Decision
 from autoscaler.metrics import AutoscalerMetrics
+from knative.actuator import ClusterView, KnativeActuator, ScaleApi
 from tests.autoscaler.fakes import revision
 
 LABELS = {"namespace": "default", "revision": "chat-00001"}

@@ -132,7 +132,7 @@ def _call_at_the_root(platform: Platform, client: openai.OpenAI, tee: _Tee) -> N
     print(f"keep-alive comments: {len(comments)}, gaps (s): {gaps}")
     assert comments, "a cold start of several seconds passed without a keep-alive"
     # The cold start it waited through is recorded once the runtime's start-up line is read,
-    # which may be a moment after the answer (autoscaler.actuators.local: up to 3 s).
+    # which may be a moment after the answer (embedded.local_actuator: up to 3 s).
     deadline = time.monotonic() + 30
     while platform.revision("tiny-chat")["last_cold_start"] is None:
         assert time.monotonic() < deadline, "the cold start was never recorded"

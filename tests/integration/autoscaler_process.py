@@ -1,4 +1,4 @@
-"""``python -m autoscaler`` as a child process, reaching the API emulator through a kubeconfig.
+"""``python -m knative`` as a child process, reaching the API emulator through a kubeconfig.
 
 The emulator (harness/kube_emulator.py) is a test harness imitating a cluster;
 each process gets its own address on it (``KubeEmulator.listen()``), so a test can tell its
@@ -61,7 +61,7 @@ class AutoscalerProcess:
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [
-                    sys.executable, "-m", "autoscaler",
+                    sys.executable, "-m", "knative",
                     "--kubeconfig", str(config),
                     "--metrics-port", self.metrics.rsplit(":", 1)[1],
                     "--tick", str(tick_s),

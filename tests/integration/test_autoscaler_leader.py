@@ -1,4 +1,4 @@
-"""Two ``python -m autoscaler`` processes, one Lease: exactly one acts.
+"""Two ``python -m knative`` processes, one Lease: exactly one acts.
 
 Real parts: both autoscalers are the real entry point in their own processes, reaching the
 Kubernetes API emulator (harness/kube_emulator.py, a test harness imitating a
@@ -27,8 +27,8 @@ import pytest
 
 from harness.kube_emulator import KubeEmulator
 from harness.redis_server import RedisServer
-from tests.autoscaler.actuators.knative_world import APPS, COORD, NS, eventually, seed_revision
 from tests.integration.autoscaler_process import AutoscalerProcess
+from tests.knative.knative_world import APPS, COORD, NS, eventually, seed_revision
 from torpor.bus import EndpointsChanged, ServicesChanged
 from torpor.bus.base import ActivatorStats, BusEvent
 from torpor.bus.redis import _PUBLISH_ENDPOINTS, _PUBLISH_SERVICES, RedisBus

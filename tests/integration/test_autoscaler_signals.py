@@ -1,4 +1,4 @@
-"""``python -m autoscaler`` without an API server: it waits (no crash loop) and stops on SIGTERM.
+"""``python -m knative`` without an API server: it waits (no crash loop) and stops on SIGTERM.
 
 As PID 1 in a container, a process ignores a signal it has no handler for; before this, the
 autoscaler had none until its caches had synced, so a pod whose API server was unreachable was

@@ -1,6 +1,6 @@
 """torpor on "Kubernetes" end to end, from zero and back to zero, with real replicas.
 
-Everything torpor runs is real and in its own process: ``python -m autoscaler`` (the Knative
+Everything torpor runs is real and in its own process: ``python -m knative`` (the Knative
 controller, actuator and loop), ``python -m activator``, ``python -m runtime serve`` replicas of
 the tiny Llama on vLLM's CPU build, a real ``redis-server`` as the bus, and the official ``openai``
 client. The cluster is imitated by test harnesses: the API emulator
@@ -28,15 +28,15 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
-from autoscaler.actuators.knative_status import condition
 from harness.kube_emulator import KubeEmulator
 from harness.manifests import TINY_CHAT
 from harness.ports import free_port
 from harness.redis_server import RedisServer
-from tests.autoscaler.actuators.knative_world import APPS, PA, eventually
+from knative.status import condition
 from tests.integration.autoscaler_process import AutoscalerProcess
 from tests.integration.knative_serving import apply_service
 from tests.integration.pod_runner import PodRunner
+from tests.knative.knative_world import APPS, PA, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from autoscaler.actuators.knative_demand import DemandConfig, knative_demand
 from autoscaler.loop import Autoscaler, LoopConfig
 from harness.knative_activator import ActivatorSlices, FakeKnativeActivator
+from knative.demand import DemandConfig, knative_demand
 from tests.autoscaler.fakes import FakeActuator, eventually, revision, service
 from torpor.bus import BusEvent, MemoryBus, Poked
 from torpor.spec import RevisionSpec

@@ -16,15 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autoscaler.actuators.local import LocalActuator
 from autoscaler.loop import Autoscaler
+from embedded.local_actuator import LocalActuator
 from harness.activators import activators as start_activators
 from harness.redis_server import RedisServer
 from torpor.bus.redis import RedisBus
 from torpor.manifest import apply_manifest, parse_service
 
 REPO = Path(__file__).resolve().parents[2]
-FAKE_RUNTIME = REPO / "tests/autoscaler/fake_runtime.py"
+FAKE_RUNTIME = REPO / "tests/embedded/fake_runtime.py"
 MANIFEST = (REPO / "manifests/examples/tiny-chat.yaml").read_text()
 KEY = "default/tiny-chat-00001"
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from autoscaler.actuators.warmpool import WarmPool
+from embedded.warmpool import WarmPool
 from harness.ports import free_port
 from runtime.tinymodel import make_tiny_llama
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autoscaler.actuators.warmpool import WarmPool
+from embedded.warmpool import WarmPool
 from harness.ports import free_port
 from runtime.tinymodel import make_tiny_llama
 

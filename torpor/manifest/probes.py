@@ -1,7 +1,7 @@
 """The container's ``livenessProbe`` -> ``LivenessProbe``.
 
 Knative passes probes to the kubelet; the embedded platform runs the liveness probe itself on a
-ready replica (``autoscaler.actuators.local``), so the same manifest means the same thing in both
+ready replica (``embedded.local_actuator``), so the same manifest means the same thing in both
 places. Readiness and startup probes need nothing here: the embedded platform counts a replica
 ready once vLLM's ``/health`` answers 200, which is what the example manifests probe.
 

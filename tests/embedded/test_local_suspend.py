@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from autoscaler.actuator import Phase
-from autoscaler.actuators.local import LocalActuator, ReplicaHandle
-from tests.autoscaler.actuators.test_local import FAKE_RUNTIME, KEY, only, pid_alive, with_model
+from embedded.local_actuator import LocalActuator, ReplicaHandle
 from tests.autoscaler.fakes import eventually
+from tests.embedded.test_local import FAKE_RUNTIME, KEY, only, pid_alive, with_model
 
 
 def state(pid: int) -> str:

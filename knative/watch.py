@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from autoscaler.actuators.knative_errors import GONE, KubeError, WatchExpired
+from knative.errors import GONE, KubeError, WatchExpired
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]

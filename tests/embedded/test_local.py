@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from autoscaler.actuator import Phase, Replica
-from autoscaler.actuators.local import (
+from autoscaler.scrape import HttpScraper
+from embedded.local_actuator import (
     LocalActuator,
     free_port,
     local_model_path,
@@ -21,14 +22,13 @@ from autoscaler.actuators.local import (
     replica_env,
     runtime_args,
 )
-from autoscaler.scrape import HttpScraper
 from runtime.contract import ServeArgs
 from tests.autoscaler.fakes import eventually, revision
 from torpor.manifest.env import expand
 from torpor.spec import LivenessProbe, RevisionSpec, RuntimeSpec
 from torpor.status import ColdStart
 
-FAKE_RUNTIME = Path(__file__).resolve().parent.parent / "fake_runtime.py"
+FAKE_RUNTIME = Path(__file__).resolve().parent / "fake_runtime.py"
 KEY = "default/chat-00001"
 
 

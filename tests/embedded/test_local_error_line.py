@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoscaler.actuators.local import error_line, exit_reason
+from embedded.local_actuator import error_line, exit_reason
 
 P = "(Worker pid=4522) ERROR 12-07 21:05:23 [multiproc_executor.py:1063] "
 E = "(EngineCore pid=4514) ERROR 12-07 21:05:23 [core.py:1512] "

@@ -10,7 +10,7 @@ import asyncio
 import signal
 from pathlib import Path
 
-from tests.autoscaler.actuators.test_warmpool import pool
+from tests.embedded.test_warmpool import pool
 
 
 async def test_aclose_during_a_spawn_stops_the_standby_being_started(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from autoscaler.actuators.knative_demand import (
+from knative.demand import (
     ActivatorMetricsError,
     DemandConfig,
     DemandPoller,
@@ -21,7 +21,7 @@ from autoscaler.actuators.knative_demand import (
     demand_config_from_env,
     parse_activator_metrics,
 )
-from autoscaler.actuators.knative_resources import ENDPOINTSLICES
+from knative.resources import ENDPOINTSLICES
 from tests.autoscaler.fakes import revision, service
 from torpor.bus import MemoryBus, Poked
 
@@ -370,6 +370,6 @@ def test_config_from_env() -> None:
 
 
 def test_the_platform_configmap_holds_the_defaults() -> None:
-    path = Path(__file__).resolve().parents[3] / "manifests" / "platform" / "config.yaml"
+    path = Path(__file__).resolve().parents[2] / "manifests" / "platform" / "config.yaml"
     data = yaml.safe_load(path.read_text())["data"]
     assert demand_config_from_env(data) == DemandConfig()

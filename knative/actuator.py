@@ -2,13 +2,13 @@
 
 It scales a revision's Deployment (the PodAutoscaler's ``spec.scaleTargetRef``) through the scale
 subresource, and reports the revision's replicas from pods and EndpointSlices. It reads those from
-the controller's caches (``ClusterView``, implemented by ``knative_controller.KnativeController``)
+the controller's caches (``ClusterView``, implemented by ``knative.controller.KnativeController``)
 and writes nothing but Deployment scales and pods; publishing specs, the Lease and the
 PodAutoscaler status are the controller's.
 
 Scaling down marks the pod the loop chose with the lowest ``pod-deletion-cost``, then scales the
 Deployment down by one. The ReplicaSet looks at the cost only after it has put pending and unready
-pods first (``knative_victim``), so where another pod of the revision would go before the chosen
+pods first (``knative.victim``), so where another pod of the revision would go before the chosen
 one, the scale still happens (the loop wants one fewer) but the chosen pod is not hidden from the
 loop: it will see which pod really went, and the one it drained serving again, rather than a
 replica that keeps running uncounted. (The autoscaler may not delete pods: rbac.yaml.)
@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from autoscaler.actuator import Replica, SuspendUnsupported
-from autoscaler.actuators.knative_errors import CONFLICT, NOT_FOUND, KubeError, NotLeader
-from autoscaler.actuators.knative_revision import is_placeholder, replicas_of
-from autoscaler.actuators.knative_victim import DELETION_COST, cost_decides, is_active
+from knative.errors import CONFLICT, NOT_FOUND, KubeError, NotLeader
+from knative.revision import is_placeholder, replicas_of
+from knative.victim import DELETION_COST, cost_decides, is_active
 from torpor.spec import RevisionRef, RevisionSpec
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class ClusterView(Protocol):
 
 
 class ScaleApi(Protocol):
-    """The writes the actuator makes; ``knative_kube.Kube`` implements them."""
+    """The writes the actuator makes; ``knative.kube.Kube`` implements them."""
 
     async def read_deployment_scale(self, namespace: str, name: str) -> Json: ...
 

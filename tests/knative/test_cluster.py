@@ -14,9 +14,9 @@ import json
 import httpx
 
 from autoscaler.actuator import Phase
-from autoscaler.actuators.knative import KnativeActuator
-from autoscaler.actuators.knative_controller import KnativeController
 from harness.kube_emulator import KubeEmulator
+from knative.actuator import KnativeActuator
+from knative.controller import KnativeController
 from torpor.bus.memory import MemoryBus
 
 from .knative_world import (

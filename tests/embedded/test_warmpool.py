@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.actuators.local import LaunchRequest, ReplicaHandle
-from autoscaler.actuators.warmpool import WarmPool, WarmPoolLauncher
+from embedded.local_actuator import LaunchRequest, ReplicaHandle
+from embedded.warmpool import WarmPool, WarmPoolLauncher
 from tests.autoscaler.fakes import revision
 
 REPO = Path(__file__).resolve().parents[2]
-FAKE = (sys.executable, "-m", "tests.autoscaler.actuators.fake_standby")
+FAKE = (sys.executable, "-m", "tests.embedded.fake_standby")
 
 
 def pool(tmp_path: Path, size: int = 1, **kw: float) -> WarmPool:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from autoscaler.actuators import knative_controller
-from autoscaler.actuators.knative_controller import KnativeController
-from autoscaler.actuators.knative_kube import Kube
 from harness.kube_emulator import KubeEmulator
+from knative import controller
+from knative.controller import KnativeController
+from knative.kube import Kube
 from torpor.bus.memory import MemoryBus
 
 from .knative_world import (
@@ -45,13 +45,13 @@ def our_writes(emulator: KubeEmulator) -> list[tuple[str, str]]:
 def reconciled(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """How many times each revision was reconciled (its replicas read from the caches)."""
     counts: Counter[str] = Counter()
-    real = knative_controller.replicas_of
+    real = controller.replicas_of
 
     def counting(key: str, *args: Any, **kwargs: Any) -> Any:
         counts[key] += 1
         return real(key, *args, **kwargs)
 
-    monkeypatch.setattr(knative_controller, "replicas_of", counting)
+    monkeypatch.setattr(controller, "replicas_of", counting)
     return counts
 
 
@@ -96,8 +96,8 @@ async def test_a_relabelled_pod_moves_between_revisions(
     await ctl.start()
     try:
         await asyncio.wait_for(ctl.synced(), 10)
-        ref_a = knative_controller.RevisionRef(NS, "a-00001")
-        ref_b = knative_controller.RevisionRef(NS, "b-00001")
+        ref_a = controller.RevisionRef(NS, "a-00001")
+        ref_b = controller.RevisionRef(NS, "b-00001")
         await eventually(lambda: [p["metadata"]["name"] for p in ctl.pods(ref_a)] == ["p1"])
         pod = emulator.get(CORE, "pods", NS, "p1")
         assert pod is not None

@@ -1,4 +1,4 @@
-"""``python -m autoscaler``: the autoscaler and PodAutoscaler controller on Kubernetes.
+"""``python -m knative``: the autoscaler and PodAutoscaler controller on Kubernetes.
 
 Three parts, wired here: the ``KnativeController`` (caches, Lease, PodAutoscaler status, specs
 published on the bus), the ``KnativeActuator`` over its caches (Deployment scales), and the
@@ -30,22 +30,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from autoscaler.actuators.knative import KnativeActuator
-from autoscaler.actuators.knative_config import KnativeConfig, config_from_env
-from autoscaler.actuators.knative_controller import KnativeController
-from autoscaler.actuators.knative_demand import (
+from autoscaler.loop import Autoscaler
+from knative.actuator import KnativeActuator
+from knative.config import KnativeConfig, config_from_env
+from knative.controller import KnativeController
+from knative.demand import (
     DemandConfig,
     demand_config_from_env,
     knative_demand,
 )
-from autoscaler.actuators.knative_kube import Kube
-from autoscaler.loop import Autoscaler
+from knative.kube import Kube
 from torpor.bus.redis import RedisBus
 from torpor.logs import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m autoscaler", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m knative", description=__doc__)
     p.add_argument(
         "--actuator",
         choices=["knative"],
@@ -124,7 +124,7 @@ async def _serve(
 def main() -> None:
     args = _parser().parse_args()
     if not args.bus:
-        raise SystemExit("python -m autoscaler: --bus or TORPOR_BUS_URL is required")
+        raise SystemExit("python -m knative: --bus or TORPOR_BUS_URL is required")
     configure_logging()
     asyncio.run(_run(args))
     # Everything is closed by now. A thread still blocked in a request to an API server that

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autoscaler.actuators.local import LocalActuator
 from autoscaler.loop import Autoscaler
+from embedded.local_actuator import LocalActuator
 from tests.autoscaler.fakes import eventually, revision, service
 from torpor.bus import ActivatorStats, MemoryBus, RevisionEndpoints
 from torpor.spec import RevisionSpec

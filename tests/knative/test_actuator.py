@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 
 from autoscaler.actuator import Phase
-from autoscaler.actuators.knative import DELETION_COST, FIRST_TO_GO, KnativeActuator
-from autoscaler.actuators.knative_controller import KnativeController
-from autoscaler.actuators.knative_errors import NotLeader
-from autoscaler.actuators.knative_kube import Kube
-from autoscaler.actuators.knative_lease import micro_time
-from autoscaler.actuators.knative_status import condition
-from autoscaler.actuators.knative_watch import Backoff
 from autoscaler.decide import ReplicaLoad
 from autoscaler.loop import Autoscaler
 from harness.kube_emulator import KubeEmulator
+from knative.actuator import DELETION_COST, FIRST_TO_GO, KnativeActuator
+from knative.controller import KnativeController
+from knative.errors import NotLeader
+from knative.kube import Kube
+from knative.lease import micro_time
+from knative.status import condition
+from knative.watch import Backoff
 from torpor.bus.base import ActivatorStats
 from torpor.bus.memory import MemoryBus
 

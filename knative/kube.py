@@ -27,8 +27,8 @@ import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from autoscaler.actuators.knative_errors import KubeError
-from autoscaler.actuators.knative_resources import (
+from knative.errors import KubeError
+from knative.resources import (
     DEPLOYMENTS,
     ENDPOINTSLICES,
     PODS,

@@ -16,14 +16,14 @@ from typing import Literal
 import httpx
 import pytest
 
-from autoscaler.actuators.knative_demand import (
+from harness.knative_activator import ActivatorSlices, FakeKnativeActivator
+from knative.demand import (
     DemandConfig,
     DemandPoller,
     HeldDemand,
     HttpMetricsFetcher,
     knative_demand,
 )
-from harness.knative_activator import ActivatorSlices, FakeKnativeActivator
 from tests.autoscaler.fakes import eventually, revision, service
 from torpor.bus import MemoryBus, Poked
 

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 
 from autoscaler.actuator import Phase
-from autoscaler.actuators.knative_config import config_from_env
-from autoscaler.actuators.knative_lease import Action, Observed, decide, observe
-from autoscaler.actuators.knative_revision import pod_error_line, pod_failure, replicas_of
-from autoscaler.actuators.knative_status import ScaleObservation, condition, pa_status, sks_mode
-from autoscaler.actuators.knative_victim import DELETION_COST, cost_decides
+from knative.config import config_from_env
+from knative.lease import Action, Observed, decide, observe
+from knative.revision import pod_error_line, pod_failure, replicas_of
+from knative.status import ScaleObservation, condition, pa_status, sks_mode
+from knative.victim import DELETION_COST, cost_decides
 
 HELD = {"holderIdentity": "b", "renewTime": "t1", "leaseDurationSeconds": 15}
 

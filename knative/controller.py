@@ -4,16 +4,16 @@ Knative Serving hands every revision whose ``autoscaling.knative.dev/class`` is 
 whichever controller claims the class. This one claims classes ending in ``.torpor.dev``:
 
 - it lists and watches PodAutoscalers (all namespaces), their Revisions and Routes, Deployments,
-  pods and EndpointSlices into read-only caches (``knative_watch.Reflector``);
+  pods and EndpointSlices into read-only caches (``knative.watch.Reflector``);
 - it turns the torpor-class PAs into ``ServiceSpec``s and publishes them on the bus, so the same
   autoscaler loop that drives local processes decides here too (it never sees a Kubernetes type);
 - it creates each PA's ServerlessService and writes the PodAutoscaler status as Knative's KPA
-  would (see ``knative_status``), from what the caches show;
+  would (see ``knative.status``), from what the caches show;
 - only the holder of the ``coordination.k8s.io`` Lease writes anything; losing it stops writes at
   once (every write checks leadership first).
 
 Scaling is not here: ``knative.KnativeActuator`` is the loop's actuator, reading these caches
-(``ClusterView``) and writing only Deployment scales and pods. ``autoscaler/__main__.py`` wires the
+(``ClusterView``) and writing only Deployment scales and pods. ``knative/__main__.py`` wires the
 two. Writes with a stale resourceVersion get 409 Conflict; they are re-read and retried a bounded
 number of times. ``aclose()`` stops watching but changes nothing: on Kubernetes, replicas outlive
 the autoscaler process and the next leader takes them over.
@@ -37,16 +37,16 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from autoscaler.actuator import Phase
-from autoscaler.actuators import knative_resources as res
-from autoscaler.actuators.knative_config import KnativeConfig
-from autoscaler.actuators.knative_errors import (
+from knative import resources as res
+from knative.config import KnativeConfig
+from knative.errors import (
     ALREADY_EXISTS,
     CONFLICT,
     KubeError,
     NotLeader,
 )
-from autoscaler.actuators.knative_lease import LeaderElector, LeaseApi
-from autoscaler.actuators.knative_revision import (
+from knative.lease import LeaderElector, LeaseApi
+from knative.revision import (
     CRASH_LOOP,
     REVISION_LABEL,
     SLICE_SERVICE_LABEL,
@@ -57,14 +57,14 @@ from autoscaler.actuators.knative_revision import (
     replicas_of,
     revision_spec,
 )
-from autoscaler.actuators.knative_status import (
+from knative.status import (
     ScaleObservation,
     pa_status,
     sks_body,
     sks_mode,
     sks_needs_update,
 )
-from autoscaler.actuators.knative_watch import ObjectKey, Reflector, WatchApi, key_of
+from knative.watch import ObjectKey, Reflector, WatchApi, key_of
 from torpor.bus.base import Bus
 from torpor.spec import RevisionRef, RevisionSpec, ServiceSpec
 
@@ -73,7 +73,7 @@ Json = dict[str, Any]
 
 
 class ControllerApi(WatchApi, LeaseApi, Protocol):
-    """What the controller calls; ``knative_kube.Kube`` implements it."""
+    """What the controller calls; ``knative.kube.Kube`` implements it."""
 
     async def get_custom(self, resource: Any, namespace: str, name: str) -> Json: ...
 

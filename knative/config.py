@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from autoscaler.actuators.knative_lease import LeaseConfig
-from autoscaler.actuators.knative_watch import Backoff
+from knative.lease import LeaseConfig
+from knative.watch import Backoff
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from autoscaler.actuator import Phase
-from autoscaler.actuators.local import LocalActuator
-from tests.autoscaler.actuators.test_local import FAKE_RUNTIME, KEY, only, pid_alive, with_model
+from embedded.local_actuator import LocalActuator
 from tests.autoscaler.fakes import eventually
+from tests.embedded.test_local import FAKE_RUNTIME, KEY, only, pid_alive, with_model
 
 
 async def test_kill_now_reaches_every_group_even_one_being_stopped(

@@ -24,10 +24,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from autoscaler.actuators.local import Launcher, LaunchRequest, ReplicaHandle
+from embedded.local_actuator import Launcher, LaunchRequest, ReplicaHandle
 from runtime.contract import ContractError, StandbyAssignment, StandbyReply
 
-log = logging.getLogger("autoscaler.actuators.warmpool")
+log = logging.getLogger("embedded.warmpool")
 
 
 class StandbyError(RuntimeError):

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from autoscaler.actuators.knative_resources import ENDPOINTSLICES
+from knative.resources import ENDPOINTSLICES
 from torpor.bus.base import ActivatorStats, Bus
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class ActivatorDirectory(Protocol):
 
 
 class SliceLister(Protocol):
-    """What ``EndpointSliceActivators`` needs; ``knative_kube.Kube`` has it."""
+    """What ``EndpointSliceActivators`` needs; ``knative.kube.Kube`` has it."""
 
     async def list(self, resource: Any, *, label_selector: str | None = None) -> Json: ...
 
@@ -420,7 +420,7 @@ async def knative_demand(
 ) -> AsyncIterator[DemandPoller]:
     """The poller running, wired to the bus, for as long as the block lasts:
     ``async with knative_demand(bus, demand_config_from_env(os.environ), kube, leader=...)``
-    around the autoscaler. ``kube`` (``knative_kube.Kube``) needs ``list`` on ``endpointslices``
+    around the autoscaler. ``kube`` (``knative.kube.Kube``) needs ``list`` on ``endpointslices``
     in ``config.namespace``."""
     fetcher = HttpMetricsFetcher(timeout_s=config.scrape_timeout_s)
     directory = EndpointSliceActivators(

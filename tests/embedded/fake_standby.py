@@ -1,6 +1,6 @@
 """A standby without vLLM: the real socket protocol (runtime.contract), then it just waits.
 
-    python -m tests.autoscaler.actuators.fake_standby --socket PATH
+    python -m tests.embedded.fake_standby --socket PATH
 After its assignment it writes {"argv": [...], "x": $X} to its (new) stdout and sleeps until
 signalled.
 """

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from autoscaler.actuators.knative_errors import ALREADY_EXISTS, CONFLICT, NOT_FOUND, KubeError
+from knative.errors import ALREADY_EXISTS, CONFLICT, NOT_FOUND, KubeError
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]

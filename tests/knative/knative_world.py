@@ -1,5 +1,5 @@
 """The world the Knative controller's tests run in: the API emulator, the bus, the controller and
-actuator wired as ``python -m autoscaler`` wires them, and what Knative's own controllers would
+actuator wired as ``python -m knative`` wires them, and what Knative's own controllers would
 have created (revisions, pods, slices), seeded by hand.
 """
 
@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from autoscaler.actuators.knative import KnativeActuator
-from autoscaler.actuators.knative_config import KnativeConfig
-from autoscaler.actuators.knative_controller import KnativeController
-from autoscaler.actuators.knative_kube import Kube
-from autoscaler.actuators.knative_lease import LeaseConfig
-from autoscaler.actuators.knative_status import condition
-from autoscaler.actuators.knative_watch import Backoff
 from harness.kube_emulator import KubeEmulator
+from knative.actuator import KnativeActuator
+from knative.config import KnativeConfig
+from knative.controller import KnativeController
+from knative.kube import Kube
+from knative.lease import LeaseConfig
+from knative.status import condition
+from knative.watch import Backoff
 from torpor.bus.memory import MemoryBus
 from torpor.spec import RevisionSpec, ServiceSpec
 
@@ -250,7 +250,7 @@ async def controller(emulator: KubeEmulator, bus: MemoryBus) -> AsyncIterator[Kn
 async def actuator(
     emulator: KubeEmulator, controller: KnativeController
 ) -> AsyncIterator[KnativeActuator]:
-    """Wired as autoscaler/__main__.py wires it: the controller's caches, its Lease check."""
+    """Wired as knative/__main__.py wires it: the controller's caches, its Lease check."""
     kube = Kube.for_host(emulator.url)
     try:
         yield KnativeActuator(kube, controller, leader=controller.leader, identity="autoscaler-0")
