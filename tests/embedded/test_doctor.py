@@ -12,9 +12,9 @@ import pytest
 
 from embedded.cli import main
 from embedded.doctor import GIB, DoctorOptions, Machine, document, render, run_doctor
+from runtime.contract import PINNED_VLLM
 from runtime.cpu_engine import Candidate, ProbeFacts, decide
 from runtime.cpu_engine_cache import MachineEngine, ProbeFailed
-from runtime.engine import PINNED_VLLM
 
 
 def facts(*outcomes: tuple[str, str]) -> ProbeFacts:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.engine import PINNED_VLLM, is_cpu_build, vllm_version
+from runtime.contract import PINNED_VLLM
+from runtime.engine import is_cpu_build, vllm_version
 
 REPO = Path(__file__).resolve().parents[2]
 
