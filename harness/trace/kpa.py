@@ -149,7 +149,10 @@ def kpa_decide(
         panic_since, max_panic = None, 0
     desired = stable_n
     if panic_since is not None:
-        max_panic = max(max_panic, panic_n)
+        # Knative provisions for the larger of the stable and panic counts while panicking
+        # (autoscaler.go; its test case AutoscalerPanicStableLargerThanPanic), and never less
+        # than the most it asked for since the panic began.
+        max_panic = max(max_panic, stable_n, panic_n)
         desired = max_panic
     history = state.delay_history
     if cfg.scale_down_delay_s > 0:
