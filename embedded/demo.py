@@ -167,7 +167,14 @@ def _tour(client: ControlClient, manifest: Path, port: int) -> int:
         f"(request at zero replicas -> first token)",
         flush=True,
     )
+    # The platform records a cold start from the replica's start-up line, which the runtime prints
+    # when its own /health check passes: up to a few seconds after the first answer.
     row = _revision(client, service)
+    for _ in range(50):
+        if row.get("last_cold_start"):
+            break
+        time.sleep(0.1)
+        row = _revision(client, service)
     if row.get("last_cold_start"):
         phases = row["last_cold_start"]["phases"]
         print(
