@@ -385,10 +385,22 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=PARAMS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="issue 24's comparison (tiers, the KPA grid, the oracle; N=8,64 unless --services):"
+        " write OUT, and OUT's .md and .png beside it",
+    )
+    parser.add_argument("--label", default=None, help="a name for the trace in the report")
+    parser.add_argument("--synthetic", default=None, help="how a synthetic trace was made")
     args = parser.parse_args()
     p = json.loads(args.params.read_text())
     path = args.trace or (HERE / p["trace"])
     trace = read_trace(path)
+    if args.json is not None:
+        tiers_main(args, p, path, trace)
+        return
     counts = [int(x) for x in (args.services or ",".join(map(str, p["services"]))).split(",")]
     shown = f"benchmarks/{path.relative_to(HERE)}" if path.is_relative_to(HERE) else path.name
     result: dict[str, Any] = {
@@ -431,6 +443,49 @@ def main() -> None:
     (args.out / "autoscaler_trace.md").write_text("\n".join(lines))
     if not args.no_plot:
         plot(result, args.out / "autoscaler_trace.png")
+    print("\n".join(lines))
+
+
+def tiers_main(args: argparse.Namespace, p: dict[str, Any], path: Path, trace: Any) -> None:
+    """``--json OUT``: issue 24's keep-alive comparison (``autoscaler_trace_tiers``)."""
+    import autoscaler_trace_tiers as at
+
+    counts = [int(x) for x in (args.services or "8,64").split(",")]
+    model, sources = load_replica(p["replica"], RESULTS)
+    tiers = at.tier_model(RESULTS, float(p["wait_target_s"]))
+    shown = f"benchmarks/{path.relative_to(HERE)}" if path.is_relative_to(HERE) else path.name
+    out = at.run_tiers(trace, p, model, tiers, counts)
+    out["meta"] = {
+        "command": "python benchmarks/autoscaler_trace.py"
+        + (f" --trace {args.trace}" if args.trace else "")
+        + (f" --services {args.services}" if args.services else "")
+        + (f" --label '{args.label}'" if args.label else "")
+        + (f" --synthetic '{args.synthetic}'" if args.synthetic else "")
+        + f" --json {args.json}",
+        "label": args.label or shown,
+        "trace": shown,
+        "synthetic": args.synthetic,
+        "trace_requests": len(trace),
+        "trace_seconds": trace[-1].arrival,
+        "split_seed": p["split_seed"],
+        "zipf_s": p["zipf_s"],
+        "wait_target_s": p["wait_target_s"],
+        "tiers": {
+            "cold_start_s (results/coldstart.json torpor_plain)": list(tiers.cold_start_s),
+            "standby_start_s (results/coldstart.json torpor_warm)": list(tiers.standby_start_s),
+            "wake_s (results/coldstart_suspended.json torpor_suspended)": list(tiers.wake_s),
+        },
+        "replica_sources": sources,
+        "kpa_grid": at.GRID,
+        "wait_values": at.WAIT_VALUES,
+        "assumptions": at.ASSUMPTIONS,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=1) + "\n")
+    lines = at.report(out)
+    args.json.with_suffix(".md").write_text("\n".join(lines))
+    if not args.no_plot:
+        at.plot(out, args.json.with_suffix(".png"))
     print("\n".join(lines))
 
 

@@ -127,3 +127,45 @@ def window(
         for r in trace
         if start_s <= r.arrival < start_s + length_s
     ]
+
+
+def burstify(
+    trace: Sequence[TraceRequest],
+    seed: int,
+    chunk_s: float = 60.0,
+    mean_pause_s: float = 600.0,
+    squeeze: float = 2.0,
+) -> list[TraceRequest]:
+    """A burstier trace made from a real one (SYNTHETIC; issue 24's check that a policy is not
+    tuned to one trace's shape): the trace is cut into ``chunk_s`` slices, each slice is played
+    ``squeeze`` times faster, and the slices follow one another with seeded exponential pauses
+    (mean ``mean_pause_s``) between them. Every request, its tokens and its order within a
+    slice are kept; only the time between slices changes, so the result has the same requests
+    in bursts separated by memoryless silences, which no fixed keep-alive fits."""
+    if chunk_s <= 0 or mean_pause_s < 0 or squeeze <= 0:
+        raise ValueError("chunk_s and squeeze must be positive, mean_pause_s not negative")
+    rng = random.Random(seed)
+    out: list[TraceRequest] = []
+    offset = 0.0
+    chunk = -1
+    for r in trace:
+        k = int(r.arrival // chunk_s)
+        while chunk < k:
+            chunk += 1
+            if chunk > 0:
+                offset += chunk_s / squeeze + rng.expovariate(1.0 / mean_pause_s)
+        at = offset + (r.arrival - chunk * chunk_s) / squeeze
+        out.append(TraceRequest(at, r.prompt, r.output))
+    return out
+
+
+def write_trace(trace: Sequence[TraceRequest], path: Path, start: datetime) -> None:
+    """The trace as a CSV in the Azure schema, its first request at ``start``."""
+    from datetime import timedelta
+
+    with path.open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for r in trace:
+            at = start + timedelta(seconds=r.arrival)
+            w.writerow([at.strftime("%Y-%m-%d %H:%M:%S.%f") + "0", r.prompt, r.output])
