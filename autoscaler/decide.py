@@ -18,8 +18,10 @@ on their way out and are not counted.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from autoscaler.keepalive import KeepAliveSpec, KeepAliveState, KeepAliveStep, Tier
+from autoscaler.keepalive import step as keepalive_step
 from torpor.spec import AutoscalingSpec
 
 SCALE_DOWN_TOLERANCE = 0.1
@@ -77,6 +79,9 @@ class ScalerState:
     zero_since: float | None = None  # first tick the windows asked for zero replicas
     desired_history: tuple[tuple[float, int], ...] = ()  # for the scale-down delay
     initialized: bool = False  # initial scale has been reached once
+    # The learned keep-alive's gap history and idle clock (autoscaler.keepalive); persist it
+    # with the revision's state (KeepAliveState.to_json) so a restart does not forget it.
+    keepalive: KeepAliveState = field(default_factory=KeepAliveState)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,34 @@ def _clamp(spec: AutoscalingSpec, n: int) -> int:
     if spec.max_scale > 0:
         n = min(n, spec.max_scale)
     return n
+
+
+def keepalive_spec(spec: AutoscalingSpec) -> KeepAliveSpec:
+    """The keep-alive policy's spec for a revision: its annotations; the suspended tier is the
+    cover tier only where the revision has suspension on (``suspend_after_s``)."""
+    suspend = spec.suspend_after_s > 0
+    return KeepAliveSpec(
+        tiers=suspend,
+        prewarm=spec.keepalive_prewarm,
+        wait_value_s=spec.keepalive_wait_value_s,
+        cold_start_s=spec.keepalive_cold_start_s,
+        min_gaps=spec.keepalive_min_gaps,
+        ready_hold_s=spec.suspend_after_s if suspend else None,
+    )
+
+
+def _learned_keepalive(
+    spec: AutoscalingSpec, obs: Observation, state: ScalerState, now: float, active: bool
+) -> tuple[KeepAliveStep | None, ScalerState]:
+    """One step of the learned keep-alive, once the revision has had a replica; ``None`` while
+    its history is not representative (Knative's rule decides then) or with ``fixed``."""
+    if spec.keepalive != "learned":
+        return None, state
+    if not (active or obs.current > 0 or state.keepalive.idle_since is not None):
+        return None, state  # never served: no gap to learn from yet
+    ka, ka_state = keepalive_step(keepalive_spec(spec), state.keepalive, busy=active, now=now)
+    state = replace(state, keepalive=ka_state)
+    return (ka if ka.schedule.learned else None), state
 
 
 def decide(
@@ -278,7 +311,25 @@ def decide(
     # For both metrics: a burst is evidence of more bursts, and the stable window is that
     # evidence; dropping the last replica as soon as vLLM is idle paid extra cold starts when
     # bursts came 30-90 s apart (benchmarks/autoscaler_trace.py).
-    if desired == 0 and (obs.current > 0 or ready > 0):
+    learned, state = _learned_keepalive(spec, obs, state, now, active)
+    if learned is not None and not active and desired <= 1 and spec.min_scale == 0:
+        # The revision's own gaps decide its last replica (autoscaler.keepalive): kept while
+        # the schedule says ready or suspended, dropped after, started again for a pre-warm.
+        keep = learned.tier in (Tier.READY, Tier.SUSPENDED, Tier.STARTING)
+        sched = learned.schedule
+        state = replace(state, zero_since=None)
+        if obs.current > 0:
+            desired = 1 if keep else 0
+            reason = f"keep-alive ({sched.reason}): idle {learned.idle_s:.0f}s, " + (
+                "keeping the last replica" if keep else "scale to zero"
+            )
+        elif keep and sched.prewarm_at_s is not None:
+            desired = 1
+            reason = f"pre-warm ({sched.reason}): idle {learned.idle_s:.0f}s"
+        else:
+            desired = 0
+            reason = "idle at zero"
+    elif desired == 0 and (obs.current > 0 or ready > 0):
         zero_since = state.zero_since if state.zero_since is not None else now
         state = replace(state, zero_since=zero_since)
         if now - zero_since < hold:
@@ -290,6 +341,7 @@ def decide(
         state = replace(state, zero_since=None)
     if desired == 0 and obs.current == 0:
         reason = "idle at zero"
+    desired = _clamp(spec, desired)
 
     decision = Decision(
         desired=desired,

@@ -69,6 +69,9 @@ class KeepAliveSpec:
     min_gaps: int = 8
     head_pct: float = 5.0
     margin: float = 0.1  # a learned keep-alive is stretched this much (Shahrad et al.'s 10%)
+    # Without a representative history: None, the rent-or-buy break-even; a number, a fixed
+    # keep-alive (the product keeps Knative's window-and-grace rule then: decide.keepalive_spec).
+    fallback_keep_s: float | None = None
     max_count: int = 2000  # counts halve beyond this: bounded memory, recent gaps weigh more
 
     def __post_init__(self) -> None:
@@ -213,7 +216,10 @@ def schedule(spec: KeepAliveSpec, model: GapModel) -> Schedule:
     miss = spec.cold_start_s + spec.wait_value_s
     hold = ready_hold(spec)
     prewarm: float | None = None
-    if not model.representative(spec):
+    if not model.representative(spec) and spec.fallback_keep_s is not None:
+        keep = max(hold, spec.fallback_keep_s)
+        learned, reason = False, f"{model.n} gaps: the fixed keep-alive"
+    elif not model.representative(spec):
         keep = hold + miss / max(cover.rate, 1e-9)
         learned, reason = False, f"{model.n} gaps: rent-or-buy break-even"
     else:

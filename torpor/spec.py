@@ -88,6 +88,17 @@ class AutoscalingSpec:
     # scale-to-zero of ``decide`` (which counts them as idle capacity).
     suspend_after_s: float = 0.0
     stop_suspended_after_s: float = 300.0
+    # The learned keep-alive (issue 24, autoscaler/keepalive.py): once a revision has
+    # ``keepalive_min_gaps`` idle gaps in its history, how long its last replica stays (and
+    # whether it is pre-warmed before a predicted request) follows them instead of the window
+    # and grace rule; until then, and with ``keepalive="fixed"``, Knative's rule as above.
+    # ``keepalive_wait_value_s``: what an over-target wait is worth in accelerator-seconds;
+    # ``keepalive_cold_start_s``: the revision's cold start as the policy prices it.
+    keepalive: str = "learned"
+    keepalive_wait_value_s: float = 60.0
+    keepalive_cold_start_s: float = 17.0
+    keepalive_prewarm: bool = True
+    keepalive_min_gaps: int = 8
 
 
 @dataclass(frozen=True, slots=True)

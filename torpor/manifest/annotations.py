@@ -60,6 +60,11 @@ TORPOR_KEYS = frozenset(
         "stop-suspended-after",
         "lora-adapters",  # torpor.manifest.lora
         "lora-idle-window",
+        "keepalive",  # "learned" (default) or "fixed": AutoscalingSpec.keepalive
+        "keepalive-wait-value",
+        "keepalive-cold-start",
+        "keepalive-prewarm",
+        "keepalive-min-gaps",
     }
 )
 
@@ -277,6 +282,16 @@ def parse_template_annotations(
     stop_suspended = r.duration(
         "stop-suspended-after", prefix=TORPOR, low=1.0, high=SUSPENDED_MAX_S
     )
+    # The learned keep-alive (AutoscalingSpec.keepalive*, autoscaler/keepalive.py).
+    keepalive = r.get("keepalive", prefix=TORPOR)
+    if keepalive is not None and keepalive[1] not in ("learned", "fixed"):
+        raise r.error(keepalive[0], f"must be 'learned' or 'fixed', not {keepalive[1]!r}")
+    wait_value = r.duration("keepalive-wait-value", prefix=TORPOR)
+    ka_cold = r.duration("keepalive-cold-start", prefix=TORPOR)
+    prewarm = r.get("keepalive-prewarm", prefix=TORPOR)
+    if prewarm is not None and prewarm[1] not in ("true", "false"):
+        raise r.error(prewarm[0], f"must be 'true' or 'false', not {prewarm[1]!r}")
+    min_gaps = r.int32("keepalive-min-gaps", prefix=TORPOR, low=1, high=100_000)
     secret = r.get("api-keys-secret", prefix=TORPOR)
     if secret is not None:
         check_dns1123_subdomain(secret[1], r.field(secret[0]))
@@ -304,6 +319,11 @@ def parse_template_annotations(
         kv_cache_target=pick(kv_target, defaults.kv_cache_target),
         suspend_after_s=pick(suspend_after, defaults.suspend_after_s),
         stop_suspended_after_s=pick(stop_suspended, defaults.stop_suspended_after_s),
+        keepalive=defaults.keepalive if keepalive is None else keepalive[1],
+        keepalive_wait_value_s=pick(wait_value, defaults.keepalive_wait_value_s),
+        keepalive_cold_start_s=pick(ka_cold, defaults.keepalive_cold_start_s),
+        keepalive_prewarm=defaults.keepalive_prewarm if prewarm is None else prewarm[1] == "true",
+        keepalive_min_gaps=defaults.keepalive_min_gaps if min_gaps is None else min_gaps,
     )
     return TemplateAnnotations(
         autoscaling=spec,
