@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from activator.errors import BadRequest, ModelNotFound, NotFound, PlatformEndpoint
+from torpor.routes import is_client_route, normal_path
 from torpor.spec import RevisionSpec, ServiceSpec
 
 # Kubernetes names (RFC 1123 labels): anything else in a name position is not a route, which
@@ -250,47 +251,13 @@ def _host_name(host: str, domain: str) -> tuple[str, str] | None:
     return namespace, name
 
 
-# vLLM's operator API (vLLM 0.32's routes): loading and unloading LoRA adapters, sleep and wake,
-# pausing and aborting, profiling, cache resets, weight updates, RPC into the engine. The
-# autoscaler calls the ones torpor uses on a replica directly; a client reaching them through the
-# activator could load any adapter the replica can read, put it to sleep or abort others'
-# requests, so they are refused (403 ``platform_endpoint``) whatever the spelling.
-PLATFORM_ENDPOINTS = frozenset(
-    {
-        "/v1/load_lora_adapter",
-        "/v1/unload_lora_adapter",
-        "/sleep",
-        "/wake_up",
-        "/is_sleeping",
-        "/collective_rpc",
-        "/pause",
-        "/resume",
-        "/is_paused",
-        "/abort_requests",
-        "/inference/v1/abort_requests",
-        "/start_profile",
-        "/stop_profile",
-        "/reset_prefix_cache",
-        "/reset_mm_cache",
-        "/reset_encoder_cache",
-        "/release_kv_cache_memory",
-        "/scale_elastic_ep",
-        "/is_scaling_elastic_ep",
-        "/update_weights",
-        "/update_weight_version",
-        "/init_weight_transfer_engine",
-        "/start_weight_update",
-        "/start_draft_weight_update",
-        "/finish_weight_update",
-        "/shutdown_weight_transfer_engine",
-        "/weight_checker",
-        "/weight_info",
-        "/server_info",
-        "/get_world_size",
-        "/kv_event_sources",
-        "/fault_tolerance/status",
-    }
-)
+# What a client may reach on a replica is an allow-list (issue 23): the inference routes of
+# ``torpor.routes``, and nothing else, whatever vLLM mounts. Everything else (adapter loading in
+# either spelling, ``/invocations``, the replica's ``/metrics``, ``/load``, ``/version``,
+# ``/docs``, ``/openapi.json``, sleep, profiling, weight updates, dev-mode RPC, a route a new
+# vLLM adds) is refused with 403 ``platform_endpoint`` before a replica is woken. The replica
+# refuses the same routes itself without its platform credential (``runtime.gate``), so a client
+# that reaches its port another way (Knative's URL, loopback) meets the same door.
 
 
 def _check_rest(rest: str) -> None:
@@ -302,9 +269,12 @@ def _check_rest(rest: str) -> None:
     if any(segment in {".", ".."} for segment in decoded.split("/")):
         raise BadRequest("dot segments are not allowed in the request path")
     # Starlette matches the decoded path; a doubled or trailing slash must not slip past.
-    normal = "/" + "/".join(s for s in decoded.split("/") if s)
-    if normal in PLATFORM_ENDPOINTS:
-        raise PlatformEndpoint(f"{normal} is the platform's to call on a replica, not a client's")
+    if not is_client_route(decoded):
+        normal = normal_path(decoded)
+        raise PlatformEndpoint(
+            f"{normal[:200]} is not a client route of a replica; clients reach only the "
+            "inference API (/v1/completions, /v1/chat/completions, /v1/models, ...)"
+        )
 
 
 Resolved = Route | Local | ByModel | ModelList

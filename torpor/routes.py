@@ -47,9 +47,11 @@ INFERENCE_PATHS = frozenset(
 )
 
 # Routes with a path parameter, as vLLM's router writes them (``{response_id}``): a stored
-# response's retrieval and cancellation.
+# response's retrieval and cancellation; OpenAI's model retrieval (vLLM 0.32 does not mount it,
+# so a replica answers it 403; the activator forwards it for a replica that does).
 INFERENCE_TEMPLATES = frozenset(
     {
+        "/v1/models/{model}",
         "/v1/responses/{response_id}",
         "/v1/responses/{response_id}/cancel",
     }

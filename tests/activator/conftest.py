@@ -121,7 +121,7 @@ class Upstream:
             body,
         )
         self.seen.append(seen)
-        if scope["path"] == "/stream":
+        if scope["path"] in ("/stream", "/v1/responses/stream"):
             await self._stream(scope, receive, send)
             return
         payload = json.dumps(

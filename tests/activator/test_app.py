@@ -79,10 +79,10 @@ async def test_host_form_and_tag_url(running_activator: ActivatorFactory) -> Non
         await running.bus.publish_endpoints(endpoints(r1.ref.key, u1))
         await running.bus.publish_endpoints(endpoints(r2.ref.key, u2))
         async with client(running) as c:
-            plain = await c.get("/v1/x", headers={"Host": "chat.default.models.test:8080"})
-            tagged = await c.get("/v1/x", headers={"Host": "beta-chat.default.models.test"})
-            by_path = await c.get("/default/beta-chat/v1/x")
-            missing = await c.get("/v1/x", headers={"Host": "gamma-chat.default.models.test"})
+            plain = await c.get("/score", headers={"Host": "chat.default.models.test:8080"})
+            tagged = await c.get("/score", headers={"Host": "beta-chat.default.models.test"})
+            by_path = await c.get("/default/beta-chat/v1/responses/x")
+            missing = await c.get("/score", headers={"Host": "gamma-chat.default.models.test"})
     assert plain.json()["replica"] == "one"
     assert tagged.json()["replica"] == "two"
     assert by_path.json()["replica"] == "two"
@@ -123,9 +123,9 @@ async def test_held_at_zero_pokes_then_released_when_a_replica_is_ready(
 async def test_queue_full_is_503_with_retry_after(running_activator: ActivatorFactory) -> None:
     spec = service(revisions=(revision("chat-00001", queue_depth=1),))
     async with running_activator((spec,)) as running, client(running) as c:
-        held = asyncio.create_task(c.get("/default/chat/v1/x"))
+        held = asyncio.create_task(c.get("/default/chat/v1/responses/x"))
         await eventually(lambda: queued(running) == 1)
-        r = await c.get("/default/chat/v1/x")
+        r = await c.get("/default/chat/v1/responses/x")
         held.cancel()
         await asyncio.gather(held, return_exceptions=True)
     assert r.status_code == 503
@@ -138,7 +138,7 @@ async def test_waiting_past_the_revision_timeout_is_504(
 ) -> None:
     spec = service(revisions=(revision("chat-00001", timeout_s=0.05),))
     async with running_activator((spec,)) as running, client(running) as c:
-        r = await c.get("/default/chat/v1/x")
+        r = await c.get("/default/chat/v1/responses/x")
     assert r.status_code == 504
     assert r.json()["error"]["type"] == "server_error"
     assert queued(running) == 0
@@ -148,7 +148,7 @@ async def test_failed_start_answers_waiters_with_the_runtime_error(
     running_activator: ActivatorFactory,
 ) -> None:
     async with running_activator((CHAT,)) as running, client(running) as c:
-        held = asyncio.create_task(c.get("/default/chat/v1/x"))
+        held = asyncio.create_task(c.get("/default/chat/v1/responses/x"))
         await eventually(lambda: queued(running) == 1)
         await running.bus.publish_endpoints(
             RevisionEndpoints(KEY, failure="ValueError: model /models/tiny not found")
@@ -164,16 +164,16 @@ async def test_disconnect_while_waiting_is_never_forwarded(
     upstream = Upstream()
     async with serve(upstream) as up, running_activator((CHAT,)) as running:
         async with client(running) as c:
-            held = asyncio.create_task(c.get("/default/chat/v1/x"))
+            held = asyncio.create_task(c.get("/default/chat/v1/responses/x"))
             await eventually(lambda: queued(running) == 1)
             held.cancel()
             await asyncio.gather(held, return_exceptions=True)
         await eventually(lambda: queued(running) == 0)
         await running.bus.publish_endpoints(endpoints(KEY, up))
         async with client(running) as c:
-            r = await c.get("/default/chat/v1/after")
+            r = await c.get("/default/chat/v1/responses/after")
     assert r.status_code == 200
-    assert [s.path for s in upstream.seen] == ["/v1/after"]
+    assert [s.path for s in upstream.seen] == ["/v1/responses/after"]
 
 
 async def test_streaming_passes_each_event_through_as_it_arrives(
@@ -184,7 +184,7 @@ async def test_streaming_passes_each_event_through_as_it_arrives(
         await running.bus.publish_endpoints(endpoints(KEY, up))
         async with (
             client(running) as c,
-            c.stream("GET", "/default/chat/stream?n=3") as r,
+            c.stream("GET", "/default/chat/v1/responses/stream?n=3") as r,
         ):
             lines = r.aiter_lines()
             first = await anext(lines)
@@ -203,7 +203,7 @@ async def test_disconnect_while_streaming_cancels_the_upstream(
     async with serve(upstream) as up, running_activator((CHAT,)) as running:
         await running.bus.publish_endpoints(endpoints(KEY, up))
         async with client(running) as c:
-            async with c.stream("GET", "/default/chat/stream?n=100") as r:
+            async with c.stream("GET", "/default/chat/v1/responses/stream?n=100") as r:
                 await anext(r.aiter_bytes())
             # Leaving the block closed the client's connection mid-stream.
             await asyncio.wait_for(upstream.disconnected.wait(), 5)
@@ -221,7 +221,7 @@ async def test_draining_replica_gets_no_new_requests(running_activator: Activato
         client(running) as c,
     ):
         await running.bus.publish_endpoints(endpoints(KEY, u_old, u_new, draining=(u_old,)))
-        answers = [(await c.get("/default/chat/x")).json()["replica"] for _ in range(10)]
+        answers = [(await c.get("/default/chat/score")).json()["replica"] for _ in range(10)]
     assert set(answers) == {"new"}
     assert old.seen == []
 
@@ -233,10 +233,10 @@ async def test_connection_refused_is_retried_once_on_another_replica(
     dead = f"http://127.0.0.1:{free_port()}"
     async with serve(good) as up, running_activator((CHAT,)) as running, client(running) as c:
         await running.bus.publish_endpoints(endpoints(KEY, dead, up))
-        answers = [await c.post("/default/chat/x", content=b"payload") for _ in range(10)]
+        answers = [await c.post("/default/chat/score", content=b"payload") for _ in range(10)]
         await running.bus.publish_endpoints(endpoints(KEY, dead))
         # The only replica refuses (it died): the retry waits for its replacement.
-        alone = asyncio.create_task(c.get("/default/chat/x"))
+        alone = asyncio.create_task(c.get("/default/chat/v1/responses/x"))
         await eventually(lambda: queued(running) == 1)
         await running.bus.publish_endpoints(endpoints(KEY, dead, up))  # r1: a new replica
         replaced = await alone
@@ -254,13 +254,13 @@ async def test_container_concurrency_holds_the_excess(running_activator: Activat
         client(running) as c,
     ):
         await running.bus.publish_endpoints(endpoints(KEY, up))
-        streaming = c.stream("GET", "/default/chat/stream?n=2")
+        streaming = c.stream("GET", "/default/chat/v1/responses/stream?n=2")
         r = await streaming.__aenter__()
         chunks = r.aiter_bytes()  # kept: a dropped iterator closes the connection when collected
         await anext(chunks)
-        second = asyncio.create_task(c.get("/default/chat/v1/x"))
+        second = asyncio.create_task(c.get("/default/chat/v1/responses/x"))
         await eventually(lambda: queued(running) == 1)
-        assert [s.path for s in upstream.seen] == ["/stream"]
+        assert [s.path for s in upstream.seen] == ["/v1/responses/stream"]
         upstream.gate.set()
         assert b"[DONE]" in b"".join([chunk async for chunk in chunks])
         await streaming.__aexit__(None, None, None)
@@ -275,14 +275,14 @@ async def test_body_over_the_limit_is_413(running_activator: ActivatorFactory) -
         client(running) as c,
     ):
         await running.bus.publish_endpoints(endpoints(KEY, up))
-        declared = await c.post("/default/chat/x", content=b"x" * 1001)
+        declared = await c.post("/default/chat/v1/responses/x", content=b"x" * 1001)
 
         async def chunks() -> AsyncIterator[bytes]:
             for _ in range(3):
                 yield b"y" * 400
 
-        chunked = await c.post("/default/chat/x", content=chunks())
-        fits = await c.post("/default/chat/x", content=b"z" * 1000)
+        chunked = await c.post("/default/chat/v1/responses/x", content=chunks())
+        fits = await c.post("/default/chat/v1/responses/x", content=b"z" * 1000)
     assert declared.status_code == 413
     assert chunked.status_code == 413
     assert fits.status_code == 200
@@ -297,8 +297,8 @@ async def test_stats_are_published_and_metrics_served(running_activator: Activat
         client(running) as c,
     ):
         await running.bus.publish_endpoints(endpoints(KEY, up))
-        assert (await c.get("/default/chat/v1/x")).status_code == 200
-        assert (await c.get("/default/nope/v1/x")).status_code == 404
+        assert (await c.get("/default/chat/v1/responses/x")).status_code == 200
+        assert (await c.get("/default/nope/v1/responses/x")).status_code == 404
 
         async def published() -> int:
             stats = (await running.bus.snapshot()).stats
@@ -324,11 +324,11 @@ async def test_services_published_later_become_routable(
 ) -> None:
     upstream = Upstream()
     async with serve(upstream) as up, running_activator(()) as running, client(running) as c:
-        before = await c.get("/default/chat/v1/x")
+        before = await c.get("/default/chat/v1/responses/x")
         await running.bus.publish_services((CHAT,))
         await running.bus.publish_endpoints(endpoints(KEY, up))
         await eventually(lambda: bool(running.activator.stats()))
-        after = await c.get("/default/chat/v1/x")
+        after = await c.get("/default/chat/v1/responses/x")
     assert before.status_code == 404
     assert after.status_code == 200
 
@@ -344,7 +344,7 @@ async def test_an_endpoints_event_lost_on_the_bus_is_picked_up_by_the_resync(
         await running.bus.publish_endpoints(endpoints(KEY, up))
         fanout.emit = emit  # type: ignore[method-assign]
         async with client(running) as c:
-            response = await c.get("/default/chat/v1/x")  # held until the resync, then served
+            response = await c.get("/default/chat/score")  # held until the resync, then served
     assert response.status_code == 200
 
 
@@ -366,7 +366,7 @@ async def test_the_resync_runs_on_its_own_clock_while_events_keep_coming(
         task = asyncio.create_task(chatter())
         try:
             async with client(running) as c:
-                response = await c.get("/default/chat/v1/x")
+                response = await c.get("/default/chat/v1/responses/x")
         finally:
             task.cancel()
             fanout.emit = emit  # type: ignore[method-assign]

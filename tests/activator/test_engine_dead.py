@@ -89,7 +89,7 @@ async def test_a_dead_engine_is_taken_out_and_its_requests_answered_elsewhere(
         await running.bus.publish_endpoints(endpoints(KEY, dead_url, good_url))
         async with httpx.AsyncClient(base_url=running.url, headers=HOST) as c:
             answers = [await c.post("/v1/completions", json={"n": i}) for i in range(12)]
-            stream = await c.post("/stream?n=2", json={"stream": True})
+            stream = await c.post("/v1/responses/stream?n=2", json={"stream": True})
     assert [a.status_code for a in answers] == [200] * 12
     assert {a.json()["replica"] for a in answers} == {"good"}
     # The first request that met the dead engine took the replica out: no other went there.
@@ -111,7 +111,7 @@ async def test_a_stream_whose_first_event_is_the_dead_engine_is_retried(
         # The dead replica alone first, so the stream surely meets it.
         await running.bus.publish_endpoints(endpoints(KEY, dead_url))
         async with httpx.AsyncClient(base_url=running.url, headers=HOST) as c:
-            pending = asyncio.create_task(c.post("/stream?n=2", json={"stream": True}))
+            pending = asyncio.create_task(c.post("/v1/responses/stream?n=2", json={"stream": True}))
             await eventually(lambda: dead.seen == 1)
             # Held for the next replica, which comes.
             await eventually(lambda: running.activator._queues[KEY].queued == 1)
@@ -185,7 +185,7 @@ async def test_a_connection_closed_before_the_answer_is_retried_on_the_same_repl
         async with running_activator((service(),)) as running:
             await running.bus.publish_endpoints(endpoints(KEY, f"http://127.0.0.1:{port}"))
             async with httpx.AsyncClient(base_url=running.url, headers=HOST, timeout=5) as c:
-                answer = await c.get("/v1/x")
+                answer = await c.get("/v1/responses/x")
     finally:
         server.close()
         await server.wait_closed()
@@ -210,7 +210,7 @@ async def test_attempts_are_bounded(running_activator: ActivatorFactory) -> None
         async with running_activator((service(),)) as running:
             await running.bus.publish_endpoints(endpoints(KEY, f"http://127.0.0.1:{port}"))
             async with httpx.AsyncClient(base_url=running.url, headers=HOST, timeout=5) as c:
-                answer = await c.get("/v1/x")
+                answer = await c.get("/v1/responses/x")
     finally:
         server.close()
         await server.wait_closed()
@@ -227,7 +227,7 @@ async def test_credentials_in_the_query_string_never_reach_the_replica(
         await running.bus.publish_endpoints(endpoints(KEY, url))
         async with httpx.AsyncClient(base_url=running.url, headers=HOST) as c:
             query = "api_key=sk-1&model=m&Key=k2&access%5Ftoken=t3&x=1&TOKEN&authorization=B"
-            answer = await c.get(f"/v1/x?{query}")
+            answer = await c.get(f"/v1/responses/x?{query}")
     assert answer.status_code == 200
     assert upstream.seen[0].query == "model=m&x=1"
 

@@ -84,15 +84,15 @@ async def test_held_connections_leave_room_for_a_real_request(
                     for i in range(3 * 96):
                         _, writer = await asyncio.open_connection("127.0.0.1", port)
                         if i % 2:  # half a head, the slow-loris way
-                            writer.write(b"POST /default/chat/v1/x HTTP/1.1\r\nHost: a\r\nX-")
+                            writer.write(b"POST /default/chat/score HTTP/1.1\r\nHost: a\r\nX-")
                         held.append(writer)
                         if i % 48 == 47:
-                            answer = await client.post("/default/chat/v1/x", json={"i": i})
+                            answer = await client.post("/default/chat/score", json={"i": i})
                             assert answer.status_code == 200, answer.text
                             assert answer.json()["replica"] == "replica"
                     await asyncio.sleep(0.5)
                     for i in range(5):
-                        answer = await client.post("/default/chat/v1/x", json={"n": i})
+                        answer = await client.post("/default/chat/v1/responses/x", json={"n": i})
                         assert answer.status_code == 200, answer.text
                     # Well inside the limit: the cap, not the kernel, said no to the flood.
                     assert _fds(proc.pid) < NOFILE

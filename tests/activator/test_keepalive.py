@@ -48,7 +48,7 @@ async def test_a_held_stream_gets_comments_then_the_replica_s_events(
         serve(upstream) as up,
         running_activator((CHAT,), keepalive_s=0.05) as running,
         httpx.AsyncClient(base_url=running.url, timeout=10) as c,
-        c.stream("POST", "/default/chat/stream?n=2", json=STREAM) as r,
+        c.stream("POST", "/default/chat/v1/responses/stream?n=2", json=STREAM) as r,
     ):
         # The head came with the first comment, while the revision is still at zero.
         assert r.status_code == 200
@@ -76,7 +76,7 @@ async def test_a_plain_request_waits_in_silence_and_gets_the_replica_s_answer(
         running_activator((CHAT,), keepalive_s=0.02) as running,
         httpx.AsyncClient(base_url=running.url, timeout=10) as c,
     ):
-        held = asyncio.create_task(c.post("/default/chat/v1/x", json={"model": "chat"}))
+        held = asyncio.create_task(c.post("/default/chat/v1/responses/x", json={"model": "chat"}))
         await eventually(lambda: queued(running) == 1)
         await asyncio.sleep(0.1)  # five intervals: a stream would have had comments by now
         assert not held.done()
@@ -202,9 +202,9 @@ async def test_a_stream_held_only_for_its_adapter_gets_comments_then_the_answer(
         httpx.AsyncClient(base_url=running.url, timeout=10) as c,
     ):
         await running.bus.publish_endpoints(endpoints(KEY, up))
-        base = await c.post("/default/chat/v1/x", json={"model": "chat"})
+        base = await c.post("/default/chat/v1/responses/x", json={"model": "chat"})
         assert base.status_code == 200  # the base is served at once
-        async with c.stream("POST", "/default/chat/stream?n=2", json=SQL_STREAM) as r:
+        async with c.stream("POST", "/default/chat/v1/responses/stream?n=2", json=SQL_STREAM) as r:
             assert r.status_code == 200
             chunks: list[bytes] = []
             reader = asyncio.create_task(_collect(r, chunks))
@@ -225,7 +225,7 @@ async def test_a_failed_adapter_load_ends_held_requests_at_once_with_adapter_fai
         serve(upstream) as up,
         running_activator((LORA_CHAT,), keepalive_s=0.05) as running,
         httpx.AsyncClient(base_url=running.url, timeout=10) as c,
-        c.stream("POST", "/default/chat/stream", json=SQL_STREAM) as r,
+        c.stream("POST", "/default/chat/v1/responses/stream", json=SQL_STREAM) as r,
     ):
         plain = asyncio.create_task(
             c.post("/default/chat/v1/completions", json={"model": "sql", "prompt": "hi"})

@@ -69,7 +69,7 @@ async def test_two_activators_hold_container_concurrency_and_queue_depth_togethe
     spec = service(revisions=(revision("chat-00001", container_concurrency=2, queue_depth=2),))
     bus = MemoryBus()
     await bus.publish_services((spec,))
-    upstream = Upstream()  # /stream holds each request after its first event until the gate
+    upstream = Upstream()  # /v1/responses/stream holds each request after its first event
     async with (
         serve(upstream) as up,
         _activator(bus, "a") as (a, url_a),
@@ -78,8 +78,8 @@ async def test_two_activators_hold_container_concurrency_and_queue_depth_togethe
     ):
         await bus.publish_endpoints(endpoints(KEY, up))
         # One request through each: both now report on the revision, and read each other.
-        assert (await c.get(f"{url_a}/default/chat/v1/x")).status_code == 200
-        assert (await c.get(f"{url_b}/default/chat/v1/x")).status_code == 200
+        assert (await c.get(f"{url_a}/default/chat/v1/responses/x")).status_code == 200
+        assert (await c.get(f"{url_b}/default/chat/v1/responses/x")).status_code == 200
 
         def halved(x: Activator) -> bool:
             limits = x.limits(KEY)
@@ -88,18 +88,18 @@ async def test_two_activators_hold_container_concurrency_and_queue_depth_togethe
         await eventually(lambda: halved(a) and halved(b))
 
         streams = [
-            asyncio.create_task(c.get(f"{url}/default/chat/stream?n=2"))
+            asyncio.create_task(c.get(f"{url}/default/chat/v1/responses/stream?n=2"))
             for url in (url_a, url_a, url_b, url_b)
         ]
         await eventually(lambda: _queued(a) == 1 and _queued(b) == 1)
-        await eventually(lambda: sum(s.path == "/stream" for s in upstream.seen) == 2)
+        await eventually(lambda: sum(s.path == "/v1/responses/stream" for s in upstream.seen) == 2)
         # Each activator's queue holds its share (1): a third request to either is refused.
-        full = await c.get(f"{url_a}/default/chat/v1/x")
+        full = await c.get(f"{url_a}/default/chat/v1/responses/x")
         assert full.status_code == 503 and full.json()["error"]["code"] == "queue_full"
         await asyncio.sleep(0.1)  # five stats intervals: nothing more reaches the replica
-        assert sum(s.path == "/stream" for s in upstream.seen) == 2
+        assert sum(s.path == "/v1/responses/stream" for s in upstream.seen) == 2
         upstream.gate.set()
         answers = await asyncio.gather(*streams)
     await bus.aclose()
     assert [r.status_code for r in answers] == [200] * 4
-    assert sum(s.path == "/stream" for s in upstream.seen) == 4
+    assert sum(s.path == "/v1/responses/stream" for s in upstream.seen) == 4

@@ -61,12 +61,12 @@ async def test_a_replica_that_never_answers_gets_a_504_at_the_timeout(
 async def test_a_stream_past_the_timeout_ends_with_a_timeout_error_event(
     running_activator: ActivatorFactory,
 ) -> None:
-    upstream = Upstream()  # ``/stream`` sends one event, then waits for a gate never opened
+    upstream = Upstream()  # ``.../stream`` sends one event, then waits for a gate never opened
     async with serve(upstream) as up, running_activator((CHAT,)) as running:
         await running.bus.publish_endpoints(endpoints(KEY, up))
         async with (
             httpx.AsyncClient(base_url=running.url, timeout=10) as c,
-            c.stream("GET", "/default/chat/stream?n=3") as r,
+            c.stream("GET", "/default/chat/v1/responses/stream?n=3") as r,
         ):
             assert r.status_code == 200
             body = b"".join([chunk async for chunk in r.aiter_raw()])  # ends cleanly
@@ -88,6 +88,6 @@ async def test_an_answer_inside_the_timeout_is_untouched(
         await running.bus.publish_endpoints(endpoints(KEY, up))
         async with httpx.AsyncClient(base_url=running.url, timeout=10) as c:
             plain = await c.post("/default/chat/v1/completions", json={"prompt": "hi"})
-            stream = await c.get("/default/chat/stream?n=3")
+            stream = await c.get("/default/chat/v1/responses/stream?n=3")
     assert plain.status_code == 200 and plain.json()["replica"] == "replica"
     assert stream.text.count("data:") == 4 and "error" not in stream.text

@@ -46,8 +46,10 @@ def test_path_form_strips_the_prefix() -> None:
     assert (r.revision.ref.key, r.path) == ("team-a/embed-00001", "/v1/embeddings")
 
 
-def test_path_form_without_rest_forwards_root() -> None:
-    assert route("", "/team-a/embed").path == "/"
+def test_path_form_without_rest_is_no_client_route() -> None:
+    # The replica's root is not an inference route (issue 23: an allow-list).
+    with pytest.raises(PlatformEndpoint):
+        resolve(TABLE, "", "/team-a/embed", 0.0)
 
 
 def test_host_form_keeps_the_path_and_ignores_the_port() -> None:
@@ -70,14 +72,14 @@ def test_zero_percent_tag_is_reachable_through_its_tag_url(host: str, path: str)
 
 
 def test_zero_percent_revision_gets_nothing_from_the_service_url() -> None:
-    picked = {route("", "/default/chat/v1/x", i / 100).revision.ref.name for i in range(100)}
+    picked = {route("", "/default/chat/score", i / 100).revision.ref.name for i in range(100)}
     assert picked == {"chat-00001", "chat-00002"}
 
 
 def test_split_proportions_follow_percent() -> None:
     rng = random.Random(1234)
     counts = Counter(
-        route("", "/default/chat/v1/x", rng.random()).revision.ref.name for _ in range(10_000)
+        route("", "/default/chat/score", rng.random()).revision.ref.name for _ in range(10_000)
     )
     assert counts["chat-00003"] == 0
     assert abs(counts["chat-00001"] / 10_000 - 0.70) < 0.02
@@ -94,7 +96,7 @@ def test_split_across_many_revisions() -> None:
     rng = random.Random(99)
     counts: Counter[str] = Counter()
     for _ in range(10_000):
-        r = resolve(table, "", "/default/chat/", rng.random())
+        r = resolve(table, "", "/default/chat/v1/completions", rng.random())
         assert isinstance(r, Route)
         counts[r.revision.ref.name] += 1
     assert set(counts) == {r.ref.name for r in revisions}
@@ -165,31 +167,44 @@ def test_vllms_operator_endpoints_are_refused_in_any_spelling(rest: str) -> None
         resolve(TABLE, "chat.default.example.com", rest, 0.0)
 
 
-def test_client_paths_next_to_the_operator_ones_pass() -> None:
-    for rest in ("/v1/completions", "/v1/models/x", "/tokenize", "/v1/load_lora_adapterx"):
+def test_client_paths_pass_and_everything_else_is_refused() -> None:
+    for rest in ("/v1/completions", "/v1/models/x", "/tokenize", "/v1/responses/resp_1/cancel",
+                 "//v1//chat/completions/"):
         assert route("", "/default/chat" + rest).path == rest
+    # An allow-list: what is not an inference route is refused, named or not (issue 23).
+    for rest in ("/v1/load_lora_adapterx", "/adapters", "/adapters/tiny-sql", "/invocations",
+                 "/metrics", "/load", "/version", "/docs", "/openapi.json", "/v1/realtime",
+                 "/v1/brand-new-operator-route", "/v1/models/x/y", "/ping", "/health"):
+        with pytest.raises(PlatformEndpoint):
+            resolve(TABLE, "", "/default/chat" + rest, 0.0)
+        with pytest.raises(PlatformEndpoint):
+            resolve(TABLE, "chat.default.example.com", rest, 0.0)
 
 
 def test_encoded_slash_after_the_prefix_stays_encoded_for_the_same_revision() -> None:
-    r = route("", "/default/chat/v1/models/org%2Fmodel")
-    assert (r.revision.ref.name, r.path) == ("chat-00001", "/v1/models/org%2Fmodel")
+    r = route("", "/default/chat/v1/responses/org%3Amodel")
+    assert (r.revision.ref.name, r.path) == ("chat-00001", "/v1/responses/org%3Amodel")
+    # An encoded slash is a segment to the replica's router: /v1/responses/org/model is no
+    # client route, so it is refused rather than forwarded.
+    with pytest.raises(PlatformEndpoint):
+        resolve(TABLE, "", "/default/chat/v1/responses/org%2Fmodel", 0.0)
 
 
 def test_activator_endpoints_are_local_unless_the_host_names_a_service() -> None:
     assert resolve(TABLE, "localhost:8080", "/healthz", 0.0) == Local("healthz")
     assert resolve(TABLE, "localhost:8080", "/metrics", 0.0) == Local("metrics")
-    forwarded = route("chat.default.example.com", "/metrics")
-    assert forwarded.path == "/metrics"
+    with pytest.raises(PlatformEndpoint):  # the replica's /metrics is the platform's
+        route("chat.default.example.com", "/metrics")
 
 
 def test_hosts_outside_the_domain_fall_back_to_the_path_form() -> None:
-    assert route("chat.default.other.org", "/team-a/embed/v1/x").revision.ref.name == "embed-00001"
+    assert route("chat.default.other.org", "/team-a/embed/score").revision.ref.name == "embed-00001"
 
 
 def test_service_name_wins_over_a_tag_url_spelling_it() -> None:
     plain = service("canary-chat")
     table = build_route_table([SPLIT, plain], "example.com")
-    r = resolve(table, "", "/default/canary-chat/v1", 0.0)
+    r = resolve(table, "", "/default/canary-chat/v1/completions", 0.0)
     assert isinstance(r, Route)
     assert r.revision.ref.name == "canary-chat-00001"
 
@@ -201,7 +216,7 @@ def test_traffic_naming_an_unknown_revision_is_skipped() -> None:
     )
     table = build_route_table([spec], "example.com")
     for roll in (0.0, 0.6, 0.99):
-        r = resolve(table, "", "/default/chat/v1", roll)
+        r = resolve(table, "", "/default/chat/v1/completions", roll)
         assert isinstance(r, Route)
         assert r.revision.ref.name == "chat-00001"
 
@@ -273,7 +288,7 @@ def test_a_renamed_model_routes_each_name_to_its_own_revisions() -> None:
     )
     assert set(new) == {"roll-00002", "roll-00003"}
     assert abs(new["roll-00002"] / 2_000 - 0.5) < 0.05
-    assert route_model(MODELS, "old-name", "/v1/x", 0.99).revision.ref.name == "roll-00001"
+    assert route_model(MODELS, "old-name", "/score", 0.99).revision.ref.name == "roll-00001"
     # A revision reached only through a tag URL has no name at the root.
     with pytest.raises(ModelNotFound):
         route_model(MODELS, "next-name", "/v1/completions", 0.0)

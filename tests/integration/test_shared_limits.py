@@ -47,7 +47,7 @@ async def test_two_activator_processes_share_the_revision_s_limits(
     first, second = two_activators
 
     def streams() -> int:
-        return sum(s.path == "/stream" for s in upstream.seen)
+        return sum(s.path == "/v1/responses/stream" for s in upstream.seen)
 
     try:
         async with serve(upstream) as up, httpx.AsyncClient(timeout=30) as c:
@@ -58,16 +58,16 @@ async def test_two_activator_processes_share_the_revision_s_limits(
             until = time.monotonic() + 3.5
             while time.monotonic() < until:
                 for base in two_activators:
-                    r = await c.get(f"{base}/default/chat/v1/x")
+                    r = await c.get(f"{base}/default/chat/v1/responses/x")
                     assert r.status_code in (200, 404)  # 404 until the services arrive
                 await asyncio.sleep(0.2)
             held = [
-                asyncio.create_task(c.get(f"{base}/default/chat/stream?n=2"))
+                asyncio.create_task(c.get(f"{base}/default/chat/v1/responses/stream?n=2"))
                 for base in (first, first, second, second)
             ]
             await _until(lambda: streams() == 2)
             await asyncio.sleep(0.5)
-            refused = [(await c.get(f"{base}/default/chat/v1/x")) for base in two_activators]
+            refused = [(await c.get(f"{base}/default/chat/score")) for base in two_activators]
             assert streams() == 2  # in flight on the replica: cc, not 2 x cc
             upstream.gate.set()
             answers = await asyncio.gather(*held)

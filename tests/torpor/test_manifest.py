@@ -238,15 +238,16 @@ def test_underscore_spellings_of_the_runtimes_flags_are_those_flags() -> None:
 def test_env_ports_concurrency_timeout() -> None:
     doc = base()
     container(doc)["env"] = [
-        {"name": "B", "value": "2"},
-        {"name": "A", "value": "1"},
-        {"name": "EMPTY"},
+        {"name": "APP_B", "value": "2"},
+        {"name": "APP_A", "value": "1"},
+        {"name": "APP_EMPTY"},
     ]
     container(doc)["ports"] = [{"containerPort": 9000, "name": "http1"}]
     doc["spec"]["template"]["spec"]["containerConcurrency"] = 4
     doc["spec"]["template"]["spec"]["timeoutSeconds"] = 600
     t = parse(doc).template
-    assert t.runtime.env == (("B", "2"), ("A", "1"), ("EMPTY", ""))  # order kept for $(VAR)
+    # order kept for $(VAR)
+    assert t.runtime.env == (("APP_B", "2"), ("APP_A", "1"), ("APP_EMPTY", ""))
     assert t.runtime.container_port == 9000
     assert t.container_concurrency == 4
     assert t.timeout_s == 600.0
@@ -534,7 +535,7 @@ def test_digest_ignores_formatting_and_fields_torpor_does_not_read() -> None:
     [
         lambda d: container(d)["args"].append("--enforce-eager"),
         lambda d: container(d).update(image="other:1"),
-        lambda d: container(d).update(env=[{"name": "A", "value": "1"}]),
+        lambda d: container(d).update(env=[{"name": "APP_A", "value": "1"}]),
         lambda d: d["spec"]["template"]["spec"].update(timeoutSeconds=30),
         lambda d: d["spec"]["template"].update(metadata={"name": "chat-x"}),
         lambda d: d["spec"]["template"].update(
@@ -827,14 +828,44 @@ def test_the_cap_is_the_platforms_to_set() -> None:
 )
 def test_env_may_not_override_loader_interpreter_or_platform_variables(name: str) -> None:
     doc = base()
-    container(doc)["env"] = [{"name": "OK", "value": "1"}, {"name": name, "value": "/tmp/x"}]
+    container(doc)["env"] = [{"name": "APP_OK", "value": "1"}, {"name": name, "value": "/tmp/x"}]
     err = rejects(doc, "spec.template.spec.containers[0].env[1].name")
     assert err.reason.startswith(f"{name} ")
     assert "may not set it" in err.reason or "set by the platform" in err.reason
 
 
 @pytest.mark.parametrize(
-    "name", ["VLLM_LOGGING_LEVEL", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES", "ld_preload", "PATHS"]
+    "name",
+    ["SAGEMAKER_MODEL_PATH", "VLLM_SERVER_DEV_MODE", "VLLM_PLUGINS", "SOMETHING_ELSE", "app_x",
+     "VLLM_USE_V2_HOOK", "HF_HOME"],
+)
+def test_env_outside_the_allow_list_is_refused_with_its_field_named(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 23: SAGEMAKER_MODEL_PATH made vLLM execute <dir>/model.py; dev mode opened endpoints.
+    doc = base()
+    container(doc)["env"] = [{"name": "APP_OK", "value": "1"}, {"name": name, "value": "/tmp/x"}]
+    err = rejects(doc, "spec.template.spec.containers[0].env[1].name")
+    assert err.reason.startswith(f"{name} ") and "may not set it" in err.reason
+    # The operator's extension opens other names, never the forbidden ones.
+    monkeypatch.setenv("TORPOR_REPLICA_ENV_ALLOW", "SOMETHING_ELSE, app_*,HF_HOME,SAGEMAKER_*")
+    if name in ("SOMETHING_ELSE", "app_x", "HF_HOME"):
+        assert parse(doc).template.runtime.env[1] == (name, "/tmp/x")
+    elif name != "VLLM_USE_V2_HOOK":
+        rejects(doc, "spec.template.spec.containers[0].env[1].name")
+
+
+@pytest.mark.parametrize("arg", ["--config=/tmp/x.yaml", "--config", "--conf=x.yaml",
+                                 "--config.port=1"])
+def test_a_config_file_flag_is_refused(arg: str) -> None:
+    # Issue 23: vLLM's --config FILE (YAML) can set any flag, --uds included.
+    doc = base()
+    container(doc)["args"] = ["--model=/m", arg, "/tmp/x.yaml"]
+    rejects(doc, "spec.template.spec.containers[0].args[1]")
+
+
+@pytest.mark.parametrize(
+    "name", ["VLLM_LOGGING_LEVEL", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES", "APP_MODE", "TZ"]
 )
 def test_model_settings_in_env_pass(name: str) -> None:
     doc = base()

@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from torpor.manifest.env import denied_env, denied_list
+from torpor.manifest.env import denied_env, denied_list, forbidden_env
 from torpor.manifest.errors import ManifestError
 from torpor.manifest.fields import (
     child,
@@ -46,6 +46,9 @@ RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
 PLATFORM_FLAGS = frozenset(
     {"--host", "--port", "--uds", "--replica-id", "--launched-at", "--cache-dir"}
 )
+# Flags that read a file of further settings: vLLM's ``--config FILE`` (YAML) can set any flag,
+# the platform's included (``uds:`` moved the listener past the flag check). Refused.
+CONFIG_FLAGS = frozenset({"--config"})
 # Flags the runtime takes from the manifest (the model it resolves, the name it serves).
 OWNED_FLAGS = ("--model", "--served-model-name")
 MAX_ARGS = 256
@@ -104,9 +107,17 @@ def _split_args(raw: list[Any], path: str) -> tuple[str, str | None, tuple[str, 
             raise ManifestError(field, "a bare -- would turn the platform's flags into values")
         if base in PLATFORM_FLAGS:
             raise ManifestError(field, f"{written} is set by the platform for each replica")
+        if base in CONFIG_FLAGS:
+            raise ManifestError(
+                field, f"{written} reads flags from a file, past this check; give them in args"
+            )
         full = abbreviated(base)
         if full is not None:
-            whose = "set by the platform" if full in PLATFORM_FLAGS else "the runtime's"
+            whose = (
+                "set by the platform" if full in PLATFORM_FLAGS
+                else "refused" if full in CONFIG_FLAGS
+                else "the runtime's"
+            )
             raise ManifestError(
                 field, f"{written} abbreviates {full} ({whose}); spell flags in full"
             )
@@ -151,7 +162,7 @@ def abbreviated(flag: str) -> str | None:
     for that flag, or refuse it as ambiguous); None for anything else."""
     if not flag.startswith("--") or len(flag) <= 2:
         return None
-    for full in (*sorted(PLATFORM_FLAGS), *OWNED_FLAGS):
+    for full in (*sorted(PLATFORM_FLAGS), *sorted(CONFIG_FLAGS), *OWNED_FLAGS):
         if full != flag and full.startswith(flag):
             return full
     return None
@@ -173,9 +184,11 @@ def _env(raw: list[Any], path: str) -> tuple[tuple[str, str], ...]:
             raise ManifestError(child(at, "name"), f"{name} is set by the platform")
         why = denied_env(name)
         if why is not None:
+            never = forbidden_env(name) is not None
             raise ManifestError(
                 child(at, "name"),
-                f"{name} {why}; a manifest may not set it (denied: {denied_list()})",
+                f"{name} {why}; a manifest may not set it"
+                + (f" (never allowed: {denied_list()})" if never else ""),
             )
         if name in seen:
             raise ManifestError(child(at, "name"), f"{name} is set twice")

@@ -210,7 +210,7 @@ async def test_sigterm_drains_every_worker_and_ends_them_all(
                 await asyncio.to_thread(activators.wait_serving, {"act-0", "act-1"})
                 workers = _children(activators.proc.pid)
                 async with httpx.AsyncClient(timeout=30) as client:
-                    call = asyncio.create_task(client.get(f"{activators.url}/default/chat/v1/x"))
+                    call = asyncio.create_task(client.get(f"{activators.url}/default/chat/score"))
                     await asyncio.wait_for(arrived.wait(), 10)
 
                     activators.proc.send_signal(signal.SIGTERM)
