@@ -72,6 +72,7 @@ class KeepAliveSpec:
     # Without a representative history: None, the rent-or-buy break-even; a number, a fixed
     # keep-alive (the product keeps Knative's window-and-grace rule then: decide.keepalive_spec).
     fallback_keep_s: float | None = None
+    tail_rent_or_buy: bool = True
     max_count: int = 2000  # counts halve beyond this: bounded memory, recent gaps weigh more
 
     def __post_init__(self) -> None:
@@ -199,6 +200,11 @@ def _best_keep(
     return best
 
 
+def _largest(spec: KeepAliveSpec, model: GapModel) -> float:
+    """The upper edge of the highest bin with a gap in it."""
+    return (model.counts[-1][0] + 1) * spec.bin_s if model.counts else 0.0
+
+
 def ready_hold(spec: KeepAliveSpec) -> float:
     """How long the last replica stays ready after its work: the knob, or the break-even of
     ready (1 per second) against the cover tier (its rate, plus one wake's accelerator time)."""
@@ -226,6 +232,10 @@ def schedule(spec: KeepAliveSpec, model: GapModel) -> Schedule:
         edges = [hold] + [b * spec.bin_s for b in range(1, spec.bins + 1) if b * spec.bin_s > hold]
         best, keep = _best_keep(spec, model, cover.rate, 0.0, edges)
         keep *= 1.0 + spec.margin
+        if spec.tail_rent_or_buy and model.beyond == 0 and keep > _largest(spec, model):
+            # Every gap seen so far is covered: the histogram says nothing about longer ones,
+            # so the unseen tail gets the distribution-free rule, rent-or-buy's break-even.
+            keep = max(keep, hold + miss / max(cover.rate, 1e-9))
         learned, reason = True, f"{model.n} gaps: keep to {keep:g}s"
         head = model.percentile(spec, spec.head_pct)
         if spec.prewarm and head - spec.cold_start_s >= hold:

@@ -45,13 +45,24 @@ def test_without_tiers_it_is_ready_then_zero_and_the_break_even_is_ten_times_sho
     assert s.keep_s == pytest.approx(77.0)
 
 
-def test_short_regular_gaps_are_covered_and_long_rare_ones_are_not_paid_for() -> None:
+def test_short_gaps_are_covered_and_the_unseen_tail_gets_rent_or_buy() -> None:
     rng = random.Random(3)
     gaps = [rng.uniform(5, 40) for _ in range(200)]
-    s = schedule(KeepAliveSpec(tiers=False), model_of(KeepAliveSpec(tiers=False), gaps))
+    plain = KeepAliveSpec(tiers=False, tail_rent_or_buy=False)
+    s = schedule(plain, model_of(plain, gaps))
     assert s.learned
     assert 40 <= s.keep_s <= 60  # just past the observed gaps (+10% margin), not the fallback
     assert s.at(30)[0] is Tier.READY and s.at(s.keep_s + 1)[0] is Tier.ZERO
+    # Every gap seen is covered, so nothing is known of longer ones: rent-or-buy for those.
+    tail = KeepAliveSpec(tiers=False)
+    assert schedule(tail, model_of(tail, gaps)).keep_s == pytest.approx(17.0 + 60.0)
+
+
+def test_gaps_not_worth_covering_are_not_paid_for() -> None:
+    spec = KeepAliveSpec(tiers=False)
+    gaps = [10.0] * 90 + [3000.0] * 10  # a tenth of the gaps are long: covering them costs more
+    s = schedule(spec, model_of(spec, gaps))
+    assert s.keep_s < 77.0
 
 
 def test_a_higher_price_of_a_wait_never_keeps_the_replica_for_less() -> None:
