@@ -26,7 +26,12 @@ import uvloop
 
 from activator.app import ActivatorConfig, build_activator
 from activator.auth import FileKeyStore
-from activator.http.http1 import BODY_IDLE_TIMEOUT_S, HEAD_TIMEOUT_S, HttpLimits
+from activator.http.http1 import (
+    BODY_IDLE_TIMEOUT_S,
+    BODY_TIMEOUT_S,
+    HEAD_TIMEOUT_S,
+    HttpLimits,
+)
 from activator.http.server import uvicorn_config
 from activator.http.workers import bind_listeners, exit_when_orphaned, run_workers
 from torpor.bus.redis import RedisBus
@@ -65,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=BODY_IDLE_TIMEOUT_S,
         help="seconds a request body may stall while it is being read (then 408)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=BODY_TIMEOUT_S,
+        help="seconds the whole request body may take, however it trickles (then 408)",
     )
     p.add_argument(
         "--max-connections",
@@ -134,8 +145,10 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def _limits(args: argparse.Namespace) -> HttpLimits:
     if args.max_connections is None:
-        return HttpLimits(args.head_timeout, args.body_idle_timeout)
-    return HttpLimits(args.head_timeout, args.body_idle_timeout, args.max_connections)
+        return HttpLimits(args.head_timeout, args.body_idle_timeout,
+                          body_timeout_s=args.body_timeout)
+    return HttpLimits(args.head_timeout, args.body_idle_timeout, args.max_connections,
+                      body_timeout_s=args.body_timeout)
 
 
 def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
@@ -149,6 +162,7 @@ def _worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]
         f"--drain-timeout={args.drain_timeout}",
         f"--head-timeout={args.head_timeout}",
         f"--body-idle-timeout={args.body_idle_timeout}",
+        f"--body-timeout={args.body_timeout}",
         f"--keepalive-interval={args.keepalive_interval}",
         f"--engine-load-interval={args.engine_load_interval}",
         f"--resync-interval={args.resync_interval}",

@@ -81,6 +81,11 @@ HEAD_TIMEOUT_S = 10.0
 # count). A body is at most ``ActivatorConfig.max_body_bytes`` (8 MiB), read whole before it is
 # forwarded, so a client that stops sending it for this long is not coming back.
 BODY_IDLE_TIMEOUT_S = 30.0
+# The whole body, from the end of its head (issue 23): a client that keeps a request alive with a
+# byte every 20 s never trips the idle timeout above. 8 MiB (the largest body) in 60 s is a rate
+# of 140 KB/s; a prompt of 100 KB needs 1.7 KB/s. Time the server is not reading (flow control,
+# pipelining, ``Expect: 100-continue``) does not count.
+BODY_TIMEOUT_S = 60.0
 # File descriptors kept out of the connection cap for everything else the process opens: the
 # listening socket, the bus connection, log files, the event loop's own.
 FD_RESERVE = 64
@@ -115,9 +120,10 @@ class HttpLimits:
     body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S
     max_connections: int = field(default_factory=default_max_connections)
     reserve: int = -1  # -1: a tenth of max_connections
+    body_timeout_s: float = BODY_TIMEOUT_S  # the whole body, however it trickles
 
     def __post_init__(self) -> None:
-        if self.head_timeout_s <= 0 or self.body_idle_timeout_s <= 0:
+        if self.head_timeout_s <= 0 or self.body_idle_timeout_s <= 0 or self.body_timeout_s <= 0:
             raise ValueError("HTTP read timeouts must be positive")
         if self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
@@ -373,6 +379,7 @@ class Http1Protocol(asyncio.Protocol):
         # while none are. One timer per connection, re-armed lazily like the keep-alive one.
         self._read_deadline = 0.0
         self._read_timer: asyncio.TimerHandle | None = None
+        self._body_deadline = 0.0  # when the body being read must be whole; 0: none is read
         self._quiet_since = 0.0  # when the connection last stopped serving a request
         # An error for a request behind others in the pipeline: answered after theirs.
         self._pending_error: ActivatorError | None = None
@@ -506,7 +513,8 @@ class Http1Protocol(asyncio.Protocol):
                 exchange.expect_continue = True
         self.parsing = exchange
         self._in_trailers = True
-        self._expect_bytes(self.limits.body_idle_timeout_s)
+        self._body_deadline = self.loop.time() + self.limits.body_timeout_s
+        self._expect_bytes(min(self.limits.body_idle_timeout_s, self.limits.body_timeout_s))
         if self.current is None:
             self._start(exchange)
         else:
@@ -514,7 +522,9 @@ class Http1Protocol(asyncio.Protocol):
             self.pause_reading()
 
     def on_body(self, body: bytes) -> None:
-        self._read_deadline = self.loop.time() + self.limits.body_idle_timeout_s
+        self._read_deadline = min(
+            self.loop.time() + self.limits.body_idle_timeout_s, self._body_deadline
+        )
         exchange = self.parsing
         if exchange is None or exchange.response_complete:
             return
@@ -526,6 +536,7 @@ class Http1Protocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._read_deadline = 0.0
+        self._body_deadline = 0.0
         exchange, self.parsing = self.parsing, None
         if exchange is not None:
             exchange.more_body = False
@@ -535,7 +546,12 @@ class Http1Protocol(asyncio.Protocol):
 
     def _expect_bytes(self, within_s: float) -> None:
         self._read_deadline = self.loop.time() + within_s
-        if self._read_timer is None and self.transport is not None:
+        timer = self._read_timer
+        if timer is not None and timer.when() > self._read_deadline:
+            # A shorter deadline than the one armed (a body's after a long head deadline).
+            timer.cancel()
+            self._read_timer = timer = None
+        if timer is None and self.transport is not None:
             self._read_timer = self.loop.call_at(self._read_deadline, self._read_check)
 
     def _read_check(self) -> None:
@@ -553,9 +569,13 @@ class Http1Protocol(asyncio.Protocol):
             # The server stopped reading (flow control, pipelining) or has not yet asked for the
             # body (``Expect: 100-continue``): the client is not late.
             self._read_deadline = deadline = now + limit
+            if self._body_deadline:
+                self._body_deadline = max(self._body_deadline, now + limit)
         if now < deadline:
             self._read_timer = self.loop.call_at(deadline, self._read_check)
             return
+        if waiting is not None and self._body_deadline and now >= self._body_deadline:
+            limit, what = self.limits.body_timeout_s, "whole request body"
         self._refuse(RequestTimeout(f"The {what} did not arrive within {limit:g} s."))
 
     def _quiet(self) -> bool:

@@ -99,6 +99,8 @@ async def test_knative_container_contract(tmp_path: Path) -> None:
     model = make_tiny_llama(tmp_path / "tiny")
     port = free_port()
     cache = tmp_path / "node-cache"
+    token_file = tmp_path / "platform-token"
+    token_file.write_text("knative-platform-token\n")
     env = dict(
         os.environ,
         PORT=str(port),
@@ -110,6 +112,7 @@ async def test_knative_container_contract(tmp_path: Path) -> None:
         TORPOR_CACHE_DIR=str(cache),
         VLLM_CPU_KVCACHE_SPACE="1",
         PYTHONPATH=str(REPO),
+        TORPOR_PLATFORM_TOKEN_FILE=str(token_file),  # a mounted Secret on Knative (issue 23)
     )
     log = tmp_path / "replica.log"
     with log.open("wb") as f:
@@ -135,7 +138,10 @@ async def test_knative_container_contract(tmp_path: Path) -> None:
             assert paths == {"/health"}
             for path in paths:
                 assert (await c.get(path)).status_code == 200, path
-            metrics = (await c.get("/metrics")).text
+            assert (await c.get("/metrics")).status_code == 403  # the platform's route
+            metrics = (await c.get(
+                "/metrics", headers={"X-Torpor-Platform-Token": "knative-platform-token"}
+            )).text
         phase_lines = [
             line for line in metrics.splitlines()
             if line.startswith("torpor_runtime_startup_phase_seconds{")

@@ -18,6 +18,8 @@ from harness.ports import free_port
 from runtime.tinymodel import make_tiny_llama
 
 pytestmark = pytest.mark.e2e
+TOKEN = "e2e-platform-token"
+PLATFORM_HEADER = "X-Torpor-Platform-Token"
 REPO = Path(__file__).resolve().parents[2]
 pytest.importorskip("vllm")
 
@@ -66,7 +68,9 @@ async def ask(port: int) -> tuple[str, str, str]:
                 },
             )
         ).json()
-        metrics = (await c.get("/metrics")).text
+        # /metrics is a platform route (issue 23): refused without the replica's credential.
+        assert (await c.get("/metrics")).status_code == 403
+        metrics = (await c.get("/metrics", headers={PLATFORM_HEADER: TOKEN})).text
     assert 'torpor_runtime_startup_phase_seconds{phase="engine_ready"}' in metrics
     assert "vllm:num_requests_running" in metrics
     return comp["choices"][0]["text"], chat["choices"][0]["message"]["content"], metrics
@@ -78,6 +82,7 @@ def env_for(tmp_path: Path) -> dict[str, str]:
         TORPOR_HOME=str(tmp_path / "home"),
         VLLM_CPU_KVCACHE_SPACE="1",
         PYTHONPATH=str(REPO),
+        TORPOR_PLATFORM_TOKEN=TOKEN,
     )
 
 
