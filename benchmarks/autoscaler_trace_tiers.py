@@ -466,13 +466,24 @@ def plot(result: dict[str, Any], out: Path) -> None:
         ):
             xs = [p["cost"]["0.1"] for p in cv[key]]
             ax.plot(xs, [p["over_target"] for p in cv[key]], style, label=label)
+        orc = next(
+            r for r in result["results"] if str(r["n_services"]) == n and r["policy"] == "oracle"
+        )
         oc = cv["oracle_cost_by_waits"]
-        ax.plot(oc, list(range(len(oc))), "r:", label="oracle (cost @0.1)")
+        base = orc["over_target"]
+        ax.plot(oc, [base + k for k in range(len(oc))], "r:")
+        ax.plot([oc[0]], [base], "r*", ms=12, label="oracle (cost @0.1)")
         for r in result["results"]:
-            if str(r["n_services"]) == n and r["policy"] in ("torpor", "kpa-default", "kpa-best"):
+            if str(r["n_services"]) == n and r["policy"] in (
+                "torpor",
+                "torpor-no-tiers",
+                "kpa-default",
+                "kpa-best",
+                "oracle",
+            ):
                 ax.annotate(r["policy"], (r["cost"]["0.1"], r["over_target"]), fontsize=7)
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=10)
+        ax.set_yscale("log")
         ax.set_xlabel("cost: accelerator-s + 0.1 x (suspended-s + standby-s)")
         ax.set_ylabel("over-target waits (first requests excluded)")
         ax.set_title(f"{result['meta']['label']}, N = {n}", fontsize=9)
