@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from activator import engine_load
-from activator.auth import KeyStore, authorize, strip_credentials
+from activator.auth import KeyStore, Unauthorized, authorize, bearer, strip_credentials
 from activator.deadlines import Deadlines
 from activator.errors import (
     ActivatorError,
@@ -108,6 +109,10 @@ class ActivatorConfig:
     # Where per-service API keys are read (``torpor.dev/api-keys-secret``); None: a service that
     # asks for keys is refused (fail closed), services without keys are unaffected.
     key_store: KeyStore | None = None
+    # ``/metrics`` answers only ``Authorization: Bearer <metrics_token>`` when set (issue 23: it
+    # lists every namespace and service); the embedded platform sets its control token. None:
+    # open, for a cluster that keeps the activator's port off the clients' network.
+    metrics_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.activator_id:
@@ -489,6 +494,13 @@ class Activator:
             await _send_error(send, error)
             return
         if isinstance(route, Local):
+            if route.name == "metrics" and not self._metrics_allowed(scope["headers"]):
+                self.metrics.count("", "", "", 401)
+                await _send_error(send, Unauthorized(
+                    "the activator's /metrics needs the control token: "
+                    "'Authorization: Bearer <token>'"
+                ))
+                return
             await self._local(route, send)
             return
         if isinstance(route, ModelList):
@@ -610,6 +622,13 @@ class Activator:
             if counted is not None:
                 queue.adapter_finished(counted)
             self.metrics.count(labels.namespace, labels.service, labels.revision, code)
+
+    def _metrics_allowed(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        expected = self.config.metrics_token
+        if expected is None:
+            return True
+        token = bearer(headers)
+        return token is not None and hmac.compare_digest(token.encode(), expected.encode())
 
     async def _local(self, route: Local, send: Send) -> None:
         if route.name == "metrics":

@@ -23,9 +23,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import unquote_to_bytes
 
 from activator.errors import ActivatorError
+from torpor.credentials import is_credential_name, strip_credential_params
 from torpor.spec import RevisionSpec
 
 Headers = list[tuple[bytes, bytes]]
@@ -159,7 +159,7 @@ def authorize(store: KeyStore | None, revision: RevisionSpec, headers: Headers) 
     """
     secret = revision.api_keys_secret
     if not secret:
-        return headers
+        return strip_credential_headers(headers, keep_authorization=True)
     namespace = revision.ref.namespace
     if store is None:
         raise KeysUnavailable(
@@ -179,43 +179,27 @@ def authorize(store: KeyStore | None, revision: RevisionSpec, headers: Headers) 
         )
     if not matches(token, digests):
         raise Unauthorized(f"the API key is not valid for service {revision.service!r}")
-    return [(n, v) for n, v in headers if n != b"authorization"]
+    return strip_credential_headers(headers, keep_authorization=False)
 
 
-# Query parameters that carry credentials by common convention. Keys are only accepted in the
-# Authorization header, but clients (and some SDKs' ``?api_key=`` / ``?key=`` habits) put them in
-# the query string too; forwarded, a replica would log them with the request line (vLLM's access
-# log does). They are dropped before forwarding, compared case-insensitively after
-# percent-decoding the name. Documented in README's Reliability section.
-CREDENTIAL_PARAMS = frozenset(
-    {
-        "api_key",
-        "api-key",
-        "apikey",
-        "key",
-        "token",
-        "access_token",
-        "id_token",
-        "refresh_token",
-        "auth",
-        "authorization",
-        "password",
-        "secret",
-        "client_secret",
-    }
-)
+# Query parameters and headers that carry credentials are dropped before forwarding, by the rule of
+# ``torpor.credentials`` (a name containing key, token, secret, auth, pass, credential, signature,
+# session or cookie, case-insensitively, after percent-decoding), not by a list of spellings:
+# forwarded, a replica would log them with the request line (vLLM's access log does) or pass
+# them on. Documented in README's Reliability section.
 
 
 def strip_credentials(query: bytes) -> bytes:
-    """``query`` without its credential parameters (``CREDENTIAL_PARAMS``); the rest byte-exact."""
-    if not query:
-        return query
-    kept = [part for part in query.split(b"&") if not _is_credential(part)]
-    return b"&".join(kept)
+    """``query`` without its credential parameters; the rest byte-exact."""
+    return strip_credential_params(query)
 
 
-def _is_credential(part: bytes) -> bool:
-    name = part.split(b"=", 1)[0]
-    if b"%" in name or b"+" in name:
-        name = unquote_to_bytes(name.replace(b"+", b" "))
-    return name.strip().lower().decode("latin-1") in CREDENTIAL_PARAMS
+def strip_credential_headers(headers: Headers, *, keep_authorization: bool) -> Headers:
+    """``headers`` without those whose names carry credentials (``X-Api-Key``, ``Cookie``,
+    ``Proxy-Authorization``, ``X-Torpor-Platform-Token``...). ``Authorization`` stays only for a
+    service without torpor's keys, whose replica may check its own (vLLM's ``--api-key``)."""
+    return [
+        (n, v) for n, v in headers
+        if not is_credential_name(n.decode("latin-1"))
+        or (keep_authorization and n.lower() == b"authorization")
+    ]

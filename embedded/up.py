@@ -105,7 +105,11 @@ async def embedded_platform(config: EmbeddedConfig) -> AsyncIterator[RunningPlat
     )
     keys = FileKeyStore(state.root / "secrets")  # torpor.dev/api-keys-secret: NAME
     activator = build_activator(
-        bus, ActivatorConfig(activator_id="embedded", domain=config.domain, key_store=keys)
+        bus,
+        ActivatorConfig(
+            activator_id="embedded", domain=config.domain, key_store=keys,
+            metrics_token=token,  # /metrics lists every service: behind the control token
+        ),
     )
     pool = WarmPool(config.warm_pool, state.root)
     launcher = WarmPoolLauncher(

@@ -1,0 +1,78 @@
+"""Credentials are never forwarded (issue 23, finding 5): query parameters and headers that carry
+one are dropped by rule, not by spelling; the activator's /metrics wants the control token."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from activator.routing import resolve
+from tests.activator.conftest import ActivatorFactory, Upstream, endpoints, serve, service
+from tests.activator.test_routing import TABLE
+from torpor.credentials import is_credential_name, strip_credential_params
+
+KEY = "default/chat-00001"
+HOST = {"Host": "chat.default.example.com"}
+
+# 29 spellings of a credential parameter (the tester tried 29; 17 passed the old list).
+SPELLINGS = [
+    "api_key", "apiKey", "API-KEY", "x-api-key", "key", "apikey", "api.key", "access_token",
+    "accessToken", "token", "auth", "auth_token", "authorization", "bearer_auth", "password",
+    "passwd", "pwd", "secret", "client_secret", "clientSecret", "credential", "credentials",
+    "signature", "X-Amz-Signature", "X-Amz-Security-Token", "session", "sessionid",
+    "openai_api_key", "hf_token",
+]
+
+
+@pytest.mark.parametrize("name", SPELLINGS)
+def test_every_spelling_of_a_credential_parameter_is_dropped(name: str) -> None:
+    assert is_credential_name(name)
+    encoded = name.replace("_", "%5F").encode()
+    for spelled in (name.encode(), encoded, name.upper().encode()):
+        assert strip_credential_params(b"model=m&" + spelled + b"=sk-1&n=2") == b"model=m&n=2"
+
+
+def test_ordinary_parameters_pass() -> None:
+    query = b"model=m&stream=true&n=2&temperature=0&user=u&api-version=2024"
+    assert strip_credential_params(query) == query
+
+
+async def test_credential_headers_and_params_never_reach_the_replica(
+    running_activator: ActivatorFactory,
+) -> None:
+    upstream = Upstream()
+    async with serve(upstream) as url, running_activator((service(),)) as running:
+        await running.bus.publish_endpoints(endpoints(KEY, url))
+        async with httpx.AsyncClient(base_url=running.url, headers=HOST) as c:
+            query = "&".join(f"{n}=s3cret" for n in SPELLINGS) + "&model=m"
+            answer = await c.get(f"/v1/responses/x?{query}", headers={
+                "X-Api-Key": "s3cret", "Api-Key": "s3cret", "Cookie": "session=s3cret",
+                "Proxy-Authorization": "Basic s3cret", "X-Auth-Token": "s3cret",
+                "X-Torpor-Platform-Token": "s3cret", "X-Request-Id": "r1",
+            })
+    assert answer.status_code == 200
+    seen = upstream.seen[0]
+    assert seen.query == "model=m"
+    assert "s3cret" not in repr(seen.headers)
+    assert seen.headers.get("x-request-id") == "r1"
+
+
+async def test_activator_metrics_want_the_control_token(
+    running_activator: ActivatorFactory,
+) -> None:
+    async with running_activator((service(),), metrics_token="ctl") as running, \
+            httpx.AsyncClient(base_url=running.url) as c:
+        assert (await c.get("/metrics")).status_code == 401
+        nope = await c.get("/metrics", headers={"Authorization": "Bearer nope"})
+        assert nope.status_code == 401
+        ok = await c.get("/metrics", headers={"Authorization": "Bearer ctl"})
+        assert ok.status_code == 200 and "torpor_activator" in ok.text
+        assert (await c.get("/healthz")).status_code == 200
+
+
+def test_a_replicas_metrics_are_never_forwarded() -> None:
+    from activator.errors import PlatformEndpoint
+
+    for host, path in (("chat.default.example.com", "/metrics"), ("", "/default/chat/metrics")):
+        with pytest.raises(PlatformEndpoint):
+            resolve(TABLE, host, path, 0.0)
