@@ -491,6 +491,9 @@ class Activator:
             route = resolve(self._table, host, raw_path, self._rng.random())
         except ActivatorError as error:
             self.metrics.count("", "", "", error.status)
+            # A small refused body is read first: closing on unread bytes resets the connection,
+            # and the client can lose the answer with it.
+            await _drain(receive, _DRAIN_BYTES)
             await _send_error(send, error)
             return
         if isinstance(route, Local):
@@ -648,6 +651,21 @@ class Activator:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+_DRAIN_BYTES = 64 * 1024
+
+
+async def _drain(receive: Receive, limit: int) -> None:
+    """Read and drop up to ``limit`` bytes of a request body that will not be forwarded."""
+    read = 0
+    while read <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        read += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

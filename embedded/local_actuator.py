@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -51,7 +52,13 @@ from typing import Protocol
 import httpx
 
 from autoscaler.actuator import Phase, Replica
-from runtime.contract import ENV_HOME, ENV_PLATFORM_TOKEN, ServeArgs, find_startup_report
+from runtime.contract import (
+    ENV_HOME,
+    ENV_LORA_ADAPTERS,
+    ENV_PLATFORM_TOKEN,
+    ServeArgs,
+    find_startup_report,
+)
 from torpor.credentials import PLATFORM_HEADER
 from torpor.manifest.env import container_env, expand
 from torpor.spec import LivenessProbe, RevisionSpec
@@ -412,6 +419,11 @@ class LocalActuator:
         env = replica_env(revision, self._home, os.environ)
         token = secrets.token_urlsafe(32)
         env[ENV_PLATFORM_TOKEN] = token
+        if revision.lora is not None:
+            # The adapters the replica may load, as the autoscaler's loads name them.
+            env[ENV_LORA_ADAPTERS] = json.dumps(
+                {a.name: local_model_path(a.source, self._home) for a in revision.lora.adapters}
+            )
         args = runtime_args(
             revision,
             own_env(revision, self._home),  # args expand from the replica's own env only

@@ -98,12 +98,31 @@ class PlatformGate:
         headers = list(scope.get("headers", ()))
         platform = self._platform(headers)
         if not platform and not self.is_client_route(_route_path(scope)):
+            await _drain(scope, receive)
             await _refuse(scope, send)
             return
         # In place: uvicorn's access log reads the same scope object.
         scope["query_string"] = strip_credential_params(scope.get("query_string", b""))
         scope["headers"] = [(k, v) for k, v in headers if k.lower() != PLATFORM_HEADER]
         await self.app(scope, receive, send)
+
+
+_DRAIN_BYTES = 1024 * 1024
+
+
+async def _drain(scope: MutableMapping[str, Any], receive: Any) -> None:
+    """Read (and drop) a small refused body first: a connection closed with unread bytes is
+    reset, and the client may lose the answer with it."""
+    if scope["type"] != "http":
+        return
+    read = 0
+    while read <= _DRAIN_BYTES:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        read += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
 
 
 async def _refuse(scope: MutableMapping[str, Any], send: Any) -> None:

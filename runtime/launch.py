@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from runtime.adapter_load import AdapterCacheMiddleware
+from runtime.adapter_load import AdapterCacheMiddleware, declared_adapters
 from runtime.args import LaunchConfig, runtime_env, vllm_argv
 from runtime.cache import WeightCache
 from runtime.contract import ENV_CPU_ATTN_ISA, ENV_CPU_ENGINE_LINE, ContractError
@@ -162,7 +162,8 @@ async def serve(cfg: LaunchConfig, recorder: PhaseRecorder) -> None:
             app.middleware_stack = FirstTokenMiddleware(app.middleware_stack, first_token)
             # An adapter's lora_path is copied through the weight cache, as --model is.
             app.middleware_stack = AdapterCacheMiddleware(
-                app.middleware_stack, lambda source: resolve_adapter(cfg, source)
+                app.middleware_stack, lambda source: resolve_adapter(cfg, source),
+                declared_adapters(os.environ),
             )
             # Outermost: clients reach the inference routes only (issue 23).
             app.middleware_stack = gate(app, app.middleware_stack, cfg.platform_token)

@@ -1,0 +1,74 @@
+"""Adapters only as declared (issue 23): the replica loads only the revision's declared adapters
+from their declared sources, and never through SageMaker's ``/adapters``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from runtime.adapter_load import AdapterCacheMiddleware, declared_adapters
+from runtime.contract import ContractError
+
+DECLARED = {"tiny-sql": "/home/m/models/tiny-sql"}
+
+
+def _client(declared: dict[str, str] | None) -> tuple[httpx.AsyncClient, list[Any]]:
+    seen: list[Any] = []
+
+    async def vllm(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["path"], (await receive()).get("body")))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = AdapterCacheMiddleware(vllm, lambda src: Path("/cache") / Path(src).name, declared)
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(transport=transport, base_url="http://replica"), seen
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"lora_name": "evil", "lora_path": "/tmp/evil"},
+        {"lora_name": "tiny-sql", "lora_path": "/tmp/evil"},  # a declared name, another source
+        {"lora_name": "tiny-sql"},
+        {"lora_path": "/home/m/models/tiny-sql"},
+    ],
+)
+async def test_undeclared_loads_are_refused(body: dict[str, str]) -> None:
+    client, seen = _client(DECLARED)
+    async with client as c:
+        r = await c.post("/v1/load_lora_adapter", json=body)
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "adapter_not_declared"
+    assert seen == []
+
+
+async def test_a_declared_load_goes_through_the_cache() -> None:
+    client, seen = _client(DECLARED)
+    async with client as c:
+        r = await c.post("/v1/load_lora_adapter",
+                         json={"lora_name": "tiny-sql", "lora_path": "/home/m/models/tiny-sql"})
+    assert r.status_code == 200
+    assert seen and b'"/cache/tiny-sql"' in seen[0][1]
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/adapters"), ("DELETE", "/adapters/x"),
+                                              ("POST", "/adapters/")])
+async def test_sagemaker_adapter_routes_are_refused_even_to_the_platform(
+    method: str, path: str
+) -> None:
+    for declared in (DECLARED, None):
+        client, seen = _client(declared)
+        async with client as c:
+            r = await c.request(method, path, json={"name": "tiny-sql", "src": "/tmp/evil"})
+        assert r.status_code == 403 and seen == []
+
+
+def test_declared_adapters_from_the_environment() -> None:
+    assert declared_adapters({}) is None
+    assert declared_adapters({"TORPOR_LORA_ADAPTERS": '{"a": "/m/a"}'}) == {"a": "/m/a"}
+    with pytest.raises(ContractError):
+        declared_adapters({"TORPOR_LORA_ADAPTERS": "[1]"})
