@@ -92,6 +92,9 @@ class Decision:
     observed: float = 0.0  # load averaged over the stable window
     observed_panic: float = 0.0  # load averaged over the panic window
     kv_cache_usage: float | None = None  # mean over replicas that answered
+    # At zero with a pre-warm ahead (autoscaler.keepalive): the loop must keep ticking to
+    # start it in time rather than rest until a poke.
+    prewarm_pending: bool = False
 
 
 ARRIVAL_SEEN = 1e-3
@@ -312,6 +315,7 @@ def decide(
     # evidence; dropping the last replica as soon as vLLM is idle paid extra cold starts when
     # bursts came 30-90 s apart (benchmarks/autoscaler_trace.py).
     learned, state = _learned_keepalive(spec, obs, state, now, active)
+    prewarm_pending = False
     if learned is not None and not active and desired <= 1 and spec.min_scale == 0:
         # The revision's own gaps decide its last replica (autoscaler.keepalive): kept while
         # the schedule says ready or suspended, dropped after, started again for a pre-warm.
@@ -329,6 +333,7 @@ def decide(
         else:
             desired = 0
             reason = "idle at zero"
+            prewarm_pending = sched.prewarm_at_s is not None and learned.idle_s < sched.prewarm_at_s
     elif desired == 0 and (obs.current > 0 or ready > 0):
         zero_since = state.zero_since if state.zero_since is not None else now
         state = replace(state, zero_since=zero_since)
@@ -350,5 +355,6 @@ def decide(
         observed=stable,
         observed_panic=panicky,
         kv_cache_usage=kv,
+        prewarm_pending=prewarm_pending and desired == 0,
     )
     return decision, state

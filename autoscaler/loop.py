@@ -129,9 +129,12 @@ def at_rest(decision: Decision, obs: Observation, *, replicas: int, draining: in
     """Whether a revision's loop may sleep until something wakes it: nothing runs, starts,
     drains or fails (a failed replica is still the loop's to stop), no request is held, in
     flight or arrived at any activator, and the decision is zero, so no grace period or backoff
-    is pending. A poke, a spec change or a change of leadership is what ends the rest."""
+    is pending, nor a pre-warm (``Decision.prewarm_pending``: the learned keep-alive starts a
+    replica before a predicted request, which only a tick can do). A poke, a spec change or a
+    change of leadership is what ends the rest."""
     return (
         decision.desired == 0
+        and not decision.prewarm_pending
         and replicas == 0
         and draining == 0
         and obs.activator_queued == 0
@@ -309,9 +312,7 @@ class _RevisionLoop:
             poked=poked,
             arrivals=arrived,
         )
-        self.idle_since = track_idle(
-            self.idle_since, self.obs, {r.replica_id for r in parked}, now
-        )
+        self.idle_since = track_idle(self.idle_since, self.obs, {r.replica_id for r in parked}, now)
         before = self.decision.desired
         self.decision, self.state = decide(spec.autoscaling, self.obs, self.state, now)
         if self.leading:

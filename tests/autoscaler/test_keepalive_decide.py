@@ -8,6 +8,7 @@ import pytest
 
 from autoscaler.decide import Observation, ReplicaLoad, ScalerState, decide, keepalive_spec
 from autoscaler.keepalive import KeepAliveState
+from autoscaler.loop import at_rest
 from torpor.manifest.annotations import parse_template_annotations
 from torpor.manifest.errors import ManifestError
 from torpor.spec import AutoscalingSpec
@@ -52,7 +53,8 @@ def test_long_regular_gaps_drop_the_replica_at_once_and_pre_warm_before_the_next
     d, state = decide(SPEC, IDLE, state, t0 + 10)
     assert d.desired == 0 and "keep-alive" in d.reason  # Knative's rule would hold 36 s
     d, state = decide(SPEC, AT_ZERO, state, t0 + 100)
-    assert d.desired == 0
+    assert d.desired == 0 and d.prewarm_pending
+    assert not at_rest(d, AT_ZERO, replicas=0, draining=0)  # the loop keeps ticking for it
     d, state = decide(SPEC, AT_ZERO, state, t0 + 290)
     assert d.desired == 1 and d.reason.startswith("pre-warm")
 
