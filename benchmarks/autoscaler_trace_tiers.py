@@ -69,7 +69,13 @@ ASSUMPTIONS = [
     "(harness/trace/kpa.py, checked against Knative's own tests) with one request; the KPA's "
     "target does not change it at one replica, so the grid spans window, delay and grace.",
     "No node budget for suspended replicas is applied in these runs (each service has its own "
-    "node); the policy's evict_order exists but the simulator does not exercise it.",
+    "node); the policy's evict_order exists but the simulator does not exercise it. "
+    "suspended_peak says what a budget would have to hold: the most replicas suspended at once "
+    "with all N services on one node (an 8B model asleep holds ~16 GB of host memory).",
+    "Idle time is charged up to the trace's last request; the full simulator also charges each "
+    "policy's keep-alive after it (hence its higher replica-seconds in the cross-check).",
+    "The standby tier (a warm-pool standby kept for the revision after the keep-alive, until its "
+    "break-even) is simulated; the product's warm pool is shared, not kept per revision.",
 ]
 
 
@@ -143,6 +149,7 @@ def entry(n: int, policy: str, run: TierRun, **extra: Any) -> dict[str, Any]:
         },
         "prewarms": run.prewarms,
         "over_target_behind_first_start": run.over_target_behind_first,
+        "suspended_peak": run.suspended_peak(),
         **extra,
     }
 
@@ -380,10 +387,11 @@ def report(result: dict[str, Any]) -> list[str]:
         lines += [
             f"## N = {n}",
             "",
-            "| policy | over target | first requests over | accelerator-s | suspended-s | "
+            "| policy | over target | first requests over | peak suspended | accelerator-s | "
+            "suspended-s | "
             "standby-s | cost @0.05 | cost @0.1 | cost @0.2 | cold starts | found "
             "(ready/suspended/standby/zero/starting) | setting |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             f = r["found"]
@@ -397,6 +405,7 @@ def report(result: dict[str, Any]) -> list[str]:
                 setting = f"fixed keep-alive {r['keep_alive_s']} s"
             lines.append(
                 f"| {r['policy']} | {r['over_target']} | {r['first_requests_over_target']} | "
+                f"{r.get('suspended_peak', '')} | "
                 f"{r['accelerator_s']:.0f} | {r['suspended_s']:.0f} | {r['standby_s']:.0f} | "
                 f"{r['cost']['0.05']:.0f} | {r['cost']['0.1']:.0f} | {r['cost']['0.2']:.0f} | "
                 f"{r['cold_starts']} | {found} | {setting} |"

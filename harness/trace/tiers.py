@@ -74,6 +74,19 @@ class TierRun:
     # Of ``over_target``: requests held behind their service's first cold start, which no
     # policy can avoid (the oracle has them too).
     over_target_behind_first: int = 0
+    # (start, end) of every suspended spell, all services: what a node budget would have to hold.
+    suspended_spells: list[tuple[float, float]] = field(default_factory=list)
+
+    def suspended_peak(self) -> int:
+        """The most replicas suspended at once (every service on one node)."""
+        events = sorted(
+            [(a, 1) for a, _ in self.suspended_spells] + [(b, -1) for _, b in self.suspended_spells]
+        )
+        peak = cur = 0
+        for _, d in events:
+            cur += d
+            peak = max(peak, cur)
+        return peak
 
     @property
     def cold_starts(self) -> int:
@@ -96,6 +109,7 @@ class TierRun:
         self.standby_s += other.standby_s
         self.prewarms += other.prewarms
         self.over_target_behind_first += other.over_target_behind_first
+        self.suspended_spells += other.suspended_spells
         for mine, theirs in (
             (self.found, other.found),
             (self.over_by_tier, other.over_by_tier),
@@ -156,8 +170,9 @@ def service_time(model: ReplicaModel, req: TraceRequest) -> float:
     return req.prompt * model.prefill_s_per_token + req.output / model.decode_tps(1)
 
 
-def _charge(run: TierRun, sched: Schedule, upto: float) -> None:
-    """The phases of ``sched`` over ``[0, upto)`` of a gap, into the run's costs."""
+def _charge(run: TierRun, sched: Schedule, upto: float, at: float = 0.0) -> None:
+    """The phases of ``sched`` over ``[0, upto)`` of a gap that began at ``at``, into the run's
+    costs."""
     phases = sched.phases
     for i, (start, tier) in enumerate(phases):
         if start >= upto:
@@ -168,6 +183,8 @@ def _charge(run: TierRun, sched: Schedule, upto: float) -> None:
             run.accelerator_s += span
         elif tier is Tier.SUSPENDED:
             run.suspended_s += span
+            if span > 0:
+                run.suspended_spells.append((at + start, at + start + span))
         elif tier is Tier.STANDBY:
             run.standby_s += span
 
@@ -221,7 +238,7 @@ def simulate_service(
         else:
             gap = req.arrival - busy_end
             sched = policy.next_gap()
-            _charge(run, sched, gap)
+            _charge(run, sched, gap, busy_end)
             tier, phase_end = sched.at(gap)
             if sched.prewarm_at_s is not None and gap >= sched.prewarm_at_s - _start_len(sched):
                 run.prewarms += 1
@@ -246,7 +263,7 @@ def simulate_service(
             run.over_by_tier[found] = run.over_by_tier.get(found, 0) + 1
             run.over_target_behind_first += int(req.arrival < first_ready)
     if end_s > busy_end:
-        _charge(run, policy.next_gap(), end_s - busy_end)
+        _charge(run, policy.next_gap(), end_s - busy_end, busy_end)
     return run
 
 

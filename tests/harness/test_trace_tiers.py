@@ -58,3 +58,10 @@ def test_the_oracle_suspends_or_drops_whichever_is_cheaper_and_never_waits() -> 
 def test_without_tiers_the_oracle_stays_ready_through_gaps_shorter_than_a_cold_start() -> None:
     curve = oracle([reqs(0, 20)], MODEL, TIERS, end_s=20, rate=0.1, use_tiers=False)
     assert curve.run.found == {"ready": 1} and curve.run.suspended_s == 0.0
+
+
+def test_the_peak_of_suspended_replicas_is_what_a_node_budget_must_hold() -> None:
+    from harness.trace.tiers import TierRun
+
+    run = TierRun("t", suspended_spells=[(0.0, 10.0), (5.0, 15.0), (20.0, 30.0)])
+    assert run.suspended_peak() == 2
