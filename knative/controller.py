@@ -52,6 +52,7 @@ from knative.revision import (
     SLICE_SERVICE_LABEL,
     Obj,
     group_services,
+    is_reachable,
     is_torpor_class,
     pa_class,
     replicas_of,
@@ -308,7 +309,13 @@ class KnativeController:
             specs_changed |= self._rebuild_spec(key)
         if specs_changed:
             services = group_services(
-                (self._specs[k] for k in sorted(self._specs)), self._routes.objects
+                (self._specs[k] for k in sorted(self._specs)),
+                self._routes.objects,
+                reachable={
+                    f"{k[0]}/{k[1]}"
+                    for k in self._specs
+                    if (pa := self._pas.objects.get(k)) is not None and is_reachable(pa)
+                },
             )
             if services != self._published:
                 self._require_leader()
@@ -353,9 +360,15 @@ class KnativeController:
         failure = self.failures.get(ref.key) or (failed.error if failed else None)
         crash_loop = failure is not None and failure.startswith(CRASH_LOOP)
         sks = await self._reconcile_sks(pa, sks_mode(ready))
+        spec = self._specs.get((ref.namespace, ref.name))
         obs = ScaleObservation(
             desired=desired,
             ready=ready,
+            # The template's own initial-scale (the published spec says 0 once initialized,
+            # and then the KPA's threshold no longer reads it).
+            initial_scale=spec.autoscaling.initial_scale if spec else 1,
+            min_scale=spec.autoscaling.min_scale if spec else 0,
+            reachable=is_reachable(pa),
             sks=sks,
             failure=None if ready else failure,
             crash_loop=crash_loop and not ready,

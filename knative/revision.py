@@ -8,7 +8,7 @@ revision's pods and EndpointSlices become ``Replica``s for the loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -63,6 +63,34 @@ def pa_class(pa: Json) -> str:
     return str(annotations.get(CLASS_ANNOTATION, "kpa.autoscaling.knative.dev"))
 
 
+UNREACHABLE = "Unreachable"
+
+
+def is_reachable(pa: Obj) -> bool:
+    """Whether Knative may route to the PA's revision: ``spec.reachability`` is ``Reachable``
+    or unknown (``""``). Knative's revision reconciler sets it (``reachability`` in
+    ``pkg/reconciler/revision/resources/pa.go``) from the revision's routing state, which the
+    labeler sets from the Routes (``markRoutingState``, ``pkg/reconciler/labeler/accessors.go``):
+    ``active`` -> Reachable, ``reserve`` (no Route names it any more) -> Unreachable, ``pending``
+    (just created, not yet routed) -> Unknown; and Unreachable too after an infrastructure
+    failure with no ready replica. A new revision is *Unknown*: it must reach its initial scale
+    and become Ready before the Route sends it anything (``addConfigurationTarget`` routes a
+    Configuration's latest *ready* revision, ``pkg/reconciler/route/traffic/traffic.go``), so it
+    has to be scaled as a routed one, not held at zero."""
+    return bool((pa.get("spec") or {}).get("reachability") != UNREACHABLE)
+
+
+def is_initialized(pa: Obj) -> bool:
+    """The PA's ``ScaleTargetInitialized`` is True: the KPA's memory that the revision reached
+    its initial scale once (``IsScaleTargetInitialized``, ``pa_lifecycle.go``); Knative's scaler
+    then ignores initial-scale altogether (``scaler.scale``, ``pkg/reconciler/autoscaling/kpa/
+    scaler.go``). It outlives the autoscaler process, so a restart or a new leader reads it."""
+    conditions = ((pa.get("status") or {}).get("conditions")) or ()
+    return any(
+        c.get("type") == "ScaleTargetInitialized" and c.get("status") == "True" for c in conditions
+    )
+
+
 def ref_of(obj: Json) -> RevisionRef:
     return RevisionRef(obj["metadata"]["namespace"], obj["metadata"]["name"])
 
@@ -97,12 +125,17 @@ def revision_spec(pa: Json, revision: Json | None) -> RevisionSpec:
         f"revisions/{meta['name']}.spec.containers[0].args",
     )
     generation = int(labels.get(GENERATION_LABEL) or rev_meta.get("generation") or 1)
+    autoscaling = parsed.autoscaling
+    if is_initialized(pa) and autoscaling.initial_scale:
+        # Initialization remembered (issue 22, fix 2): the loop's fresh state after a restart or
+        # a change of leader would otherwise start every revision at zero to its initial scale.
+        autoscaling = replace(autoscaling, initial_scale=0)
     return RevisionSpec(
         ref=ref_of(pa),
         service=labels.get(SERVICE_LABEL) or labels.get(CONFIGURATION_LABEL) or meta["name"],
         generation=generation,
         runtime=runtime,
-        autoscaling=parsed.autoscaling,
+        autoscaling=autoscaling,
         container_concurrency=int(
             rev_spec.get("containerConcurrency") or pa["spec"].get("containerConcurrency") or 0
         ),
@@ -130,8 +163,31 @@ def _plain_container(c: Any) -> Any:
     return out
 
 
-def traffic_of(route: Json | None, revisions: Iterable[RevisionSpec]) -> tuple[TrafficTarget, ...]:
-    """A Route's resolved ``status.traffic``; without one, all traffic to the newest revision."""
+def traffic_of(
+    route: Json | None,
+    revisions: Iterable[RevisionSpec],
+    reachable: Collection[str] | None = None,
+) -> tuple[TrafficTarget, ...]:
+    """A Route's resolved ``status.traffic``; without one, all traffic to the newest revision.
+
+    With ``reachable`` (revision keys whose PA is not Unreachable), a reachable revision the
+    Route does not name yet gets a 0 % entry: no request goes to it, but the loop scales it as a
+    routed revision (initial and min scale), so it can become Ready and Knative can move traffic
+    to it."""
+    revs = list(revisions)
+    routed = _route_targets(route, revs)
+    if reachable is None:
+        return routed
+    named = {t.revision for t in routed}
+    extra = tuple(
+        TrafficTarget(revision=r.ref.name, percent=0)
+        for r in revs
+        if r.ref.key in reachable and r.ref.name not in named
+    )
+    return routed + extra
+
+
+def _route_targets(route: Json | None, revs: list[RevisionSpec]) -> tuple[TrafficTarget, ...]:
     entries = ((route or {}).get("status") or {}).get("traffic") or []
     targets = tuple(
         TrafficTarget(
@@ -145,7 +201,6 @@ def traffic_of(route: Json | None, revisions: Iterable[RevisionSpec]) -> tuple[T
     )
     if targets:
         return targets
-    revs = list(revisions)
     if not revs:
         return ()
     latest = max(revs, key=lambda r: r.generation)
@@ -153,7 +208,9 @@ def traffic_of(route: Json | None, revisions: Iterable[RevisionSpec]) -> tuple[T
 
 
 def group_services(
-    revisions: Iterable[RevisionSpec], routes: Mapping[tuple[str, str], Json]
+    revisions: Iterable[RevisionSpec],
+    routes: Mapping[tuple[str, str], Json],
+    reachable: Collection[str] | None = None,
 ) -> tuple[ServiceSpec, ...]:
     """Group revisions by (namespace, service); a service's Route has the service's name."""
     by_service: dict[tuple[str, str], list[RevisionSpec]] = {}
@@ -169,7 +226,7 @@ def group_services(
                 name=name,
                 generation=max(r.generation for r in revs),
                 revisions=tuple(revs),
-                traffic=traffic_of(route, revs),
+                traffic=traffic_of(route, revs, reachable),
                 domain=_domain(route, namespace, name),
             )
         )

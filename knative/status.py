@@ -5,6 +5,18 @@ condition set of ``pkg/apis/autoscaling/v1alpha1/pa_lifecycle.go``: a *living* c
 happy condition ``Ready`` is True only when ``Active``, ``ScaleTargetInitialized`` and ``SKSReady``
 all are, False when any is False, Unknown otherwise. A condition's ``lastTransitionTime`` changes
 only when its status does, so rewriting an unchanged status is a no-op.
+
+``ScaleTargetInitialized`` and ``Active`` follow ``computeActiveCondition`` and ``activeThreshold``
+in ``pkg/reconciler/autoscaling/kpa/kpa.go``: the threshold is ``max(min-scale, initial-scale)``
+until the target is initialized, ``max(min-scale, 1)`` after, min-scale counting only while the PA's
+``spec.reachability`` is not ``Unreachable`` (``PodAutoscaler.ScaleBounds``, ``pa_lifecycle.go``);
+the target is initialized once that many pods are ready *and* the SKS has reported its service
+name. So an initial-scale-0 revision is initialized at once, without a pod. This matters because
+the Revision reads the PA (``PropagateAutoscalerStatus``, ``pkg/apis/serving/v1/
+revision_lifecycle.go``): a PA whose ``Ready`` is False while ``ScaleTargetInitialized`` is not
+True, with a service name, fails the Revision ("Initial scale was never achieved"), and a Revision
+is Ready only once its PA was initialized (``ResourcesAvailable``). ``harness/knative_serving.py``
+runs that rule against this module in the tests.
 """
 
 from __future__ import annotations
@@ -44,7 +56,9 @@ class ScaleObservation:
 
     desired: int  # the Deployment's spec.replicas: what torpor decided
     ready: int  # pods of the revision with a ready address
-    activation_scale: int = 1
+    initial_scale: int = 1  # autoscaling.knative.dev/initial-scale (Knative's default: 1)
+    min_scale: int = 0  # autoscaling.knative.dev/min-scale
+    reachable: bool = True  # spec.reachability is not Unreachable (min-scale counts)
     sks: Json | None = None  # the ServerlessService as read back, None if not created yet
     failure: str | None = None  # a replica's own error when the revision cannot start
     # The failure is a crash loop: a pod the kubelet holds in CrashLoopBackOff (it backs off the
@@ -113,14 +127,31 @@ def _sks_ready(sks: Json | None) -> bool:
     return False
 
 
+def _service_name(obs: ScaleObservation) -> str:
+    """``pa.Status.ServiceName = sks.Status.ServiceName`` (kpa.go ``ReconcileKind``): empty
+    until Knative's SKS reconciler has created the public service and said so."""
+    return str(((obs.sks or {}).get("status") or {}).get("serviceName") or "")
+
+
+def active_threshold(obs: ScaleObservation, initialized: bool) -> int:
+    """``activeThreshold`` (kpa.go): the ready pods that make the PA Active (and, before that,
+    initialized). min-scale is ignored for an Unreachable PA (``ScaleBounds``)."""
+    low = obs.min_scale if obs.reachable else 0
+    if not initialized:
+        return max(low, obs.initial_scale)
+    return max(low, 1)
+
+
 def dependent_conditions(obs: ScaleObservation, previous: Json) -> list[Condition]:
-    """Active / ScaleTargetInitialized / SKSReady, as Knative's KPA computes them."""
+    """Active / ScaleTargetInitialized / SKSReady, as Knative's KPA computes them
+    (``computeActiveCondition`` in kpa.go), plus torpor's failure reasons (a replica's own error:
+    Knative's KPA has none; its revision reconciler reads the pods instead)."""
     was = {c.get("type"): c for c in previous.get("conditions") or ()}
     was_initialized = (was.get(SCALE_TARGET_INITIALIZED) or {}).get("status") == "True"
-    was_inactive = (was.get(ACTIVE) or {}).get("status") == "False"
-    min_ready = max(1, obs.activation_scale)
+    was_activating = ACTIVE in was and was[ACTIVE].get("status") == "Unknown"
+    min_ready = active_threshold(obs, was_initialized)
 
-    if was_initialized or obs.ready >= min_ready:
+    if was_initialized or (obs.ready >= min_ready and _service_name(obs)):
         initialized = Condition(SCALE_TARGET_INITIALIZED, "True")
     elif obs.failure:
         why = CRASH_LOOP_BACK_OFF if obs.crash_loop else "ContainerMissing"
@@ -128,21 +159,23 @@ def dependent_conditions(obs: ScaleObservation, previous: Json) -> list[Conditio
     else:
         initialized = Condition(SCALE_TARGET_INITIALIZED, "Unknown", "Queued", "")
 
-    if obs.desired == 0:
-        active = Condition(ACTIVE, "False", "NoTraffic", "The target is not receiving traffic.")
+    if obs.desired == 0 or min_ready == 0:
+        if was_activating and min_ready > 0:
+            # kpa.go: "We only ever scale to zero while activating if we fail to activate".
+            active = Condition(ACTIVE, "False", "TimedOut", "The target could not be activated.")
+        else:
+            active = Condition(ACTIVE, "False", "NoTraffic", "The target is not receiving traffic.")
     elif obs.ready < min_ready:
         if obs.failure:
             why = CRASH_LOOP_BACK_OFF if obs.crash_loop else "RevisionFailed"
             active = Condition(ACTIVE, "False", why, obs.failure)
-        elif was_inactive or ACTIVE not in was or was[ACTIVE].get("status") != "True":
+        else:
             active = Condition(
                 ACTIVE,
                 "Unknown",
                 "Queued",
                 "Requests to the target are being buffered as resources are provisioned.",
             )
-        else:
-            active = Condition(ACTIVE, "True")
     else:
         active = Condition(ACTIVE, "True")
 
@@ -183,12 +216,11 @@ def pa_status(pa: Json, obs: ScaleObservation, now: float) -> Json:
     was = {c.get("type"): c for c in previous.get("conditions") or ()}
     dependents = dependent_conditions(obs, previous)
     conditions = [*dependents, ready_condition(dependents)]
-    name = pa["metadata"]["name"]
     sks_status: Json = (obs.sks or {}).get("status") or {}
     status: Json = {
-        # Names follow Knative's conventions until the SKS reconciler reports its own.
-        "serviceName": sks_status.get("serviceName") or name,
-        "metricsServiceName": sks_status.get("privateServiceName") or f"{name}-private",
+        # As the KPA: both names are the SKS reconciler's, empty until it reports them.
+        "serviceName": str(sks_status.get("serviceName") or ""),
+        "metricsServiceName": str(sks_status.get("privateServiceName") or ""),
         "desiredScale": obs.desired,
         "actualScale": obs.ready,
         "observedGeneration": pa["metadata"].get("generation", 0),

@@ -4,13 +4,14 @@ Everything torpor runs is real and in its own process: ``python -m knative`` (th
 controller, actuator and loop), ``python -m activator``, ``python -m runtime serve`` replicas of
 the tiny Llama on vLLM's CPU build, a real ``redis-server`` as the bus, and the official ``openai``
 client. The cluster is imitated by test harnesses: the API emulator
-(harness/kube_emulator.py, with its ReplicaSet), Knative Serving's object
-creation (``knative_serving``) and the kubelet (``pod_runner``, which turns pods into runtime
-processes on loopback addresses).
+(harness/kube_emulator.py, with its ReplicaSet), Knative Serving's own
+reconcilers (``harness/knative_serving.py``: revision readiness, route traffic, SKS status)
+and the kubelet (``pod_runner``, which turns pods into runtime processes on loopback addresses).
 
 It shows: the example Service applied, a request through torpor's activator at zero replicas
 makes the autoscaler scale the Deployment, the ReplicaSet's pod starts, the request is answered,
-the PodAutoscaler's status goes from NoTraffic to Active, and the idle revision returns to zero.
+the PodAutoscaler's status goes from NoTraffic to Active, and the idle revision returns to zero;
+the Revision is Ready at zero before the first request (initial-scale 0) and stays Ready.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 
+from harness.knative_serving import KnativeServing
 from harness.kube_emulator import KubeEmulator
 from harness.manifests import TINY_CHAT
 from harness.ports import free_port
 from harness.redis_server import RedisServer
 from knative.status import condition
 from tests.integration.autoscaler_process import AutoscalerProcess
-from tests.integration.knative_serving import apply_service
 from tests.integration.pod_runner import PodRunner
 from tests.knative.knative_world import APPS, PA, eventually
 
@@ -134,11 +135,21 @@ async def test_a_request_at_zero_cold_starts_a_pod_and_the_revision_returns_to_z
             await asyncio.sleep(0.05)
 
     status_task: asyncio.Task[None] | None = None
+    serving = KnativeServing(emulator)
+    serving_task = asyncio.create_task(serving.run(0.05))
+
+    def revision_ready() -> bool:
+        c = serving.revision_condition(NS, REVISION, "Ready")
+        return c is not None and c.status == "True"
+
     try:
-        assert apply_service(emulator, TINY_CHAT.read_text()) == REVISION
+        assert serving.apply(TINY_CHAT.read_text()) == REVISION
         await autoscaler.healthy()
-        # At zero (initial-scale 0): the controller publishes the service, NoTraffic.
+        # At zero (initial-scale 0): the controller publishes the service, NoTraffic, and
+        # Knative's rules make the Revision Ready without a pod.
         await eventually(lambda: active(emulator) == ("False", "NoTraffic"))
+        await eventually(revision_ready)
+        assert serving.traffic(NS, "tiny-chat") == {REVISION: 100}
         assert wanted(emulator) == 0 and runner.started == []
         status_task = asyncio.create_task(watch_status())
 
@@ -168,12 +179,15 @@ async def test_a_request_at_zero_cold_starts_a_pod_and_the_revision_returns_to_z
         await eventually(lambda: active(emulator) == ("False", "NoTraffic"))
         assert emulator.pods_of(NS, DEPLOYMENT) == []
         assert pa(emulator)["status"]["desiredScale"] == 0
+        assert revision_ready() and serving.traffic(NS, "tiny-chat") == {REVISION: 100}
     except BaseException:
+        print("PodAutoscaler status:", pa(emulator).get("status"))
+        print("Revision:", emulator.get("apis/serving.knative.dev/v1", "revisions", NS, REVISION))
         print(runner.log_tail(), autoscaler.log.read_text()[-6000:], sep="\n")
         print((tmp_path / "activator.log").read_text()[-3000:])
         raise
     finally:
-        for task in (status_task, runner_task):
+        for task in (status_task, runner_task, serving_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -78,8 +78,13 @@ async def test_torpor_class_pa_is_published_scaled_and_given_knative_status(
     assert sks["metadata"]["ownerReferences"][0]["kind"] == "PodAutoscaler"
     status = pa_status(emulator, "chat-00001")
     assert status["desiredScale"] == 0
-    assert status["serviceName"] == "chat-00001"
-    assert status["metricsServiceName"] == "chat-00001-private"
+    # The KPA copies both names from the SKS's status (kpa.go ReconcileKind): empty until
+    # Knative's SKS reconciler reports them.
+    assert status["serviceName"] == "" and status["metricsServiceName"] == ""
+    mark_sks_ready(emulator, "chat-00001")
+    await eventually(lambda: pa_status(emulator, "chat-00001")["serviceName"] == "chat-00001")
+    assert pa_status(emulator, "chat-00001")["metricsServiceName"] == "chat-00001-private"
+    status = pa_status(emulator, "chat-00001")
     active = condition(status, "Active")
     assert active is not None and active["reason"] == "NoTraffic"
     assert condition(status, "Ready") is not None

@@ -39,7 +39,7 @@ def test_a_renewed_lease_restarts_the_expiry_clock_on_our_side() -> None:
 
 
 PA = {"metadata": {"name": "r-1", "namespace": "ns", "generation": 3}, "spec": {}}
-SKS_READY = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+SKS_READY = {"status": {"serviceName": "r-1", "conditions": [{"type": "Ready", "status": "True"}]}}
 
 
 def statuses(status: dict[str, Any]) -> dict[str, str]:
@@ -114,9 +114,43 @@ def test_transition_time_moves_only_when_a_condition_changes() -> None:
     assert times["Active"] == "1970-01-01T00:50:00Z"
     assert times["SKSReady"] == "1970-01-01T00:16:40Z"
     # Once initialised, a scale target stays initialised (Knative never takes it back).
-    up = pa_status(PA, ScaleObservation(desired=1, ready=1), now=1.0)
+    up = pa_status(PA, ScaleObservation(desired=1, ready=1, sks=SKS_READY), now=1.0)
     down = pa_status(PA | {"status": up}, ScaleObservation(desired=0, ready=0), now=2.0)
     assert statuses(down)["ScaleTargetInitialized"] == "True"
+
+
+def test_an_initial_scale_0_revision_is_initialized_at_once_as_the_kpa_does() -> None:
+    """kpa.go activeThreshold: max(min, initial) = 0 before initialization, so 0 ready pods
+    reach it; computeActiveCondition marks it initialized once the SKS gave a service name."""
+    before_sks = pa_status(PA, ScaleObservation(desired=0, ready=0, initial_scale=0), now=1.0)
+    assert statuses(before_sks)["ScaleTargetInitialized"] == "Unknown"  # no service name yet
+    status = pa_status(
+        PA, ScaleObservation(desired=0, ready=0, initial_scale=0, sks=SKS_READY), now=1.0
+    )
+    got = statuses(status)
+    assert got["ScaleTargetInitialized"] == "True"
+    assert got["Active"] == "False" and got["Ready"] == "False"  # inactive, as at zero
+    # The default initial scale (1) is not reached at zero: not initialized.
+    default = pa_status(PA, ScaleObservation(desired=0, ready=0, sks=SKS_READY), now=1.0)
+    assert statuses(default)["ScaleTargetInitialized"] == "Unknown"
+
+
+def test_min_scale_counts_only_while_the_pa_is_reachable() -> None:
+    """PodAutoscaler.ScaleBounds (pa_lifecycle.go): no min for an Unreachable PA."""
+    initialized = pa_status(PA, ScaleObservation(desired=2, ready=2, sks=SKS_READY), now=1.0)
+    pa = PA | {"status": initialized}
+    held = ScaleObservation(desired=2, ready=1, min_scale=2, sks=SKS_READY)
+    assert statuses(pa_status(pa, held, now=2.0))["Active"] == "Unknown"  # 1 < min 2
+    gone = ScaleObservation(desired=2, ready=1, min_scale=2, reachable=False, sks=SKS_READY)
+    assert statuses(pa_status(pa, gone, now=2.0))["Active"] == "True"  # threshold max(0, 1)
+
+
+def test_scaled_to_zero_while_activating_is_timed_out() -> None:
+    """computeActiveCondition: want 0 while Active is Unknown and minReady > 0 -> TimedOut."""
+    waking = pa_status(PA, ScaleObservation(desired=1, ready=0, sks=SKS_READY), now=1.0)
+    gave_up = pa_status(PA | {"status": waking}, ScaleObservation(0, 0, sks=SKS_READY), now=2.0)
+    active = condition(gave_up, "Active")
+    assert active is not None and (active["status"], active["reason"]) == ("False", "TimedOut")
 
 
 def test_sks_serves_only_with_a_ready_pod() -> None:
