@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from embedded.state import StateDir
 from torpor.bus import Bus
@@ -57,9 +57,18 @@ class ControlPlane:
         self._limits = limits or ScaleLimits()
         self._lock = asyncio.Lock()
         self._services: dict[str, ServiceSpec] = {}
+        # Revisions loaded from the state directory at start (issue 22, fix 2).
+        self._restored: frozenset[str] = frozenset()
 
     async def start(self) -> None:
-        """Load what was deployed before a restart (within today's caps) and publish it."""
+        """Load what was deployed before a restart (within today's caps) and publish it.
+
+        Restored revisions come back at zero: they are published with initial-scale 0, as
+        Knative's scaler ignores initial-scale once a revision was initialized (``scaler.scale``,
+        pkg/reconciler/autoscaling/kpa/scaler.go). The loop's memory of initialization dies with
+        the process, so without this a restart would cold-start every revision deployed at the
+        default initial scale (1). The state directory keeps the manifest's own value: a revision
+        a later deploy creates starts at its initial scale."""
         self._services = {}
         for loaded in self._state.load_services():
             service = clamp_service(loaded, self._limits)
@@ -70,10 +79,15 @@ class ControlPlane:
                     self._limits.per_revision,
                 )
             self._services[service.key] = service
-        await self._bus.publish_services(self.services())
+        self._restored = frozenset(r.ref.key for s in self._services.values() for r in s.revisions)
+        await self._bus.publish_services(self.published())
 
     def services(self) -> tuple[ServiceSpec, ...]:
         return tuple(self._services[k] for k in sorted(self._services))
+
+    def published(self) -> tuple[ServiceSpec, ...]:
+        """What the autoscaler is told: the services, restored revisions at initial-scale 0."""
+        return tuple(_restored_at_zero(s, self._restored) for s in self.services())
 
     async def apply(self, text: str | bytes, *, source: str = "<manifest>") -> Applied:
         # Parsing is bounded but synchronous; keep a large upload off the event loop.
@@ -96,7 +110,7 @@ class ControlPlane:
                 raise e.with_source(source) from None
             created = previous is None or len(service.revisions) > len(previous.revisions)
             await self._commit(after)
-        await self._bus.publish_services(self.services())
+        await self._bus.publish_services(self.published())
         return Applied(service, service.latest_revision.ref.name, created)
 
     async def delete(self, namespace: str, name: str) -> ServiceSpec:
@@ -106,7 +120,7 @@ class ControlPlane:
             if removed is None:
                 raise UnknownService(namespace, name)
             await self._commit({k: v for k, v in self._services.items() if k != key})
-        await self._bus.publish_services(self.services())
+        await self._bus.publish_services(self.published())
         return removed
 
     async def _commit(self, services: dict[str, ServiceSpec]) -> None:
@@ -116,3 +130,15 @@ class ControlPlane:
         ordered = tuple(services[k] for k in sorted(services))
         await asyncio.to_thread(self._state.save_services, ordered)
         self._services = services
+
+
+def _restored_at_zero(service: ServiceSpec, restored: frozenset[str]) -> ServiceSpec:
+    if not any(r.ref.key in restored and r.autoscaling.initial_scale for r in service.revisions):
+        return service
+    revisions = tuple(
+        replace(r, autoscaling=replace(r.autoscaling, initial_scale=0))
+        if r.ref.key in restored
+        else r
+        for r in service.revisions
+    )
+    return replace(service, revisions=revisions)

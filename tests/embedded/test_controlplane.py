@@ -3,14 +3,17 @@ manifest is parsed, in total across services when it is applied; a refusal chang
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from autoscaler.loop import Autoscaler
 from embedded.cli import build_parser
 from embedded.controlplane import ControlPlane
 from embedded.state import StateDir
+from tests.autoscaler.fakes import FakeActuator
 from torpor.bus import MemoryBus
 from torpor.manifest import ManifestError
 from torpor.manifest.limits import (
@@ -104,7 +107,9 @@ async def test_adapters_are_checked_on_disk_at_deploy_and_a_refusal_changes_noth
     models = tmp_path / "models"
     bus = MemoryBus()
     control = ControlPlane(
-        bus, StateDir(tmp_path / "home").ensure(), domain="example.com",
+        bus,
+        StateDir(tmp_path / "home").ensure(),
+        domain="example.com",
         local_path=lambda p: str(models) + p.removeprefix("/models"),
     )
     await control.start()
@@ -127,3 +132,31 @@ async def test_adapters_are_checked_on_disk_at_deploy_and_a_refusal_changes_noth
     with pytest.raises(ManifestError, match="already an adapter of service default/tiny-lora"):
         await control.apply(clash)
     assert [s.name for s in control.services()] == ["tiny-lora"]
+
+
+async def test_a_restart_with_revisions_at_zero_cold_starts_none_of_them(tmp_path: Path) -> None:
+    """Issue 22, fix 2: three services at the default initial scale (1). Deployed, the loop
+    starts one replica each; after a restart of ``torpor up`` (the same state directory, a fresh
+    loop) they come back at zero, as the README says, and a later deploy's new revision still
+    starts at its initial scale."""
+    default_scale = TINY_CHAT.replace('autoscaling.knative.dev/initial-scale: "0"', "")
+    names = ("a", "b", "c")
+
+    async def starts(bus: MemoryBus) -> list[str]:
+        actuator = FakeActuator()
+        async with Autoscaler(bus, actuator, tick_s=0.02).running():
+            await asyncio.sleep(0.5)
+        return sorted(rid for call, rid in actuator.calls if call == "start")
+
+    first, bus = await plane(tmp_path, ScaleLimits())
+    for name in names:
+        await first.apply(default_scale.replace("name: tiny-chat", f"name: {name}", 1))
+    assert len(await starts(bus)) == 3  # a first deploy reaches its initial scale
+
+    restarted, bus = await plane(tmp_path, ScaleLimits())
+    assert await starts(bus) == []
+    # The state directory keeps the manifest's own initial scale.
+    assert all(s.latest_revision.autoscaling.initial_scale == 1 for s in restarted.services())
+    newer = default_scale.replace("name: tiny-chat", "name: a", 1).replace("512", "1024")
+    await restarted.apply(newer)
+    assert await starts(bus) == ["a-00002-r1"]
