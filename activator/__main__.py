@@ -34,7 +34,7 @@ from activator.http.http1 import (
 )
 from activator.http.server import uvicorn_config
 from activator.http.workers import bind_listeners, exit_when_orphaned, run_workers
-from torpor.bus.redis import RedisBus
+from torpor.bus.redis import RedisBus, bus_password
 from torpor.logs import configure_logging
 
 
@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    bus = await RedisBus.connect(args.bus)
+    bus = await RedisBus.connect(args.bus, password=bus_password(os.environ))
     try:
         keys = FileKeyStore(args.secrets_dir) if args.secrets_dir else None
         config = ActivatorConfig(

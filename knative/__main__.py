@@ -40,7 +40,7 @@ from knative.demand import (
     knative_demand,
 )
 from knative.kube import Kube
-from torpor.bus.redis import RedisBus
+from torpor.bus.redis import RedisBus, bus_password
 from torpor.logs import configure_logging
 
 
@@ -90,7 +90,7 @@ async def _run(args: argparse.Namespace) -> None:
 async def _serve(
     args: argparse.Namespace, config: KnativeConfig, demand: DemandConfig, kube: Kube
 ) -> None:
-    bus = await RedisBus.connect(args.bus)
+    bus = await RedisBus.connect(args.bus, password=bus_password(os.environ))
     try:
         async with KnativeController(kube, bus, config) as controller:
             await controller.synced()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -56,6 +57,31 @@ T = TypeVar("T")
 
 # Errors that mean "the server is not reachable right now"; anything else is a bug and propagates.
 _TRANSIENT: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# The bus password (Redis AUTH; issue 23), for every component: the value or a file holding it
+# (a mounted Secret). A ``redis://:password@`` URL works too, but shows in process listings.
+ENV_BUS_PASSWORD = "TORPOR_BUS_PASSWORD"
+ENV_BUS_PASSWORD_FILE = "TORPOR_BUS_PASSWORD_FILE"
+
+
+def bus_password(env: Mapping[str, str]) -> str | None:
+    """The bus password from ``env`` (value, else file); None when neither is set."""
+    value = env.get(ENV_BUS_PASSWORD, "")
+    path = env.get(ENV_BUS_PASSWORD_FILE, "")
+    if not value and path:
+        with open(path, encoding="utf-8") as f:
+            value = f.read(4096).strip()
+    return value or None
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password in its userinfo replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    userinfo, _, host = rest.partition("@")
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}"
 
 # One command may take this long before the connection counts as dead (a hung server, not a slow
 # one: every command here is O(revisions)). Never longer than the caller's retry budget.
@@ -164,18 +190,22 @@ class RedisBus:
         reconnect_max_s: float = 2.0,
         liveness_s: float = 5.0,
         subscriber_bound: int = DEFAULT_SUBSCRIBER_BOUND,
+        password: str | None = None,
     ) -> None:
         if stats_ttl_s <= 0:
             raise ValueError("stats_ttl_s must be positive")
-        self.url = url
+        self.url = redacted(url)  # what logs and errors show: never a password
+        self._refused: str | None = None  # why redis refused our credential, once it has
         self._prefix = prefix
         self._stats_ttl_ms = max(1, round(stats_ttl_s * 1000))
         self._retry_for_s = retry_for_s
         self._reconnect_max_s = reconnect_max_s
         self._liveness_s = liveness_s
         self._command_timeout_s = max(0.5, min(_COMMAND_TIMEOUT_S, retry_for_s))
+        auth: dict[str, Any] = {} if password is None else {"password": password}
         self._redis = aioredis.Redis.from_url(
             url,
+            **auth,
             socket_connect_timeout=self._command_timeout_s,
             socket_timeout=self._command_timeout_s,
             # Retries are ours (bounded, typed error); redis-py's own would hide outages.
@@ -215,6 +245,7 @@ class RedisBus:
         reconnect_max_s: float = 2.0,
         liveness_s: float = 5.0,
         subscriber_bound: int = DEFAULT_SUBSCRIBER_BOUND,
+        password: str | None = None,
     ) -> RedisBus:
         bus = cls(
             url,
@@ -224,6 +255,7 @@ class RedisBus:
             reconnect_max_s=reconnect_max_s,
             liveness_s=liveness_s,
             subscriber_bound=subscriber_bound,
+            password=password,
         )
         await bus.start()
         return bus
@@ -237,6 +269,11 @@ class RedisBus:
             await asyncio.wait_for(self._subscribed.wait(), timeout=max(self._retry_for_s, 0.1))
         except TimeoutError:
             await self.aclose()
+            if self._refused is not None:
+                raise BusUnavailable(
+                    f"redis at {self.url} refused this component's credential ({self._refused});"
+                    f" set ${ENV_BUS_PASSWORD} (or ${ENV_BUS_PASSWORD_FILE}) to the bus password"
+                ) from None
             raise BusUnavailable(f"redis at {self.url} unreachable") from None
 
     @property
@@ -389,6 +426,10 @@ class RedisBus:
             try:
                 async with self._slots:
                     return await op()
+            except AuthenticationError as error:
+                raise BusUnavailable(
+                    f"{what}: redis at {self.url} refused this component's credential: {error}"
+                ) from error
             except _TRANSIENT as error:
                 if self._closed or loop.time() + delay > deadline:
                     raise BusUnavailable(f"{what}: redis at {self.url} unavailable: {error}") from (
@@ -409,6 +450,11 @@ class RedisBus:
         while not self._closed:
             try:
                 await self._read_once(resync=reconnecting)
+            except AuthenticationError as error:
+                if self._refused is None:
+                    log.error("bus: redis at %s refused this component's credential: %s",
+                              self.url, error)
+                self._refused = str(error)
             except _TRANSIENT as error:
                 log.warning("bus: lost redis at %s (%s); reconnecting", self.url, error)
             except Exception:
