@@ -10,6 +10,7 @@ the pod's IP directly, as it scrapes ``/metrics`` there.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -99,12 +100,22 @@ class HttpLoraClient:
             await self._client.aclose()
 
 
+# An absolute path in a replica's words (the weight cache's or the models volume's): what a
+# caller of the adapter gets must not map the machine (issue 23).
+_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\"/]+/)*[^\s'\",;:)]*")
+
+
+def without_paths(text: str) -> str:
+    return _PATH.sub("<path>", text)
+
+
 def _detail(response: httpx.Response) -> str:
-    """vLLM's error message (OpenAI's shape) when the body is one, else the body's start."""
+    """vLLM's error message (OpenAI's shape) when the body is one, else the body's start; any
+    absolute path in it replaced by ``<path>``."""
     try:
         error = response.json().get("error")
     except (ValueError, AttributeError):
         error = None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])[:300]
-    return response.text[:300]
+        return without_paths(str(error["message"]))[:300]
+    return without_paths(response.text)[:300]

@@ -40,11 +40,14 @@ def build_control_app(
 ) -> Starlette:
     """The control API; ``metrics`` renders the autoscaler's Prometheus registry for
     ``GET /metrics`` (scraped with the control token as a bearer token, like every read)."""
-    expected = f"Bearer {token}".encode()
+    expected = token.encode()
 
     def authorised(request: Request) -> bool:
-        given = request.headers.get("authorization", "").encode()
-        return hmac.compare_digest(given, expected)
+        # The scheme is case-insensitive (RFC 9110 section 11.1): ``bearer`` is ``Bearer``.
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), expected
+        )
 
     async def apply(request: Request) -> Response:
         body = bytearray()

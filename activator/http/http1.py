@@ -478,6 +478,8 @@ class Http1Protocol(asyncio.Protocol):
         # in any version (which of them would name the service?).
         if len(hosts) > 1 or (not hosts and http_version != "1.0"):
             raise _Refused(MalformedRequest("A request needs exactly one Host header."))
+        if http_version not in ("1.0", "1.1"):  # an ``HTTP/2.0`` request line is not HTTP/2
+            raise _Refused(MalformedRequest(f"HTTP/{http_version} is not served here."))
         if url[:1] == b"/":
             raw, _, query = url.partition(b"?")
         else:

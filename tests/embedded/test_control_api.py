@@ -134,3 +134,16 @@ async def test_metrics_are_the_autoscalers_registry_behind_the_token(tmp_path: P
         r = await client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     assert r.text == "torpor_autoscaler_ready_replicas 1.0\n"
+
+
+async def test_the_bearer_scheme_is_case_insensitive_and_the_token_exact(tmp_path: Path) -> None:
+    control = ControlPlane(MemoryBus(), StateDir(tmp_path).ensure(), domain="example.com")
+    app = build_control_app(control, list, token="s3cret", activator_url="http://a",
+                            metrics=lambda: b"")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://control"
+    ) as client:
+        for header, status in (("bearer s3cret", 200), ("BEARER s3cret", 200),
+                               ("Bearer S3CRET", 401), ("Basic s3cret", 401), ("s3cret", 401)):
+            r = await client.get("/metrics", headers={"Authorization": header})
+            assert r.status_code == status, header

@@ -72,3 +72,11 @@ def test_declared_adapters_from_the_environment() -> None:
     assert declared_adapters({"TORPOR_LORA_ADAPTERS": '{"a": "/m/a"}'}) == {"a": "/m/a"}
     with pytest.raises(ContractError):
         declared_adapters({"TORPOR_LORA_ADAPTERS": "[1]"})
+
+
+def test_a_failed_load_names_no_machine_path() -> None:
+    from autoscaler.lora_client import without_paths
+
+    said = "cannot load adapter 'sql': /srv/torpor/cache/objects/ab/adapter_config.json missing"
+    assert without_paths(said) == "cannot load adapter 'sql': <path> missing"
+    assert without_paths("rank 16 > max 8 (1/2 of it)") == "rank 16 > max 8 (1/2 of it)"

@@ -76,3 +76,16 @@ def test_a_replicas_metrics_are_never_forwarded() -> None:
     for host, path in (("chat.default.example.com", "/metrics"), ("", "/default/chat/metrics")):
         with pytest.raises(PlatformEndpoint):
             resolve(TABLE, host, path, 0.0)
+
+
+async def test_an_http2_request_line_is_refused(running_activator: ActivatorFactory) -> None:
+    import asyncio
+
+    async with running_activator((service(),)) as running:
+        host, port = running.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /healthz HTTP/2.0\r\nHost: a\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.read(200), 5)
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 400"), head
