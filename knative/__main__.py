@@ -78,7 +78,13 @@ async def _run(args: argparse.Namespace) -> None:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    kube = Kube.from_kubeconfig(args.kubeconfig) if args.kubeconfig else Kube.in_cluster()
+    # Requests end before the Lease can pass to another replica (issue 22, fix 5).
+    timeout = config.lease.call_timeout_s
+    kube = (
+        Kube.from_kubeconfig(args.kubeconfig, request_timeout_s=timeout)
+        if args.kubeconfig
+        else Kube.in_cluster(request_timeout_s=timeout)
+    )
     try:
         await _serve(args, config, demand, kube)
     except asyncio.CancelledError:

@@ -49,11 +49,20 @@ def _raise_kube_error(exc: ApiException) -> KubeError:
     return KubeError(int(exc.status or 0), str(exc.reason or ""), str(body or ""))
 
 
+LIST_TIMEOUT_S = 30.0
+
+
 class Kube:
     """Async calls against one API server. Create with ``in_cluster()``, ``from_kubeconfig()``
     or ``for_host()`` (tests); close with ``aclose()``."""
 
-    def __init__(self, api_client: Any, *, max_threads: int = 16) -> None:
+    def __init__(
+        self, api_client: Any, *, max_threads: int = 16, request_timeout_s: float = 30.0
+    ) -> None:
+        # Every request's timeout but a list's: the Knative entry point passes the Lease's call
+        # timeout (knative.lease.LeaseConfig.call_timeout_s), shorter than the Lease (issue 22,
+        # fix 5).
+        self._request_timeout_s = request_timeout_s
         self._client = api_client
         self._core = kubernetes.client.CoreV1Api(api_client)
         self._apps = kubernetes.client.AppsV1Api(api_client)
@@ -63,14 +72,14 @@ class Kube:
         self._open_streams: set[Any] = set()
 
     @classmethod
-    def in_cluster(cls) -> Kube:
+    def in_cluster(cls, *, request_timeout_s: float = 30.0) -> Kube:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return cls(kubernetes.client.ApiClient())
+        return cls(kubernetes.client.ApiClient(), request_timeout_s=request_timeout_s)
 
     @classmethod
-    def from_kubeconfig(cls, path: str | None = None) -> Kube:
+    def from_kubeconfig(cls, path: str | None = None, *, request_timeout_s: float = 30.0) -> Kube:
         kubernetes.config.load_kube_config(config_file=path)  # type: ignore[no-untyped-call]
-        return cls(kubernetes.client.ApiClient())
+        return cls(kubernetes.client.ApiClient(), request_timeout_s=request_timeout_s)
 
     @classmethod
     def for_host(cls, host: str) -> Kube:
@@ -84,12 +93,15 @@ class Kube:
         self._pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._client.close)
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Json:
+    async def _call(
+        self, fn: Callable[..., Any], *args: Any, _timeout_s: float | None = None, **kwargs: Any
+    ) -> Json:
         """Run one request on the pool and return the response body as JSON."""
+        timeout = _timeout_s or self._request_timeout_s
 
         def blocking() -> Json:
             try:
-                response = fn(*args, _preload_content=False, _request_timeout=30, **kwargs)
+                response = fn(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
             except ApiException as exc:
                 raise _raise_kube_error(exc) from None
             except urllib3.exceptions.HTTPError as exc:
@@ -124,7 +136,8 @@ class Kube:
         kwargs: dict[str, Any] = {}
         if label_selector:
             kwargs["label_selector"] = label_selector
-        return await self._call(self._list_fn(resource), **kwargs)
+        # A list (10,000 objects) is a read no leadership depends on: the long timeout.
+        return await self._call(self._list_fn(resource), _timeout_s=LIST_TIMEOUT_S, **kwargs)
 
     async def watch(
         self,

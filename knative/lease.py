@@ -5,6 +5,16 @@ only when its record has not *changed* for ``leaseDurationSeconds`` as measured 
 (the holder's ``renewTime`` is another machine's clock, so it is never compared with ours). A
 leader that fails to renew within ``renew_deadline_s`` steps down on its own, before anyone else
 may take over, and whoever sees the Lease held by another identity stops acting at once.
+
+Timings that cannot overlap (issue 22, fix 5): client-go bounds a leader's renewal by the renew
+deadline (``renew`` in ``tools/leaderelection/leaderelection.go`` runs the attempts under
+``context.WithTimeout(ctx, RenewDeadline)``). Here every Lease call of a leader is bounded by
+what is left of its renew deadline, and the step-down is judged on a timestamp taken *after*
+the call failed or timed out, so a hung call can no longer keep a leader acting past its
+deadline (it could before: a 30 s API timeout, judged on the time taken before the call, against
+a 15 s Lease). Every other API call is bounded by ``call_timeout_s`` (the Lease duration minus the
+renew deadline, 5 s by default: ``knative.kube.Kube(request_timeout_s=...)``), so a write begun
+while leading lands, or is given up, before another replica can hold the Lease.
 """
 
 from __future__ import annotations
@@ -30,6 +40,12 @@ class LeaseConfig:
     lease_duration_s: float = 15.0
     renew_deadline_s: float = 10.0
     retry_period_s: float = 2.0
+
+    @property
+    def call_timeout_s(self) -> float:
+        """The longest any API call may take: a write checked against leadership when it began
+        ends before the Lease can pass to another replica."""
+        return max(0.5, self.lease_duration_s - self.renew_deadline_s)
 
 
 class Action(StrEnum):
@@ -125,11 +141,11 @@ class LeaderElector:
         cfg = self._config
         now = self._clock()
         try:
-            lease: Json | None = await self._api.read_lease(cfg.namespace, cfg.name)
+            lease: Json | None = await self._bounded(self._api.read_lease(cfg.namespace, cfg.name))
         except KubeError as exc:
             if exc.status != NOT_FOUND:
                 log.warning("reading lease %s/%s failed: %s", cfg.namespace, cfg.name, exc)
-                await self._check_deadline(now)
+                await self._check_deadline(self._clock())  # judged after the call
                 return
             lease = None
         spec = (lease.get("spec") or {}) if lease is not None else None
@@ -148,19 +164,33 @@ class LeaderElector:
         body = self._body(lease, spec, action, now)
         try:
             if lease is None:
-                await self._api.create_lease(cfg.namespace, body)
+                await self._bounded(self._api.create_lease(cfg.namespace, body))
             else:
-                await self._api.replace_lease(cfg.namespace, cfg.name, body)
+                await self._bounded(self._api.replace_lease(cfg.namespace, cfg.name, body))
         except KubeError as exc:
             if exc.status in (CONFLICT, ALREADY_EXISTS):
                 # Someone else wrote first; the next read says who holds it.
                 await self._set(False)
             else:
                 log.warning("writing lease %s/%s failed: %s", cfg.namespace, cfg.name, exc)
-                await self._check_deadline(now)
+                await self._check_deadline(self._clock())  # judged after the call
             return
+        # renewTime says ``now`` (taken before the read): counting from it is conservative.
         self._last_renewed = now
         await self._set(True)
+
+    async def _bounded(self, call: Awaitable[Json]) -> Json:
+        """One Lease call, bounded: a leader's by what is left of its renew deadline (client-go's
+        ``renew``), anyone else's by ``call_timeout_s``. A timeout is a failed call."""
+        if self.is_leader:
+            budget = self._config.renew_deadline_s - (self._clock() - self._last_renewed)
+        else:
+            budget = self._config.call_timeout_s
+        try:
+            async with asyncio.timeout(max(0.0, budget)):
+                return await call
+        except TimeoutError:
+            raise KubeError(0, "Timeout", f"no answer within {max(0.0, budget):.1f} s") from None
 
     def _body(self, lease: Json | None, spec: Json | None, action: Action, now: float) -> Json:
         cfg = self._config

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import copy
+import time
 from typing import Any
 
 import pytest
 
 from autoscaler.actuator import Phase
 from knative.config import config_from_env
-from knative.lease import Action, Observed, decide, observe
+from knative.errors import KubeError
+from knative.lease import Action, LeaderElector, LeaseConfig, Observed, decide, observe
 from knative.revision import pod_error_line, pod_failure, replicas_of
 from knative.status import ScaleObservation, condition, pa_status, sks_mode
 from knative.victim import DELETION_COST, cost_decides
+
+from .knative_world import eventually
 
 HELD = {"holderIdentity": "b", "renewTime": "t1", "leaseDurationSeconds": 15}
 
@@ -269,3 +276,57 @@ def test_the_deletion_cost_decides_only_among_pods_equally_far_along() -> None:
     gone["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert cost_decides([a, gone, rs_pod("c", "Failed")], "a", low)
     assert not cost_decides([gone], "b", low)
+
+
+class _HangingLeaseApi:
+    """A Lease API that answers until told to hang (an API server that stops answering)."""
+
+    def __init__(self) -> None:
+        self.lease: dict[str, Any] | None = None
+        self.hang = False
+
+    async def _maybe_hang(self) -> None:
+        if self.hang:
+            await asyncio.sleep(3600)
+
+    async def read_lease(self, namespace: str, name: str) -> dict[str, Any]:
+        await self._maybe_hang()
+        if self.lease is None:
+            raise KubeError(404, "NotFound", "no lease")
+        return copy.deepcopy(self.lease)
+
+    async def create_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        await self._maybe_hang()
+        self.lease = body | {"metadata": body["metadata"] | {"resourceVersion": "1"}}
+        return body
+
+    async def replace_lease(
+        self, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        await self._maybe_hang()
+        self.lease = body
+        return body
+
+
+async def test_a_leader_whose_api_calls_hang_steps_down_by_its_renew_deadline() -> None:
+    """Issue 22, fix 5: a hung Lease call cannot keep a leader acting past its renew deadline
+    (before: 30 s API timeouts, judged on the time taken before the call, against a 15 s Lease).
+    The step-down comes within the renew deadline of the last renewal, before the Lease could
+    pass to anyone else."""
+    api = _HangingLeaseApi()
+    cfg = LeaseConfig(lease_duration_s=3, renew_deadline_s=1.0, retry_period_s=0.1)
+    elector = LeaderElector(api, "a", cfg, clock=time.monotonic)
+    task = asyncio.create_task(elector.run())
+    try:
+        await eventually(lambda: elector.is_leader, within_s=5)
+        api.hang = True
+        hung_at = time.monotonic()
+        await eventually(lambda: not elector.is_leader, within_s=cfg.lease_duration_s)
+        stepped_down_after = time.monotonic() - hung_at
+        assert stepped_down_after < cfg.renew_deadline_s + 0.3, stepped_down_after
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    # Every other API call ends before the Lease can pass on: duration - renew deadline.
+    assert LeaseConfig().call_timeout_s == 5.0

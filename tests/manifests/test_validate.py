@@ -210,6 +210,15 @@ def test_autoscaler_rbac_grants_only_what_the_controller_calls() -> None:
     assert ("apps", "deployments", "update") not in granted
     assert ("apps", "deployments/scale", "patch") in granted
     assert ("autoscaling.internal.knative.dev", "podautoscalers/status", "update") in granted
+    # The SKS's owner reference sets blockOwnerDeletion, which the OwnerReferencesPermission-
+    # Enforcement admission plugin allows only with update on the owner's finalizers.
+    from knative.status import sks_body
+
+    pa = {"metadata": {"name": "r", "namespace": "n", "uid": "u"}, "spec": {"scaleTargetRef": {}}}
+    [owner] = sks_body(pa, "Proxy")["metadata"]["ownerReferences"]
+    if owner.get("blockOwnerDeletion"):
+        group = owner["apiVersion"].split("/")[0]
+        assert (group, "podautoscalers/finalizers", "update") in granted
     assert not any(verb in {"*", "delete", "deletecollection"} for _, _, verb in granted)
 
 
