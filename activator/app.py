@@ -507,6 +507,13 @@ class Activator:
             await self._local(route, send)
             return
         if isinstance(route, ModelList):
+            if route.guard is not None:
+                try:
+                    authorize(self.config.key_store, route.guard, scope["headers"])
+                except ActivatorError as error:
+                    self.metrics.count("", "", "", error.status)
+                    await _send_error(send, error)
+                    return
             self.metrics.count("", "", "", 200)
             await _send_json(
                 send, model_list(route.models, int(time.time()), dict(route.parents))

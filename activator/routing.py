@@ -78,6 +78,8 @@ class RouteTable:
     models: dict[str, tuple[Split, ...]] = field(default_factory=dict)
     # LoRA adapter name -> its base's served name (``GET /v1/models`` lists it as ``parent``).
     parents: dict[str, str] = field(default_factory=dict)
+    # Names served by a service that requires API keys: left out of the root's model list.
+    keyed: frozenset[str] = frozenset()
 
 
 def served_name(revision: RevisionSpec) -> str:
@@ -127,6 +129,9 @@ class ModelList:
 
     models: tuple[str, ...]
     parents: tuple[tuple[str, str], ...] = ()  # adapter -> base served name
+    # A service's own list, when the service requires API keys: answered only with a key
+    # (issue 23: a keyed service answers nothing without one).
+    guard: RevisionSpec | None = None
 
 
 LOCAL_PATHS = {"/healthz": "healthz", "/metrics": "metrics"}
@@ -160,6 +165,7 @@ def build_route_table(services: Sequence[ServiceSpec], domain: str) -> RouteTabl
     tags: dict[tuple[str, str], Target] = {}
     models: dict[str, list[Split]] = {}
     parents: dict[str, str] = {}
+    keyed: set[str] = set()
     for service in services:
         bounds: list[tuple[float, RevisionSpec]] = []
         total = 0.0
@@ -184,6 +190,8 @@ def build_route_table(services: Sequence[ServiceSpec], domain: str) -> RouteTabl
             for _, revision in bounds:
                 for adapter in model_names(revision)[1:]:
                     parents[adapter] = served_name(revision)
+                if revision.api_keys_secret:
+                    keyed.update(model_names(revision))
     # A plain service name wins over a tag URL that spells the same name.
     for key, target in tags.items():
         targets.setdefault(key, target)
@@ -192,6 +200,7 @@ def build_route_table(services: Sequence[ServiceSpec], domain: str) -> RouteTabl
         domain.lower().strip("."),
         {name: tuple(splits) for name, splits in models.items()},
         parents,
+        frozenset(keyed),
     )
 
 
@@ -219,6 +228,17 @@ def _names(target: Target) -> tuple[str, ...]:
     if isinstance(target, Tagged):
         return model_names(target.revision)
     return tuple(sorted({n for _, r in target.bounds for n in model_names(r)}))
+
+
+def _guard(target: Target) -> RevisionSpec | None:
+    """A revision of the target that requires API keys (its list needs one), else None."""
+    revisions = (target.revision,) if isinstance(target, Tagged) else (r for _, r in target.bounds)
+    return next((r for r in revisions if r.api_keys_secret), None)
+
+
+def _listing(table: RouteTable, target: Target) -> ModelList:
+    names = _names(target)
+    return ModelList(names, _parents(table, names), _guard(target))
 
 
 def _parents(table: RouteTable, names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -290,7 +310,7 @@ def resolve(table: RouteTable, host: str, raw_path: str, roll: float) -> Resolve
         if target is None:
             raise NotFound(_missing(named[0], named[1], "host", host))
         if raw_path == MODELS_PATH:
-            return ModelList(_names(target), _parents(table, _names(target)))
+            return _listing(table, target)
         _check_rest(raw_path)
         revision, tag = _pick(target, roll)
         return Route(target.service, revision, raw_path, tag)
@@ -299,7 +319,7 @@ def resolve(table: RouteTable, host: str, raw_path: str, roll: float) -> Resolve
     if local is not None:
         return Local(local)
     if raw_path == MODELS_PATH:
-        names = tuple(sorted(table.models))
+        names = tuple(sorted(n for n in table.models if n not in table.keyed))
         return ModelList(names, _parents(table, names))
     if raw_path in MODEL_PATHS:
         return ByModel(raw_path)
@@ -315,7 +335,7 @@ def resolve(table: RouteTable, host: str, raw_path: str, roll: float) -> Resolve
         raise NotFound(_missing(namespace, name, "path", raw_path[:200]))
     rest = "/" + segments[3] if len(segments) == 4 else "/"
     if rest == MODELS_PATH:
-        return ModelList(_names(target), _parents(table, _names(target)))
+        return _listing(table, target)
     _check_rest(rest)
     revision, tag = _pick(target, roll)
     return Route(target.service, revision, rest, tag)

@@ -3,6 +3,9 @@ one are dropped by rule, not by spelling; the activator's /metrics wants the con
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import httpx
 import pytest
 
@@ -89,3 +92,33 @@ async def test_an_http2_request_line_is_refused(running_activator: ActivatorFact
         head = await asyncio.wait_for(reader.read(200), 5)
         writer.close()
     assert head.startswith(b"HTTP/1.1 400"), head
+
+
+async def test_a_keyed_services_model_list_wants_a_key_and_the_root_hides_it(
+    running_activator: ActivatorFactory, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from activator.auth import FileKeyStore
+    from tests.activator.conftest import revision
+
+    def named(spec: Any, model: str) -> Any:
+        return replace(spec, runtime=replace(spec.runtime, served_model_name=model))
+
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "locked-keys").write_text("sk-1\n")
+    locked = named(revision("locked-00001", "locked", api_keys_secret="locked-keys"), "secret-m")
+    opened = named(revision("open-00001", "open"), "open-m")
+    services = (service("locked", revisions=(locked,)), service("open", revisions=(opened,)))
+    async with running_activator(services, key_store=FileKeyStore(tmp_path)) as running, \
+            httpx.AsyncClient(base_url=running.url) as c:
+        without = await c.get("/default/locked/v1/models")
+        by_host = await c.get("/v1/models", headers={"Host": "locked.default.example.com"})
+        keyed = await c.get("/default/locked/v1/models", headers={"Authorization": "Bearer sk-1"})
+        root = await c.get("/v1/models")
+        open_list = await c.get("/default/open/v1/models")
+    assert without.status_code == 401 and by_host.status_code == 401
+    assert keyed.status_code == 200 and keyed.json()["data"]
+    assert open_list.status_code == 200
+    assert {m["id"] for m in root.json()["data"]} == {"open-m"}
+    assert {m["id"] for m in keyed.json()["data"]} == {"secret-m"}
