@@ -360,6 +360,8 @@ def oracle(
             best = min(options)
             run.accelerator_s += best[1] + d
             run.suspended_s += best[2]
+            if best[2] > 0:
+                run.suspended_spells.append((busy_end, busy_end + best[2]))
             run.standby_s += best[3]
             run.found[best[4]] = run.found.get(best[4], 0) + 1
             # Allowing a wait here: go to zero at once, start when the request comes.

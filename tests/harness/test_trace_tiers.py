@@ -51,6 +51,7 @@ def test_the_oracle_suspends_or_drops_whichever_is_cheaper_and_never_waits() -> 
     # Idle 19 s (after the 10 s cold start and 1 s of work): suspend; 1969 s: drop, restart.
     assert run.found == {"suspended": 1, "zero": 1}
     assert run.suspended_s == pytest.approx(19 - 0.1)
+    assert run.suspended_peak() == 1
     # Allowing one wait saves nothing here: both gaps already cost no more than a cold start.
     assert curve.cost_at(1) == pytest.approx(curve.cost_at(0))
 
