@@ -17,6 +17,7 @@ from autoscaler.actuator import Phase, Replica
 from torpor.manifest.annotations import parse_template_annotations
 from torpor.manifest.container import parse_container
 from torpor.manifest.lora import parse_lora
+from torpor.manifest.parse import refuse_unhonoured_timeouts
 from torpor.spec import (
     DEFAULT_AUTOSCALER_CLASS,
     DEFAULT_TIMEOUT_S,
@@ -112,6 +113,8 @@ def revision_spec(pa: Json, revision: Json | None) -> RevisionSpec:
     }
     annotations.setdefault(CLASS_ANNOTATION, DEFAULT_AUTOSCALER_CLASS)
     parsed = parse_template_annotations(annotations, f"revisions/{meta['name']}.annotations")
+    # Refused as `torpor deploy` refuses them; on Knative, the PA's status carries the message.
+    refuse_unhonoured_timeouts(rev_spec, f"revisions/{meta['name']}.spec")
     containers = rev_spec.get("containers") or []
     runtime = parse_container(
         [_plain_container(c) for c in containers], f"revisions/{meta['name']}.spec.containers"
