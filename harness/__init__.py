@@ -1,4 +1,5 @@
 """Support for tests and benchmarks: free ports, ``torpor up`` as a child process, load helpers.
 
-Not part of what ships to users; it sits above every other package (see ``docs/architecture.md``).
+It sits above every other package, so no program imports it (see ``docs/architecture.md``); the
+wheel, and so every image, still carries it, inert.
 """
