@@ -22,8 +22,11 @@ the caller reads the body and ``route_model`` picks the revision that serves tha
   only by a tag URL are not reachable by name;
 - a name must be served by exactly one service across all namespaces: a name two services serve
   is refused at the root (404, no other service or namespace named) and stays reachable at each
-  service's own URL. No ``namespace/name`` spelling: served names often contain a slash
-  (``meta-llama/Llama-3.1-8B``), and vLLM would refuse a rewritten name anyway;
+  service's own URL. A name belongs to the namespace that served it first: a deploy in another
+  namespace serving it is refused (``torpor.manifest.lora.check_model_owner``, issue 23), so only
+  services of one namespace can share (and so shadow) a name. No ``namespace/name`` spelling:
+  served names often contain a slash (``meta-llama/Llama-3.1-8B``), and vLLM would refuse a
+  rewritten name anyway;
 - the root OpenAI paths win over the path form: a namespace called ``v1`` cannot have a service
   reached at ``/v1/completions`` that way (its host form still works).
 

@@ -18,7 +18,7 @@ from torpor.bus import Bus
 from torpor.manifest import ManifestError, apply_manifest, parse_service
 from torpor.manifest.adapter_files import TEMPLATE_ANNOTATIONS, check_adapter_files
 from torpor.manifest.limits import ScaleLimits, check_total, clamp_service
-from torpor.manifest.lora import check_adapter_names
+from torpor.manifest.lora import check_adapter_names, check_model_owner
 from torpor.spec import ServiceSpec
 
 log = logging.getLogger("embedded.controlplane")
@@ -103,6 +103,7 @@ class ControlPlane:
                 check_total(self._services.values(), after.values(), self._limits)
                 # LoRA adapters: no name another model answers to, and usable files.
                 check_adapter_names(service, self._services.values(), TEMPLATE_ANNOTATIONS)
+                check_model_owner(service, self._services.values())
                 lora = service.latest_revision.lora
                 if lora is not None:
                     await asyncio.to_thread(check_adapter_files, lora, self._local_path)

@@ -80,3 +80,28 @@ def test_a_failed_load_names_no_machine_path() -> None:
     said = "cannot load adapter 'sql': /srv/torpor/cache/objects/ab/adapter_config.json missing"
     assert without_paths(said) == "cannot load adapter 'sql': <path> missing"
     assert without_paths("rank 16 > max 8 (1/2 of it)") == "rank 16 > max 8 (1/2 of it)"
+
+
+async def test_a_model_name_belongs_to_the_namespace_that_claimed_it_first(
+    tmp_path: Path,
+) -> None:
+    from embedded.controlplane import ControlPlane
+    from embedded.state import StateDir
+    from tests.embedded.test_controlplane import TINY_CHAT
+    from torpor.bus import MemoryBus
+    from torpor.manifest import ManifestError
+
+    control = ControlPlane(MemoryBus(), StateDir(tmp_path).ensure(), domain="example.com")
+    await control.start()
+    await control.apply(TINY_CHAT)
+    before = control.services()
+    squatter = TINY_CHAT.replace("name: tiny-chat", "name: squat", 1)
+    squatter = squatter.replace("namespace: default", "namespace: other", 1)
+    assert "namespace: other" in squatter
+    with pytest.raises(ManifestError) as info:
+        await control.apply(squatter, source="squat.yaml")
+    assert "belongs to another namespace" in info.value.reason
+    assert info.value.field == "spec.template.spec.containers[0].args"
+    assert control.services() == before
+    # The same namespace may still run a second service of that name (reached at its own URL).
+    await control.apply(TINY_CHAT.replace("name: tiny-chat", "name: tiny-chat-b", 1))

@@ -209,3 +209,22 @@ def check_adapter_names(
                 "spec.template.spec.containers[0].args",
                 f"model name {min(clash)!r} is already an adapter of service {other.key}",
             )
+
+
+def check_model_owner(service: ServiceSpec, others: Iterable[ServiceSpec]) -> None:
+    """Names with an owner (issue 23): a model name at the root URL belongs to the namespace
+    that claimed it first. A service may not serve a name that a service of another namespace
+    already serves, so no namespace can make another's name ambiguous (404 for everyone) or take
+    it. Within one namespace two services may share a name (the root refuses it as ambiguous;
+    each service's own URL still works), as before."""
+    mine = served_names(service)
+    for other in others:
+        if other.key == service.key or other.namespace == service.namespace:
+            continue
+        clash = mine & served_names(other)
+        if clash:
+            raise ManifestError(
+                "spec.template.spec.containers[0].args",
+                f"model name {min(clash)!r} belongs to another namespace, which served it "
+                "first; serve it under another --served-model-name",
+            )
