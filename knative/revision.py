@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from autoscaler.actuator import Phase, Replica
+from torpor.manifest import ManifestError
 from torpor.manifest.annotations import parse_template_annotations
 from torpor.manifest.container import parse_container
 from torpor.manifest.lora import parse_lora
@@ -113,6 +114,14 @@ def revision_spec(pa: Json, revision: Json | None) -> RevisionSpec:
     }
     annotations.setdefault(CLASS_ANNOTATION, DEFAULT_AUTOSCALER_CLASS)
     parsed = parse_template_annotations(annotations, f"revisions/{meta['name']}.annotations")
+    if parsed.api_keys_secret is not None:
+        # Issue 22, fix 4: on Kubernetes no key store is mounted in the activator and Knative's
+        # URL checks no key, so a revision that asks for keys would be served without them.
+        raise ManifestError(
+            f'revisions/{meta["name"]}.annotations["torpor.dev/api-keys-secret"]',
+            "is not supported on Kubernetes: torpor's activator has no key store there and"
+            " Knative's URL checks no key; the revision is refused rather than served open",
+        )
     # Refused as `torpor deploy` refuses them; on Knative, the PA's status carries the message.
     refuse_unhonoured_timeouts(rev_spec, f"revisions/{meta['name']}.spec")
     containers = rev_spec.get("containers") or []

@@ -280,3 +280,28 @@ async def test_a_restart_with_revisions_at_zero_cold_starts_none_of_them(
     finally:
         await ctl.aclose()
         await kube.aclose()
+
+
+async def test_a_revision_asking_for_api_keys_is_refused_with_the_reason_in_its_status(
+    emulator: KubeEmulator,
+    bus: MemoryBus,
+    controller: KnativeController,
+    actuator: KnativeActuator,
+    serving: KnativeServing,
+) -> None:
+    """Issue 22, fix 4: keys cannot work on Kubernetes yet, so the revision is refused (its PA
+    not Ready, the annotation named) rather than served without them; Knative's rules then keep
+    it out of the Route."""
+    m = manifest(initial_scale="0")
+    m["spec"]["template"]["metadata"]["annotations"]["torpor.dev/api-keys-secret"] = "chat-keys"
+    async with loop_running(bus, actuator, controller):
+        serving.apply(m)
+        await eventually(lambda: ready(serving, "chat-00001") == "False")
+        pa = emulator.get(
+            "apis/autoscaling.internal.knative.dev/v1alpha1", "podautoscalers", NS, "chat-00001"
+        )
+        assert pa is not None
+        conditions = {c["type"]: c for c in pa["status"]["conditions"]}
+        assert conditions["Ready"]["status"] == "False"
+        assert "torpor.dev/api-keys-secret" in conditions["ScaleTargetInitialized"]["message"]
+        assert serving.traffic(NS, "chat") == {}
