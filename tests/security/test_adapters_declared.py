@@ -105,3 +105,29 @@ async def test_a_model_name_belongs_to_the_namespace_that_claimed_it_first(
     assert control.services() == before
     # The same namespace may still run a second service of that name (reached at its own URL).
     await control.apply(TINY_CHAT.replace("name: tiny-chat", "name: tiny-chat-b", 1))
+
+
+async def test_initial_scale_counts_against_the_total_cap(tmp_path: Path) -> None:
+    from embedded.controlplane import ControlPlane
+    from embedded.state import StateDir
+    from tests.embedded.test_controlplane import TINY_CHAT
+    from torpor.bus import MemoryBus
+    from torpor.manifest import ManifestError
+    from torpor.manifest.limits import INITIAL_SCALE_FIELD, ScaleLimits
+
+    control = ControlPlane(MemoryBus(), StateDir(tmp_path).ensure(), domain="example.com",
+                           limits=ScaleLimits(per_revision=16, total=20))
+    await control.start()
+
+    def manifest(name: str, *, min_scale: int = 0, initial: int = 0) -> str:
+        text = TINY_CHAT.replace("name: tiny-chat", f"name: {name}", 1)
+        text = text.replace("--served-model-name=tiny-chat", f"--served-model-name={name}")
+        text = text.replace('min-scale: "0"', f'min-scale: "{min_scale}"')
+        return text.replace('initial-scale: "0"', f'initial-scale: "{initial}"')
+
+    await control.apply(manifest("a", min_scale=8))
+    with pytest.raises(ManifestError) as info:  # 8 held + 16 started at once, above 20
+        await control.apply(manifest("b", initial=16))
+    assert info.value.field == INITIAL_SCALE_FIELD
+    assert [s.name for s in control.services()] == ["a"]
+    await control.apply(manifest("b", initial=12))  # 8 + 12: exactly the total

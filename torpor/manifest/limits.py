@@ -12,11 +12,14 @@ few) and far below what would exhaust its process or port tables; ``torpor up
   ``initial-scale`` and ``activation-scale`` above it are refused, naming the annotation. A
   ``max-scale`` of ``0`` (or none), Knative's "no upper bound", becomes the cap: the revision's spec
   carries it, so the autoscaler never runs more replicas of one revision, at any load.
-- **In total** (default ``DEFAULT_MAX_REPLICAS_TOTAL``): the replicas the platform keeps running
-  with no demand at all, the sum of ``min-scale`` over every revision that traffic reaches, may not
-  exceed it. A deploy that would raise that sum above the cap is refused, naming ``min-scale``;
-  one that does not raise it (a lower cap after a restart) is not. Replicas started for demand
-  are bounded per revision only: the total is not clamped at run time.
+- **In total** (default ``DEFAULT_MAX_REPLICAS_TOTAL``): the replicas the platform starts with no
+  demand at all, the sum of ``min-scale`` over every revision that traffic reaches, plus for the
+  service being deployed its ``initial-scale`` where higher (a deploy starts that many at once;
+  issue 23: five services at an ``initial-scale`` of 16 passed a cap of 20), may not exceed it.
+  A deploy that would raise that sum above the cap is refused, naming ``initial-scale`` when the
+  deployed service's initial scale counts, else ``min-scale``; one that does not raise it (a lower
+  cap after a restart) is not. Replicas started for demand are bounded per revision only: the
+  total is not clamped at run time.
 
 What the state directory kept from before a restart under a lower cap is clamped to the cap
 when the control plane loads it (``clamp_service``), not refused.
@@ -33,6 +36,9 @@ from torpor.spec import RevisionSpec, ServiceSpec
 DEFAULT_MAX_SCALE_PER_REVISION = 16
 DEFAULT_MAX_REPLICAS_TOTAL = 64
 MIN_SCALE_FIELD = 'spec.template.metadata.annotations["autoscaling.knative.dev/min-scale"]'
+INITIAL_SCALE_FIELD = (
+    'spec.template.metadata.annotations["autoscaling.knative.dev/initial-scale"]'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +67,29 @@ def floor_replicas(services: Iterable[ServiceSpec]) -> int:
 def check_total(
     before: Iterable[ServiceSpec], after: Iterable[ServiceSpec], limits: ScaleLimits
 ) -> None:
-    """Refuse a change that raises the replicas held at rest above ``limits.total``."""
-    was, now = floor_replicas(before), floor_replicas(after)
+    """Refuse a change that raises the replicas started at rest above ``limits.total``: the held
+    ones of every service, and for a service this change deploys, its ``initial-scale`` where that
+    is higher (a deploy starts that many at once)."""
+    before, after = list(before), list(after)
+    old = {s.key: s for s in before}
+    was = floor_replicas(before)
+    now = 0
+    initial = False
+    for service in after:
+        for r in service.routed_revisions():
+            a = r.autoscaling
+            if service != old.get(service.key) and a.initial_scale > a.min_scale:
+                now += a.initial_scale
+                initial = True
+            else:
+                now += a.min_scale
     if now > limits.total and now > was:
         raise ManifestError(
-            MIN_SCALE_FIELD,
-            f"would keep {now} replicas running with no demand across all services (the sum of "
-            f"min-scale over routed revisions; {was} now), above the platform's total of "
-            f"{limits.total} (torpor up --max-replicas)",
+            INITIAL_SCALE_FIELD if initial else MIN_SCALE_FIELD,
+            f"would start {now} replicas with no demand across all services (the sum of "
+            f"min-scale over routed revisions, initial-scale where this deploy starts more; "
+            f"{was} held now), above the platform's total of {limits.total} "
+            "(torpor up --max-replicas)",
         )
 
 
