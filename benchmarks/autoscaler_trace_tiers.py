@@ -35,12 +35,14 @@ from harness.trace.tiers import (
     oracle,
     probe_keepalive,
     simulate_all,
+    simulate_budget,
 )
 from harness.trace.verdict import summarise
 from torpor.spec import AutoscalingSpec
 
 RATE = 0.1  # a suspended (or standby) second, in accelerator-seconds: the headline
 RATES = (0.05, 0.1, 0.2)
+BUDGET_FRACTIONS = (0.125, 0.25, 0.5)  # a node's budget of suspended replicas, x N services
 TICK_S = 2.0  # the product loop's tick: the shortest ready hold it can act on today
 GRID = {
     "stable_window_s": [6, 15, 30, 60, 120, 180, 300],
@@ -68,10 +70,11 @@ ASSUMPTIONS = [
     "KPA's keep-alive after a request is measured on the full simulator's KPA model "
     "(harness/trace/kpa.py, checked against Knative's own tests) with one request; the KPA's "
     "target does not change it at one replica, so the grid spans window, delay and grace.",
-    "No node budget for suspended replicas is applied in these runs (each service has its own "
-    "node); the policy's evict_order exists but the simulator does not exercise it. "
-    "suspended_peak says what a budget would have to hold: the most replicas suspended at once "
-    "with all N services on one node (an 8B model asleep holds ~16 GB of host memory).",
+    "torpor, torpor-no-tiers and the oracle have no node budget for suspended replicas "
+    "(suspended_peak: the most suspended at once with all N services on one node; an 8B model "
+    "asleep holds ~16 GB of host memory). torpor-budget-B puts all N on one node holding at "
+    "most B: one more suspended evicts the one of least expected loss (keepalive.evict_order) "
+    "to a standby for its break-even, then zero.",
     "Idle time is charged up to the trace's last request; the full simulator also charges each "
     "policy's keep-alive after it (hence its higher replica-seconds in the cross-check).",
     "The standby tier (a warm-pool standby kept for the revision after the keep-alive, until its "
@@ -225,6 +228,14 @@ def run_tiers(
             torpor_spec(tiers, DEFAULT_WAIT_VALUE, True, torpor_v1_keep), ready_hold_s=TICK_S
         )
         tick = run(partial(LearnedKeepAlive, "t", tick_spec), "torpor-ready-hold-2s")
+        budgeted = []
+        for frac in BUDGET_FRACTIONS:
+            b = max(1, round(n * frac))
+            spec = torpor_spec(tiers, DEFAULT_WAIT_VALUE, True, torpor_v1_keep)
+            r = simulate_budget(spec, services, model, tiers, end, "torpor", b)
+            budgeted.append(
+                entry(n, f"torpor-budget-{b}", r, setting=f"at most {b} suspended on the node")
+            )
         orc = oracle(services, model, tiers, end, RATE)
         orc_nt = oracle(services, model, tiers, end, RATE, use_tiers=False)
         kbest = best_under(pts, torpor["cost"][str(RATE)], str(RATE))
@@ -238,6 +249,7 @@ def run_tiers(
             kbest_nt | {"policy": "kpa-best-for-no-tiers", "setting": kbest_nt["policy"]},
             entry(n, "torpor-v1-fixed", v1, keep_alive_s=round(torpor_v1_keep, 1)),
             entry(n, "torpor-ready-hold-2s", tick, setting="ready hold one loop tick (2 s)"),
+            *budgeted,
             entry(n, "oracle", orc.run),
             entry(n, "oracle-no-tiers", orc_nt.run),
         ]

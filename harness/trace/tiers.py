@@ -29,12 +29,13 @@ code), and the clairvoyant ``oracle``.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from autoscaler.keepalive import GapModel, KeepAliveSpec, Schedule, Tier, schedule
+from autoscaler.keepalive import GapModel, KeepAliveSpec, Schedule, Tier, evict_order, schedule
 from harness.trace.azure import TraceRequest
 from harness.trace.policies import Policy
 from harness.trace.replica import ReplicaModel
@@ -79,8 +80,10 @@ class TierRun:
 
     def suspended_peak(self) -> int:
         """The most replicas suspended at once (every service on one node)."""
+        # Rounded so that a spell ending where an eviction starts another does not overlap it.
         events = sorted(
-            [(a, 1) for a, _ in self.suspended_spells] + [(b, -1) for _, b in self.suspended_spells]
+            [(round(a, 6), 1) for a, _ in self.suspended_spells]
+            + [(round(b, 6), -1) for _, b in self.suspended_spells]
         )
         peak = cur = 0
         for _, d in events:
@@ -189,6 +192,104 @@ def _charge(run: TierRun, sched: Schedule, upto: float, at: float = 0.0) -> None
             run.standby_s += span
 
 
+class ServiceSim:
+    """One service's requests, one at a time (``arrive``), under ``policy``; the first request
+    is served by a cold start on construction. ``evicted_idle`` (``arrive``, ``finish``): the
+    idle time at which a node's budget evicted the gap's suspended replica."""
+
+    def __init__(
+        self,
+        policy: GapPolicy,
+        trace: Sequence[TraceRequest],
+        model: ReplicaModel,
+        tiers: TierModel,
+        draw_offset: int = 0,
+        standby_after_evict_s: float = 0.0,
+    ) -> None:
+        self.policy, self.model, self.tiers = policy, model, tiers
+        self.run = TierRun(policy.name)
+        self.standby_after_evict_s = standby_after_evict_s
+        self._draws = {"zero": draw_offset, "standby": draw_offset, "suspended": draw_offset}
+        first = trace[0]
+        cold = self._draw("zero")
+        run = self.run
+        run.requests += 1
+        run.first_requests += 1
+        run.first_requests_over_target += int(cold > tiers.target_s)
+        run.accelerator_s += cold
+        self.ready_at = first.arrival + cold
+        self.first_ready = self.ready_at
+        self.busy_end = self.ready_at + service_time(model, first)
+        run.accelerator_s += self.busy_end - first.arrival - cold
+
+    def _draw(self, kind: str) -> float:
+        seq = {
+            "zero": self.tiers.cold_start_s,
+            "standby": self.tiers.standby_start_s,
+            "suspended": self.tiers.wake_s,
+        }[kind]
+        x = seq[self._draws[kind] % len(seq)]
+        self._draws[kind] += 1
+        return x
+
+    def gap_schedule(self, evicted_idle: float | None = None) -> Schedule:
+        sched = self.policy.next_gap()
+        if evicted_idle is None:
+            return sched
+        kept = [(t, tier) for t, tier in sched.phases if t < evicted_idle]
+        after: list[tuple[float, Tier]] = []
+        if self.standby_after_evict_s > 0:
+            after.append((evicted_idle, Tier.STANDBY))
+        after.append((evicted_idle + self.standby_after_evict_s, Tier.ZERO))
+        return Schedule(tuple(kept + after), min(sched.keep_s, evicted_idle), None, sched.learned)
+
+    def arrive(self, req: TraceRequest, evicted_idle: float | None = None) -> None:
+        run, tiers = self.run, self.tiers
+        run.requests += 1
+        d = service_time(self.model, req)
+        if req.arrival < self.busy_end:
+            # The replica is busy, or still starting for an earlier request: this one is held
+            # until it serves.
+            held = self.ready_at > req.arrival
+            wait = max(tiers.warm_wait_s, self.ready_at - req.arrival)
+            found = "held" if held else "ready"
+            new_end = max(self.busy_end, req.arrival + wait + d)
+            run.accelerator_s += new_end - self.busy_end
+            self.busy_end = new_end
+        else:
+            gap = req.arrival - self.busy_end
+            sched = self.gap_schedule(evicted_idle)
+            _charge(run, sched, gap, self.busy_end)
+            tier, phase_end = sched.at(gap)
+            if sched.prewarm_at_s is not None and gap >= sched.prewarm_at_s - _start_len(sched):
+                run.prewarms += 1
+            if tier is Tier.READY:
+                wait, found = tiers.warm_wait_s, "ready"
+            elif tier is Tier.SUSPENDED:
+                wait, found = self._draw("suspended"), "suspended"
+            elif tier is Tier.STANDBY:
+                wait, found = self._draw("standby"), "standby"
+            elif tier is Tier.STARTING:
+                wait, found = phase_end - gap, "starting"
+            else:
+                wait, found = self._draw("zero"), "zero"
+            run.accelerator_s += wait + d
+            self.policy.observe(gap)
+            self.ready_at = req.arrival + wait
+            self.busy_end = self.ready_at + d
+        run.found[found] = run.found.get(found, 0) + 1
+        run.wait_s_by_tier[found] = run.wait_s_by_tier.get(found, 0.0) + wait
+        if wait > tiers.target_s:
+            run.over_target += 1
+            run.over_by_tier[found] = run.over_by_tier.get(found, 0) + 1
+            run.over_target_behind_first += int(req.arrival < self.first_ready)
+
+    def finish(self, end_s: float, evicted_idle: float | None = None) -> TierRun:
+        if end_s > self.busy_end:
+            _charge(self.run, self.gap_schedule(evicted_idle), end_s - self.busy_end, self.busy_end)
+        return self.run
+
+
 def simulate_service(
     policy: GapPolicy,
     trace: Sequence[TraceRequest],
@@ -198,73 +299,91 @@ def simulate_service(
     draw_offset: int = 0,
 ) -> TierRun:
     """One service's requests under ``policy``; idle time charged until ``end_s``."""
-    run = TierRun(policy.name)
     if not trace:
-        return run
-    draws = {"zero": draw_offset, "standby": draw_offset, "suspended": draw_offset}
-
-    def draw(kind: str) -> float:
-        seq = {
-            "zero": tiers.cold_start_s,
-            "standby": tiers.standby_start_s,
-            "suspended": tiers.wake_s,
-        }[kind]
-        x = seq[draws[kind] % len(seq)]
-        draws[kind] += 1
-        return x
-
-    first = trace[0]
-    cold = draw("zero")
-    run.requests += 1
-    run.first_requests += 1
-    run.first_requests_over_target += int(cold > tiers.target_s)
-    run.accelerator_s += cold
-    ready_at = first.arrival + cold
-    first_ready = ready_at
-    busy_end = ready_at + service_time(model, first)
-    run.accelerator_s += busy_end - first.arrival - cold
+        return TierRun(policy.name)
+    sim = ServiceSim(policy, trace, model, tiers, draw_offset)
     for req in trace[1:]:
-        run.requests += 1
-        d = service_time(model, req)
-        if req.arrival < busy_end:
-            # The replica is busy, or still starting for an earlier request: this one is held
-            # until it serves.
-            held = ready_at > req.arrival
-            wait = max(tiers.warm_wait_s, ready_at - req.arrival)
-            found = "held" if held else "ready"
-            new_end = max(busy_end, req.arrival + wait + d)
-            run.accelerator_s += new_end - busy_end
-            busy_end = new_end
-        else:
-            gap = req.arrival - busy_end
-            sched = policy.next_gap()
-            _charge(run, sched, gap, busy_end)
-            tier, phase_end = sched.at(gap)
-            if sched.prewarm_at_s is not None and gap >= sched.prewarm_at_s - _start_len(sched):
-                run.prewarms += 1
-            if tier is Tier.READY:
-                wait, found = tiers.warm_wait_s, "ready"
-            elif tier is Tier.SUSPENDED:
-                wait, found = draw("suspended"), "suspended"
-            elif tier is Tier.STANDBY:
-                wait, found = draw("standby"), "standby"
-            elif tier is Tier.STARTING:
-                wait, found = phase_end - gap, "starting"
-            else:
-                wait, found = draw("zero"), "zero"
-            run.accelerator_s += wait + d
-            policy.observe(gap)
-            ready_at = req.arrival + wait
-            busy_end = ready_at + d
-        run.found[found] = run.found.get(found, 0) + 1
-        run.wait_s_by_tier[found] = run.wait_s_by_tier.get(found, 0.0) + wait
-        if wait > tiers.target_s:
-            run.over_target += 1
-            run.over_by_tier[found] = run.over_by_tier.get(found, 0) + 1
-            run.over_target_behind_first += int(req.arrival < first_ready)
-    if end_s > busy_end:
-        _charge(run, policy.next_gap(), end_s - busy_end, busy_end)
-    return run
+        sim.arrive(req)
+    return sim.finish(end_s)
+
+
+def simulate_budget(
+    specs: KeepAliveSpec,
+    services: Sequence[Sequence[TraceRequest]],
+    model: ReplicaModel,
+    tiers: TierModel,
+    end_s: float,
+    name: str,
+    budget: int,
+) -> TierRun:
+    """Every service under the learned policy on one node that holds at most ``budget``
+    suspended replicas: when one more would be suspended, the node evicts the one of least
+    expected loss (``autoscaler.keepalive.evict_order``) to a standby (for its break-even) and
+    then zero. Requests are taken in time order across services."""
+    standby = (
+        (specs.cold_start_s - specs.standby_start_s) / specs.standby_rate
+        if specs.tiers and specs.standby_rate > 0 and specs.standby_start_s < specs.cold_start_s
+        else 0.0
+    )
+    sims: dict[int, ServiceSim] = {}
+    policies: dict[int, LearnedKeepAlive] = {}
+    nxt: dict[int, int] = {}
+    for k, reqs in enumerate(services):
+        if reqs:
+            policies[k] = LearnedKeepAlive(name, specs)
+            sims[k] = ServiceSim(policies[k], reqs, model, tiers, k, standby)
+            nxt[k] = 1
+    evicted: dict[int, float] = {}  # service -> idle time of its eviction in the current gap
+    heap: list[tuple[float, int, int]] = []  # (time, kind 0 = suspend 1 = arrival, service)
+    gen: dict[int, float] = {}  # service -> gap start the pending suspend event belongs to
+
+    def push_suspend(k: int) -> None:
+        sim = sims[k]
+        sched = sim.gap_schedule()
+        start = next((t for t, tier in sched.phases if tier is Tier.SUSPENDED), None)
+        gen[k] = sim.busy_end
+        if start is not None:
+            heapq.heappush(heap, (sim.busy_end + start, 0, k))
+
+    for k in sims:
+        push_suspend(k)
+        if nxt[k] < len(services[k]):
+            heapq.heappush(heap, (services[k][1].arrival, 1, k))
+    active: dict[int, float] = {}  # suspended now -> when that spell ends
+    while heap:
+        t, kind, k = heapq.heappop(heap)
+        sim = sims[k]
+        if kind == 1:
+            before = sim.busy_end
+            sim.arrive(services[k][nxt[k]], evicted.pop(k, None) if t >= before else None)
+            active.pop(k, None)
+            nxt[k] += 1
+            if nxt[k] < len(services[k]):
+                heapq.heappush(heap, (services[k][nxt[k]].arrival, 1, k))
+            if sim.busy_end != before:
+                evicted.pop(k, None)
+                push_suspend(k)
+            continue
+        if gen.get(k) != sim.busy_end or t < sim.busy_end:
+            continue  # a later request moved the gap
+        sched = sim.gap_schedule()
+        until = sim.busy_end + sched.keep_s
+        if nxt[k] < len(services[k]):
+            until = min(until, services[k][nxt[k]].arrival)
+        for j in [j for j, e in active.items() if e <= t]:
+            del active[j]
+        if until <= t:
+            continue
+        active[k] = until
+        if len(active) > budget:
+            cands = [(str(j), policies[j].gaps, t - sims[j].busy_end) for j in active]
+            victim = int(evict_order(specs, cands)[0])
+            evicted[victim] = t - sims[victim].busy_end
+            del active[victim]
+    total = TierRun(name)
+    for k, sim in sims.items():
+        total.add(sim.finish(end_s, evicted.get(k)))
+    return total
 
 
 def _start_len(sched: Schedule) -> float:

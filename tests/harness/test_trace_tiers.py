@@ -66,3 +66,20 @@ def test_the_peak_of_suspended_replicas_is_what_a_node_budget_must_hold() -> Non
 
     run = TierRun("t", suspended_spells=[(0.0, 10.0), (5.0, 15.0), (20.0, 30.0)])
     assert run.suspended_peak() == 2
+
+
+def test_a_node_budget_evicts_suspended_replicas_and_a_large_one_changes_nothing() -> None:
+    from autoscaler.keepalive import KeepAliveSpec
+    from harness.trace.tiers import LearnedKeepAlive, simulate_all, simulate_budget
+
+    spec = KeepAliveSpec(cold_start_s=10.0, standby_start_s=4.0, wake_s=0.1, min_gaps=1)
+    services = [reqs(0, 40, 80, 120), reqs(1, 41, 81, 121), reqs(2, 42, 82, 122)]
+    free = simulate_all(lambda: LearnedKeepAlive("t", spec), services, MODEL, TIERS, 130, "t")
+    big = simulate_budget(spec, services, MODEL, TIERS, 130, "t", budget=10)
+    assert (big.over_target, big.accelerator_s, big.suspended_s) == pytest.approx(
+        (free.over_target, free.accelerator_s, free.suspended_s)
+    )
+    assert free.suspended_peak() == 3
+    one = simulate_budget(spec, services, MODEL, TIERS, 130, "t", budget=1)
+    assert one.suspended_peak() == 1
+    assert one.found.get("standby", 0) + one.found.get("zero", 0) > 0
