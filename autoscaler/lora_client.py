@@ -11,7 +11,7 @@ the pod's IP directly, as it scrapes ``/metrics`` there.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import httpx
@@ -119,3 +119,18 @@ def _detail(response: httpx.Response) -> str:
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return without_paths(str(error["message"]))[:300]
     return without_paths(response.text)[:300]
+
+
+# One credential for every replica of a cluster (Knative: a Secret mounted into the runtime pods
+# at ``runtime.contract.DEFAULT_PLATFORM_TOKEN_PATH`` and into the autoscaler), by value or file.
+ENV_REPLICA_TOKEN = "TORPOR_REPLICA_TOKEN"
+ENV_REPLICA_TOKEN_FILE = "TORPOR_REPLICA_TOKEN_FILE"
+
+
+def replica_token(env: Mapping[str, str]) -> str | None:
+    value = env.get(ENV_REPLICA_TOKEN, "").strip()
+    path = env.get(ENV_REPLICA_TOKEN_FILE, "").strip()
+    if not value and path:
+        with open(path, encoding="utf-8") as f:
+            value = f.read(4096).strip()
+    return value or None

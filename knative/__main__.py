@@ -31,6 +31,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from autoscaler.loop import Autoscaler
+from autoscaler.lora_client import HttpLoraClient, replica_token
+from autoscaler.scrape import HttpScraper
 from knative.actuator import KnativeActuator
 from knative.config import KnativeConfig, config_from_env
 from knative.controller import KnativeController
@@ -107,7 +109,13 @@ async def _serve(
                 identity=config.identity,
                 max_conflict_retries=config.max_conflict_retries,
             )
-            scaler = Autoscaler(bus, actuator, tick_s=args.tick, leader=controller.leader)
+            # The replicas' platform credential (runtime.gate): /metrics and adapter loads.
+            token = replica_token(os.environ)
+            credential = (lambda url: token) if token else None
+            scraper = HttpScraper(credential=credential)
+            lora = HttpLoraClient(credential=credential)
+            scaler = Autoscaler(bus, actuator, tick_s=args.tick, leader=controller.leader,
+                                scrape=scraper, lora=lora)
             server = uvicorn.Server(
                 uvicorn.Config(
                     _metrics_app(scaler),
@@ -123,6 +131,8 @@ async def _serve(
                 knative_demand(bus, demand, kube, leader=controller.leader),
             ):
                 await server.serve()
+            await scraper.aclose()
+            await lora.aclose()
     finally:
         await bus.aclose()
 

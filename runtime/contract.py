@@ -75,6 +75,9 @@ ENV_CPU_ENGINE_LINE = "TORPOR_CPU_ENGINE"  # the runtime's own: the path's line,
 # (a mounted Secret). The runtime removes both from its environment before vLLM starts.
 ENV_PLATFORM_TOKEN = "TORPOR_PLATFORM_TOKEN"
 ENV_PLATFORM_TOKEN_FILE = "TORPOR_PLATFORM_TOKEN_FILE"
+# Where a Kubernetes pod finds it without either variable (a manifest may not set TORPOR_*): a
+# Secret mounted here (docs/kubernetes.md).
+DEFAULT_PLATFORM_TOKEN_PATH = "/var/run/secrets/torpor/platform/token"
 # The revision's declared LoRA adapters, a JSON object name -> source as the platform's adapter
 # loads name it (`runtime.adapter_load` refuses any other name or source).
 ENV_LORA_ADAPTERS = "TORPOR_LORA_ADAPTERS"

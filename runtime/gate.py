@@ -22,11 +22,17 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from runtime.contract import ENV_PLATFORM_TOKEN, ENV_PLATFORM_TOKEN_FILE, ContractError
+from runtime.contract import (
+    DEFAULT_PLATFORM_TOKEN_PATH,
+    ENV_PLATFORM_TOKEN,
+    ENV_PLATFORM_TOKEN_FILE,
+    ContractError,
+)
 from torpor.credentials import PLATFORM_HEADER as _HEADER
 from torpor.credentials import strip_credential_params
 from torpor.routes import HEALTH_PATHS, INFERENCE_PATHS, INFERENCE_TEMPLATES, template_pattern
@@ -39,10 +45,15 @@ PLATFORM_HEADER = _HEADER.lower().encode()
 _MAX_TOKEN_BYTES = 4096
 
 
-def take_platform_token(env: MutableMapping[str, str]) -> str | None:
-    """The replica's platform credential, removed from ``env`` (its file's name too)."""
+def take_platform_token(
+    env: MutableMapping[str, str], default_path: str = DEFAULT_PLATFORM_TOKEN_PATH
+) -> str | None:
+    """The replica's platform credential, removed from ``env`` (its file's name too); else the
+    file at ``default_path`` if there is one (a Secret mounted into a Kubernetes pod)."""
     token = env.pop(ENV_PLATFORM_TOKEN, "").strip()
     path = env.pop(ENV_PLATFORM_TOKEN_FILE, "").strip()
+    if not token and not path and os.path.exists(default_path):
+        path = default_path
     if not token and path:
         try:
             token = Path(path).read_text(encoding="utf-8")[:_MAX_TOKEN_BYTES].strip()

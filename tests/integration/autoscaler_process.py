@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from harness.ports import free_port
+from tests.integration.pod_runner import REPLICA_TOKEN
 
 # Short Lease settings (the defaults are 15/10/2 s).
 LEASE_ENV = {
@@ -57,7 +58,8 @@ class AutoscalerProcess:
         self.log = tmp_path / f"{identity}.log"
         self.metrics = f"http://127.0.0.1:{free_port()}"
         config = kubeconfig(tmp_path / f"{identity}.kubeconfig", api)
-        env = os.environ | LEASE_ENV | {"TORPOR_IDENTITY": identity, "TORPOR_BUS_URL": bus_url}
+        env = os.environ | LEASE_ENV | {"TORPOR_IDENTITY": identity, "TORPOR_BUS_URL": bus_url,
+                                         "TORPOR_REPLICA_TOKEN": REPLICA_TOKEN}
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [

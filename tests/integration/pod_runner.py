@@ -115,6 +115,8 @@ class PodRunner:
             "K_REVISION": labels.get("serving.knative.dev/revision", ""),
             "HOSTNAME": name,
             "PYTHONUNBUFFERED": "1",
+            # The cluster's replica credential, as a mounted Secret would give it (issue 23).
+            "TORPOR_PLATFORM_TOKEN": REPLICA_TOKEN,
         }
         log = self.logs / f"{name}.log"
         with log.open("wb") as out:
@@ -180,6 +182,9 @@ class PodRunner:
             tail = path.read_text(errors="replace").splitlines()[-lines:]
             out.append(f"--- {path.name}\n" + "\n".join(tail))
         return "\n".join(out)
+
+
+REPLICA_TOKEN = "integration-replica-token"  # the autoscaler process gets the same
 
 
 def _expand(text: str, env: dict[str, str]) -> str:

@@ -149,3 +149,16 @@ async def test_credential_query_params_and_header_never_reach_vllm() -> None:
     query, headers = seen[0]
     assert query == b"a=1&sig=ok&b=2"
     assert all(k != PLATFORM_HEADER for k, _ in headers)
+
+
+def test_a_pod_finds_its_credential_in_the_mounted_secret(tmp_path: Any) -> None:
+    from autoscaler.lora_client import replica_token
+
+    mounted = tmp_path / "token"
+    mounted.write_text("cluster-token\n")
+    assert take_platform_token({}, default_path=str(mounted)) == "cluster-token"
+    assert take_platform_token({}, default_path=str(tmp_path / "absent")) is None
+    # The environment wins over the mounted file.
+    assert take_platform_token({"TORPOR_PLATFORM_TOKEN": "env"}, str(mounted)) == "env"
+    assert replica_token({"TORPOR_REPLICA_TOKEN_FILE": str(mounted)}) == "cluster-token"
+    assert replica_token({}) is None
