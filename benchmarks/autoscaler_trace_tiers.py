@@ -529,6 +529,19 @@ def plot(result: dict[str, Any], out: Path) -> None:
         base = orc["over_target"]
         ax.plot(oc, [base + k for k in range(len(oc))], "r:")
         ax.plot([oc[0]], [base], "r*", ms=12, label="oracle (cost @0.1)")
+        bud = [
+            r
+            for r in result["results"]
+            if str(r["n_services"]) == n and r["policy"].startswith("torpor-budget-")
+        ]
+        if bud:
+            ax.plot(
+                [r["cost"]["0.1"] for r in bud],
+                [r["over_target"] for r in bud],
+                "gx",
+                ms=8,
+                label="torpor, node budget N/8, N/4, N/2 suspended",
+            )
         for r in result["results"]:
             if str(r["n_services"]) == n and r["policy"] in (
                 "torpor",
