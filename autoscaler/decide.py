@@ -95,6 +95,9 @@ class Decision:
     # At zero with a pre-warm ahead (autoscaler.keepalive): the loop must keep ticking to
     # start it in time rather than rest until a poke.
     prewarm_pending: bool = False
+    # The learned keep-alive's cover is over: a suspended last replica goes now, not after
+    # ``stop_suspended_after_s`` (plan), so the product keeps what the policy scheduled.
+    keepalive_over: bool = False
 
 
 ARRIVAL_SEEN = 1e-3
@@ -315,7 +318,7 @@ def decide(
     # evidence; dropping the last replica as soon as vLLM is idle paid extra cold starts when
     # bursts came 30-90 s apart (benchmarks/autoscaler_trace.py).
     learned, state = _learned_keepalive(spec, obs, state, now, active)
-    prewarm_pending = False
+    prewarm_pending = keepalive_over = False
     if learned is not None and not active and desired <= 1 and spec.min_scale == 0:
         # The revision's own gaps decide its last replica (autoscaler.keepalive): kept while
         # the schedule says ready or suspended, dropped after, started again for a pre-warm.
@@ -324,6 +327,7 @@ def decide(
         state = replace(state, zero_since=None)
         if obs.current > 0:
             desired = 1 if keep else 0
+            keepalive_over = not keep
             reason = f"keep-alive ({sched.reason}): idle {learned.idle_s:.0f}s, " + (
                 "keeping the last replica" if keep else "scale to zero"
             )
@@ -356,5 +360,6 @@ def decide(
         observed_panic=panicky,
         kv_cache_usage=kv,
         prewarm_pending=prewarm_pending and desired == 0,
+        keepalive_over=keepalive_over and desired == 0,
     )
     return decision, state

@@ -206,7 +206,8 @@ def plan(
     Suspended replicas (``suspension``): ``decide`` counts them as idle capacity. They wake only
     for work, never for the window's memory of past load: when a request is held and nothing
     serves, or when the serving replicas are busy and ``decide`` wants more of them; a wake comes
-    before any cold start. They leave only by their own window (``stop_after_s`` frozen), and
+    before any cold start. They leave only by their own window (``stop_after_s`` frozen), or when
+    the learned keep-alive's cover is over (``Decision.keepalive_over``), and
     only while ``decide`` wants fewer than the revision has: one that min-scale or the stable
     window still counts on stays parked rather than be stopped and cold-started again. An idle
     window (``after_s`` with no work) freezes a ready replica, never while there is work.
@@ -259,7 +260,8 @@ def plan(
         expired = tuple(
             r.replica_id
             for r in staying
-            if r.suspended_at is not None and now - r.suspended_at >= sus.stop_after_s
+            if decision.keepalive_over
+            or (r.suspended_at is not None and now - r.suspended_at >= sus.stop_after_s)
         )[: max(0, excess)]
         stop += expired
         excess -= len(staying)

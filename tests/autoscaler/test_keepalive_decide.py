@@ -6,7 +6,14 @@ from dataclasses import replace
 
 import pytest
 
-from autoscaler.decide import Observation, ReplicaLoad, ScalerState, decide, keepalive_spec
+from autoscaler.decide import (
+    Decision,
+    Observation,
+    ReplicaLoad,
+    ScalerState,
+    decide,
+    keepalive_spec,
+)
 from autoscaler.keepalive import KeepAliveState
 from autoscaler.loop import at_rest
 from torpor.manifest.annotations import parse_template_annotations
@@ -52,6 +59,7 @@ def test_long_regular_gaps_drop_the_replica_at_once_and_pre_warm_before_the_next
     d, state = decide(SPEC, IDLE, state, t0)
     d, state = decide(SPEC, IDLE, state, t0 + 10)
     assert d.desired == 0 and "keep-alive" in d.reason  # Knative's rule would hold 36 s
+    assert d.keepalive_over
     d, state = decide(SPEC, AT_ZERO, state, t0 + 100)
     assert d.desired == 0 and d.prewarm_pending
     assert not at_rest(d, AT_ZERO, replicas=0, draining=0)  # the loop keeps ticking for it
@@ -103,3 +111,16 @@ def test_annotations_set_every_knob() -> None:
         parse_template_annotations({"torpor.dev/keepalive": "always"}, "a")
     with pytest.raises(ManifestError):
         parse_template_annotations({"torpor.dev/keepalive-prewarm": "yes"}, "a")
+
+
+def test_a_suspended_last_replica_goes_when_the_learned_cover_ends_not_after_its_window() -> None:
+    from autoscaler.actuator import Phase, Replica
+    from autoscaler.plan import StartRecord, Suspension, plan, suspended_load
+
+    frozen = Replica("r", "default/chat-00001", Phase.SUSPENDED, "http://r", 0.0, suspended_at=99.0)
+    obs = Observation(ready=(suspended_load("r"),))
+    sus = Suspension(after_s=10.0, stop_after_s=300.0)
+    over = Decision(desired=0, reason="keep-alive over", keepalive_over=True)
+    assert plan(over, obs, [frozen], (), StartRecord(), 100.0, sus).stop == ("r",)
+    rule = Decision(desired=0, reason="idle")
+    assert plan(rule, obs, [frozen], (), StartRecord(), 100.0, sus).stop == ()
