@@ -124,3 +124,28 @@ def test_a_suspended_last_replica_goes_when_the_learned_cover_ends_not_after_its
     assert plan(over, obs, [frozen], (), StartRecord(), 100.0, sus).stop == ("r",)
     rule = Decision(desired=0, reason="idle")
     assert plan(rule, obs, [frozen], (), StartRecord(), 100.0, sus).stop == ()
+
+
+def test_decide_drops_the_last_replica_where_the_policys_schedule_says() -> None:
+    from autoscaler.keepalive import schedule
+
+    spec = replace(SPEC, keepalive_prewarm=False)
+    rng_gaps = [20.0, 30.0, 24.0, 40.0, 26.0, 34.0, 22.0, 38.0, 28.0]
+    state, now = ScalerState(), 0.0
+    for gap in rng_gaps:
+        _, state = decide(spec, BUSY, state, now)
+        now += 2.0
+        end = now + gap
+        while now < end:
+            _, state = decide(spec, IDLE, state, now)
+            now += 2.0
+    _, state = decide(spec, BUSY, state, now)
+    keep = schedule(keepalive_spec(spec), state.keepalive.gaps).keep_s
+    start = now + 2.0
+    t = start
+    while True:
+        d, state = decide(spec, IDLE, state, t)
+        if d.desired == 0:
+            break
+        t += 2.0
+    assert keep <= t - start < keep + 2.0  # the first tick past the schedule's keep-alive
