@@ -125,15 +125,21 @@ def activator_load(stats: Sequence[ActivatorStats], now: float, fresh_s: float) 
     return sum(s.queued for s in fresh), sum(s.in_flight for s in fresh)
 
 
-def at_rest(decision: Decision, obs: Observation, *, replicas: int, draining: int) -> bool:
+def at_rest(
+    decision: Decision, obs: Observation, *, replicas: int, draining: int, settling: bool = False
+) -> bool:
     """Whether a revision's loop may sleep until something wakes it: nothing runs, starts,
     drains or fails (a failed replica is still the loop's to stop), no request is held, in
     flight or arrived at any activator, and the decision is zero, so no grace period or backoff
     is pending, nor a pre-warm (``Decision.prewarm_pending``: the learned keep-alive starts a
     replica before a predicted request, which only a tick can do). A poke, a spec change or a
-    change of leadership is what ends the rest."""
+    change of leadership is what ends the rest. Nor while ``settling``: a replica died moments
+    ago, before the activators' next reports could say whether the request it was started for
+    still waits (a start-up failure within a second of a poke would otherwise leave that
+    request held, unseen, until its timeout)."""
     return (
-        decision.desired == 0
+        not settling
+        and decision.desired == 0
         and not decision.prewarm_pending
         and replicas == 0
         and draining == 0
@@ -345,11 +351,13 @@ class _RevisionLoop:
             suspended=len(parked),
             now=now,
         )
+        died_at = self.record.crash.died_at
         self.resting = at_rest(
             self.decision,
             self.obs,
             replicas=len(deps.actuator.replicas(self.key)),
             draining=len(self.draining) + len(self.stopping),
+            settling=died_at > 0 and now - died_at < deps.config.stats_fresh_s,
         )
 
     async def _execute(self, steps: Plan, spec: RevisionSpec, before: int) -> None:

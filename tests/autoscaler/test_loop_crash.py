@@ -210,3 +210,28 @@ async def test_a_poke_while_backing_off_republishes_and_a_new_spec_starts_at_onc
             await eventually(lambda: len(actuator.started()) == 3)
     finally:
         await bus.aclose()
+
+
+async def test_a_start_failure_before_the_activators_report_still_gets_its_retry() -> None:
+    """A replica that fails within a moment of the poke that started it, before any activator
+    has reported the request held for it: the loop must not rest (it would sleep until a poke
+    that never comes, the activator having poked once already) but look again once the
+    activators report, and start the retry (found by tests/faults: the request waited out its
+    whole timeout)."""
+    actuator, scraper, clock = FakeActuator(), FakeScraper(), FakeClock()
+    bus = RecordingBus(actuator.calls)
+    await bus.publish_services([service(revision())])
+    a = scaler(bus, actuator, scraper, clock=clock)
+    try:
+        async with a.running():
+            await bus.poke(KEY)  # no stats yet: the activator reports once a second
+            await eventually(lambda: len(actuator.started()) == 1)
+            actuator.fail(KEY, actuator.started()[0], "exited with code 2\nno such model")
+            await settle()
+            clock.now += 1.0  # the activator's first report: the request is still held
+            await demand(bus, clock)
+            await eventually(lambda: len(actuator.started()) == 2)
+            e = await endpoints(bus)
+            assert e is not None and e.crash_loop is None  # one death: replaced at once
+    finally:
+        await bus.aclose()
