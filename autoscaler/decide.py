@@ -39,6 +39,7 @@ class ReplicaLoad:
     running: float | None = None
     waiting: float | None = None
     kv_cache_usage: float | None = None  # 0..1, vLLM's kv_cache_usage_perc
+    completed: float | None = None  # vLLM's request_success_total: requests it has finished
 
     @property
     def known(self) -> bool:

@@ -192,6 +192,7 @@ class _RevisionLoop:
         self.decision = Decision(desired=0, reason="not yet decided")
         self.obs = Observation()
         self.record = StartRecord()
+        self.served: set[str] = set()  # replicas seen to have finished a request (``reckon``)
         self.draining: dict[str, asyncio.Task[None]] = {}  # in the order their drains began
         self.stopping: set[str] = set()  # drained, being stopped
         self.published: RevisionEndpoints | None = None
@@ -278,8 +279,14 @@ class _RevisionLoop:
         live = [r for r in replicas if r.phase is not Phase.FAILED]
         # A standby leaves failed replicas to the leader, and does not count them either.
         self.record, failures = reckon(
-            self.record, replicas if self.leading else live, now, deps.config.crash_loop
+            self.record,
+            replicas if self.leading else live,
+            now,
+            deps.config.crash_loop,
+            served=self.served,
         )
+        present = {r.replica_id for r in replicas}
+        self.served = {rid for rid in self.served if rid in present}
         for failure in failures:
             await self._stop_failed(failure)
         for r in live:
@@ -300,6 +307,7 @@ class _RevisionLoop:
         starting = [r for r in live if r.phase is Phase.STARTING]
         parked = [r for r in live if r.phase is Phase.SUSPENDED]
         loads = await self._scrape(ready)
+        self.served |= {x.replica_id for x in loads if x.completed}
         loads += [suspended_load(r.replica_id) for r in parked]
         stats = await deps.bus.revision_stats(self.key)
         queued, in_flight = activator_load(stats, now, deps.config.stats_fresh_s)

@@ -76,11 +76,17 @@ def _was_ready(r: Replica) -> bool:
 
 
 def reckon(
-    record: StartRecord, replicas: Sequence[Replica], now: float, policy: CrashLoopPolicy
+    record: StartRecord,
+    replicas: Sequence[Replica],
+    now: float,
+    policy: CrashLoopPolicy,
+    served: Collection[str] = (),
 ) -> tuple[StartRecord, tuple[Failure, ...]]:
     """Fold one tick's replicas into the record: count the deaths that count toward a crash loop
     (``autoscaler.crashloop``), note replicas that became ready, and apply the resets (a replica
-    ready for ``stable_s``, a last death older than ``forget_s``)."""
+    ready for ``stable_s``, a last death older than ``forget_s``). ``served``: replicas known to
+    have finished a request (vLLM's success counter); a death after that is not a crash loop's,
+    however young (a replica killed or run out of memory under load is replaced at once)."""
     failures: list[Failure] = []
     seen = dict(record.seen_ready)
     crash = record.crash
@@ -90,7 +96,7 @@ def reckon(
         error = r.error or "replica failed"
         since = seen.pop(r.replica_id, None)
         ready_for = None if since is None else max(0.0, now - since)
-        if not policy.counts(ready_for):
+        if not policy.counts(ready_for) or (ready_for is not None and r.replica_id in served):
             if ready_for is not None and ready_for >= policy.stable_s:
                 crash = CrashLoopState()  # it served: whatever killed the others is gone
             failures.append(Failure(r.replica_id, error, ready_for))

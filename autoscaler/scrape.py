@@ -19,6 +19,9 @@ from torpor.credentials import PLATFORM_HEADER
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV_CACHE = "vllm:kv_cache_usage_perc"
+# A counter: requests the replica has finished (any reason). One that has finished any has served,
+# and its death is not a crash loop's (autoscaler.crashloop).
+COMPLETED = "vllm:request_success_total"
 # Older vLLM releases named the KV gauge after the GPU even on CPU.
 KV_CACHE_OLD = "vllm:gpu_cache_usage_perc"
 
@@ -35,14 +38,20 @@ def parse_metrics(replica_id: str, text: str) -> ReplicaLoad | None:
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name in (RUNNING, WAITING, KV_CACHE, KV_CACHE_OLD):
+                if sample.name in (RUNNING, WAITING, KV_CACHE, KV_CACHE_OLD, COMPLETED):
                     sums[sample.name] = sums.get(sample.name, 0.0) + float(sample.value)
     except (ValueError, TypeError):
         return None
     if RUNNING not in sums or WAITING not in sums:
         return None
     kv = sums.get(KV_CACHE, sums.get(KV_CACHE_OLD))
-    return ReplicaLoad(replica_id, running=sums[RUNNING], waiting=sums[WAITING], kv_cache_usage=kv)
+    return ReplicaLoad(
+        replica_id,
+        running=sums[RUNNING],
+        waiting=sums[WAITING],
+        kv_cache_usage=kv,
+        completed=sums.get(COMPLETED),
+    )
 
 
 class HttpScraper:

@@ -122,8 +122,15 @@ class FakeScraper:
         self.loads: dict[str, ReplicaLoad | None] = {}
         self.blocked: dict[str, asyncio.Event] = {}
 
-    def set(self, replica_id: str, running: float, waiting: float = 0, kv: float = 0.0) -> None:
-        self.loads[replica_id] = ReplicaLoad(replica_id, running, waiting, kv)
+    def set(
+        self,
+        replica_id: str,
+        running: float,
+        waiting: float = 0,
+        kv: float = 0.0,
+        completed: float | None = None,
+    ) -> None:
+        self.loads[replica_id] = ReplicaLoad(replica_id, running, waiting, kv, completed)
 
     def block(self, replica_id: str) -> asyncio.Event:
         self.blocked[replica_id] = asyncio.Event()

@@ -235,3 +235,33 @@ async def test_a_start_failure_before_the_activators_report_still_gets_its_retry
             assert e is not None and e.crash_loop is None  # one death: replaced at once
     finally:
         await bus.aclose()
+
+
+async def test_young_replicas_that_served_requests_are_replaced_without_a_crash_loop() -> None:
+    """A replica killed (or run out of memory) under load soon after it became ready has served:
+    vLLM counted finished requests on it. Its death is not a crash loop's, however young, so two
+    in a row answer no one with 503 (found by tests/faults: an engine killed twice in a minute)."""
+    actuator, scraper, clock = FakeActuator(), FakeScraper(), FakeClock()
+    bus = RecordingBus(actuator.calls)
+    await bus.publish_services([service(revision(scale_to_zero_grace_s=3600))])
+    a = scaler(bus, actuator, scraper, clock=clock)
+    try:
+        async with a.running():
+            await demand(bus, clock)
+            await bus.poke(KEY)
+            for n in (1, 2, 3):
+                await eventually(lambda n=n: len(actuator.started()) == n)  # type: ignore[misc]
+                if n == 3:
+                    break
+                replica = actuator.make_ready(KEY)
+                scraper.set(replica.replica_id, running=1, completed=5)
+                await eventually(lambda r=replica: ("serving", r.replica_id) in actuator.calls)  # type: ignore[misc]
+                await settle()  # a tick scrapes it: it has finished requests
+                clock.now += 5
+                await demand(bus, clock)
+                die(actuator, replica.replica_id)
+            e = await endpoints(bus)
+            assert e is not None and e.crash_loop is None and e.failure is None
+            assert a.statuses()[0].state != "crash-loop"
+    finally:
+        await bus.aclose()
