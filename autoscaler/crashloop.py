@@ -4,9 +4,10 @@ A replica's death *counts* when it died before it became ready, or within ``youn
 becoming ready without having finished a request (a replica whose engine dies at its first
 request, as vLLM's worker does on a CPU it was not built for, is ready for a second or two and
 finishes nothing; one killed or run out of memory under load has finished requests, vLLM's
-``request_success_total`` says so, and is replaced at once: ``autoscaler.plan.reckon``). Counted deaths in a row are the revision's
-``restarts``; the start after the n-th one waits ``CrashLoopPolicy.backoff_s(n)``: none after the
-first (a single death is replaced at once), then ``initial_backoff_s`` doubling to
+``request_success_total`` says so, and is replaced at once: ``autoscaler.plan.reckon``).
+Counted deaths in a row are the revision's ``restarts``; the start after the n-th one waits
+``CrashLoopPolicy.backoff_s(n)``: none after the first (a single death is replaced at once),
+then ``initial_backoff_s`` doubling to
 ``max_backoff_s``: 0, 10, 20, 40, 80, 160, 300, 300, ... seconds, as the kubelet's
 ``backOff.Next`` for a container. It never gives up: it keeps trying at the cap.
 
