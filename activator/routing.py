@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from activator.errors import BadRequest, ModelNotFound, NotFound, PlatformEndpoint
-from torpor.routes import is_client_route, normal_path
+from torpor.routes import INFERENCE_PATHS, MULTIPART_PATHS, is_client_route, normal_path
 from torpor.spec import RevisionSpec, ServiceSpec
 
 # Kubernetes names (RFC 1123 labels): anything else in a name position is not a route, which
@@ -139,28 +139,10 @@ class ModelList:
 
 LOCAL_PATHS = {"/healthz": "healthz", "/metrics": "metrics"}
 MODELS_PATH = "/v1/models"
-# vLLM's OpenAI-compatible (and Anthropic-, Cohere-style) endpoints whose JSON body names the
-# model (vllm 0.32's routers). Multipart ones (audio transcription) are not: their model is a
-# form field, and reading a multipart body to find it is more than a router should parse.
-MODEL_PATHS = frozenset(
-    {
-        "/v1/completions",
-        "/v1/chat/completions",
-        "/v1/embeddings",
-        "/v1/responses",
-        "/v1/messages",
-        "/v1/messages/count_tokens",
-        "/v1/rerank",
-        "/v2/rerank",
-        "/v1/score",
-        "/rerank",
-        "/score",
-        "/classify",
-        "/pooling",
-        "/tokenize",
-        "/detokenize",
-    }
-)
+# The client routes (``torpor.routes``) whose JSON body names the model: all but the model list
+# and the multipart ones (audio transcription), whose model is a form field, and reading a
+# multipart body to find it is more than a router should parse.
+MODEL_PATHS = INFERENCE_PATHS - {MODELS_PATH} - MULTIPART_PATHS
 
 
 def build_route_table(services: Sequence[ServiceSpec], domain: str) -> RouteTable:

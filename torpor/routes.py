@@ -45,6 +45,8 @@ INFERENCE_PATHS = frozenset(
         "/v1/audio/translations",
     }
 )
+# Of those, the ones whose body is multipart (the model is a form field, not JSON).
+MULTIPART_PATHS = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
 
 # Routes with a path parameter, as vLLM's router writes them (``{response_id}``): a stored
 # response's retrieval and cancellation; OpenAI's model retrieval (vLLM 0.32 does not mount it,
